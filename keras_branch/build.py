@@ -1,0 +1,148 @@
+"""TreeSpec + Backbone + tasks -> a functional Keras model.
+
+The builder walks the routes stage by stage and keys every intermediate
+tensor by the route prefix that produced it, so tasks whose routes agree on
+stages 1..d reuse one tensor: every shared prefix is computed once. Block
+(d, b) is one layer object; in a tree it is called exactly once, in a non-tree
+spec it is called once per distinct input (weights shared, inputs not).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import keras
+
+from keras_branch.backbones import Backbone
+from keras_branch.errors import SpecError
+from keras_branch.spec import TreeSpec
+from keras_branch.tasks import Task, as_tasks
+
+
+def block_name(stage: int, block: int) -> str:
+    """Layer name of block `block` of `stage` (both 0-based)."""
+    return f"stage{stage + 1}_block{block}"
+
+
+@keras.saving.register_keras_serializable(package="keras_branch")
+class BranchedModel(keras.Model):
+    """A multi-task network whose sharing is given by a TreeSpec.
+
+    A functional model with one input and a dict of outputs, one per task,
+    keyed by `Task.key` (the task name, with characters Keras refuses in
+    names replaced by `_`). Heads output probabilities (softmax or sigmoid)
+    for classification tasks and a value for regression tasks.
+
+    Args:
+        spec: the `TreeSpec` (or its dict form) routing tasks through blocks.
+        backbone: the `Backbone` (or its config) whose stages are routed.
+        tasks: the `Task`s (or their configs); must match `spec.tasks`.
+            Outputs follow the order of `spec.tasks`.
+
+    Example:
+    >>> spec = TreeSpec.from_partitions([[["a", "b"]], [["a"], ["b"]]])
+    >>> tasks = [Task("a", "regression"), Task("b", "binary")]
+    >>> model = BranchedModel(spec, backbones.mlp(10, widths=(8, 8)), tasks)
+    >>> sorted(model.output_names)
+    ['a', 'b']
+
+    Reference:
+        Vandenhende et al., "Branched Multi-Task Networks: Deciding What
+        Layers To Share", BMVC 2020.
+    """
+
+    def __init__(
+        self,
+        spec: TreeSpec | Mapping[str, Any],
+        backbone: Backbone | Mapping[str, Any],
+        tasks: Sequence[Task | Mapping[str, Any]],
+        **kwargs: Any,
+    ):
+        spec = spec if isinstance(spec, TreeSpec) else TreeSpec.from_dict(spec)
+        backbone = backbone if isinstance(backbone, Backbone) else Backbone.from_config(backbone)
+        task_list = as_tasks(tasks)
+        spec.check_compatible(backbone, task_list)
+        by_name = {t.name: t for t in task_list}
+        ordered = [by_name[name] for name in spec.tasks]
+
+        # === Layers ===
+        stem = backbone.make_stem()
+        blocks: dict[tuple[int, int], keras.layers.Layer] = {}
+        for d in range(spec.num_stages):
+            for b in spec.blocks(d):
+                blocks[(d, b)] = backbone.make_stage(d, name=block_name(d, b))
+
+        # === Functional Model ===
+        inputs = keras.Input(shape=backbone.input_shape, name="inputs")
+        x = stem(inputs) if stem is not None else inputs
+        by_prefix: dict[tuple[int, ...], Any] = {(): x}
+        for d in range(spec.num_stages):
+            for name in spec.tasks:
+                prefix = tuple(spec.route(name)[: d + 1])
+                if prefix not in by_prefix:
+                    by_prefix[prefix] = blocks[(d, prefix[-1])](by_prefix[prefix[:-1]])
+        features: dict[tuple[int, ...], Any] = {}
+        outputs = {}
+        for task in ordered:
+            route = tuple(spec.route(task.name))
+            if route not in features:
+                label = "_".join(str(b) for b in route)
+                features[route] = backbone.make_pooling(name=f"features_{label}")(
+                    by_prefix[route]
+                )
+            head = task.make_head(name=f"head_{task.key}")(features[route])
+            # The Identity names the output: loss, metric and signature keys.
+            outputs[task.key] = keras.layers.Identity(name=task.key)(head)
+        super().__init__(inputs=inputs, outputs=outputs, **kwargs)
+
+        # === Config ===
+        self.spec = spec
+        self.backbone = backbone
+        self.tasks = ordered
+
+    @property
+    def task_keys(self) -> dict[str, str]:
+        """Task name -> output key."""
+        return {t.name: t.key for t in self.tasks}
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "spec": self.spec.to_dict(),
+            "backbone": self.backbone.get_config(),
+            "tasks": [t.get_config() for t in self.tasks],
+        }
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], custom_objects=None) -> BranchedModel:
+        return cls(**config)
+
+
+def build_model(
+    spec: TreeSpec,
+    backbone: Backbone,
+    tasks: Sequence[Task | Mapping[str, Any]],
+    name: str = "branched_model",
+) -> BranchedModel:
+    """Builds the functional multi-task model a spec describes.
+
+    Args:
+        spec: which block every task uses at every stage.
+        backbone: the stem and stage templates.
+        tasks: one `Task` per name in `spec.tasks`.
+        name: model name.
+
+    Returns:
+        A `BranchedModel` with outputs `{task.key: tensor}`; its
+        `count_params()` equals `spec.count_params(backbone, tasks)`.
+
+    Example:
+    >>> spec = TreeSpec.shared(["x", "y"], num_stages=3)
+    >>> model = build_model(spec, backbones.mlp(4), [Task("x", "regression"),
+    ...                                              Task("y", "regression")])
+    """
+    if not isinstance(spec, TreeSpec):
+        raise SpecError(f"`spec` must be a TreeSpec. Received: {type(spec).__name__}")
+    return BranchedModel(spec, backbone, tasks, name=name)

@@ -1,0 +1,156 @@
+"""`keras-branch`: a thin command line over the library.
+
+Every subcommand parses its flags and calls public functions. Errors in the
+user's input (`KerasBranchError`) print one line naming the field and value
+and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+
+def _backbone_args(items: Sequence[str]) -> dict:
+    from keras_branch.errors import BackboneError
+
+    result = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise BackboneError(f"--backbone-arg must be KEY=VALUE. Received: {item!r}")
+        try:
+            result[key] = json.loads(value)
+        except json.JSONDecodeError:
+            result[key] = value
+    return result
+
+
+def _make_backbone(name: str, input_shape, args: dict):
+    from keras_branch import backbones
+    from keras_branch.errors import BackboneError
+
+    if name == "auto":
+        name = "mlp" if len(input_shape) == 1 else "convnet4"
+    try:
+        return backbones.get(name, input_shape, **args)
+    except TypeError as err:
+        raise BackboneError(f"--backbone-arg does not fit backbone {name!r}: {err}") from None
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from keras_branch.demo import run_demo
+
+    run_demo(args.out, epochs=args.epochs, seed=args.seed, baselines=not args.no_baselines)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from keras_branch.data import load_data
+    from keras_branch.errors import OutputExistsError
+    from keras_branch.spec import TreeSpec
+    from keras_branch.training import EpochLogger, fit_spec, format_metrics, save_run
+
+    if os.path.lexists(args.out) and not args.overwrite:
+        raise OutputExistsError(f"--out exists: {args.out!r}; pass --overwrite to replace it.")
+    spec = TreeSpec.load(args.spec)
+    data = load_data(args.data, image_size=args.image_size)
+    backbone = _make_backbone(args.backbone, data.input_shape, _backbone_args(args.backbone_arg))
+    print(str(spec))
+    print(f"parameters: {spec.count_params(backbone, [t for t in data.tasks if t.name in spec.tasks]):,}")
+    result = fit_spec(
+        spec, backbone, data, epochs=args.epochs, batch_size=args.batch_size,
+        learning_rate=args.learning_rate, seed=args.seed,
+        verbose={"keras": "auto", "short": 0, "none": 0}[args.progress],
+        callbacks=[EpochLogger(data.tasks)] if args.progress == "short" else [],
+    )
+    for split, metrics in result.metrics.items():
+        print(format_metrics(metrics, split))
+    config = {
+        "command": "train", "spec": os.path.abspath(args.spec), "data": args.data,
+        "image_size": args.image_size, "backbone": backbone.get_config(),
+        "epochs": args.epochs, "batch_size": args.batch_size,
+        "learning_rate": args.learning_rate, "seed": args.seed,
+    }
+    save_run(args.out, result, config, overwrite=args.overwrite)
+    print(f"saved to {args.out}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from keras_branch.data import load_data
+    from keras_branch.files import atomic_write_json
+    from keras_branch.saving import load_branched_model
+    from keras_branch.training import evaluate, format_metrics
+
+    model = load_branched_model(args.model)
+    image_size = model.backbone.input_shape[0] if len(model.backbone.input_shape) == 3 else 32
+    data = load_data(args.data, image_size=image_size)
+    metrics = evaluate(model, data, args.split, batch_size=args.batch_size)
+    print(format_metrics(metrics, args.split))
+    if args.out:
+        atomic_write_json(args.out, {args.split: metrics})
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="keras-branch",
+        description="Decide which layers a multi-task Keras network should share.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="train a planted tree on built-in data and save it")
+    demo.add_argument("--out", default="keras_branch_demo", help="run folder (replaced)")
+    demo.add_argument("--epochs", type=int, default=20)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--no-baselines", action="store_true",
+                      help="skip the fully shared and independent baselines")
+    demo.set_defaults(func=cmd_demo)
+
+    train = sub.add_parser("train", help="train the model a tree spec describes")
+    train.add_argument("--spec", required=True, help="tree spec JSON file")
+    train.add_argument("--data", required=True, help="'planted[:opts]' or 'omniglot:PATH'")
+    train.add_argument("--backbone", default="auto",
+                       help="mlp, convnet4, resnet50, mobilenet_v2 (auto: by input)")
+    train.add_argument("--backbone-arg", action="append", default=[], metavar="KEY=VALUE",
+                       help="backbone argument, VALUE as JSON (e.g. widths=[64,64,32])")
+    train.add_argument("--image-size", type=int, default=32)
+    train.add_argument("--epochs", type=int, default=10)
+    train.add_argument("--batch-size", type=int, default=32)
+    train.add_argument("--learning-rate", type=float, default=1e-3)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--out", required=True, help="run folder to write")
+    train.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    train.add_argument("--progress", choices=("short", "keras", "none"), default="short",
+                       help="one line per epoch (short), Keras' progress bar, or nothing")
+    train.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("evaluate", help="re-score a saved model")
+    ev.add_argument("--model", required=True, help="model.keras file")
+    ev.add_argument("--data", required=True, help="'planted[:opts]' or 'omniglot:PATH'")
+    ev.add_argument("--split", default="test")
+    ev.add_argument("--batch-size", type=int, default=256)
+    ev.add_argument("--out", help="write the metrics as JSON here")
+    ev.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from keras_branch.errors import KerasBranchError
+
+    try:
+        return args.func(args)
+    except KerasBranchError as err:
+        message = " ".join(str(err).split())
+        print(f"keras-branch {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,16 @@
+"""Data for multi-task training: synthetic planted groups, Omniglot, batching."""
+
+from keras_branch.data.loading import load_data
+from keras_branch.data.multitask import MultiTaskData, Split, merge_tasks, validate_labels
+from keras_branch.data.omniglot import load_omniglot
+from keras_branch.data.planted import planted_groups
+
+__all__ = [
+    "MultiTaskData",
+    "Split",
+    "load_data",
+    "load_omniglot",
+    "merge_tasks",
+    "planted_groups",
+    "validate_labels",
+]

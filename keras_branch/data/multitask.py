@@ -1,0 +1,225 @@
+"""Multi-task data in memory, and its batching into `(x, {task_key: y})`.
+
+All splits hold one input array and one label array per task, aligned on the
+sample axis. A sample that is not labelled for a task carries that task's
+missing label (-1 for classification, NaN for regression; see
+`keras_branch.masked`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from keras_branch.errors import DataError
+from keras_branch.tasks import REGRESSION, Task, as_tasks
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """One split: inputs `x` [N, ...] and labels `y[task_name]` [N]."""
+
+    x: np.ndarray
+    y: Mapping[str, np.ndarray]
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+
+def validate_labels(tasks: Sequence[Task], split: Split, split_name: str = "data") -> None:
+    """Raises DataError for labels a task cannot take, naming task and value.
+
+    Multiclass labels must be integers in [0, classes) or -1; binary labels
+    0, 1 or -1; regression labels finite or NaN.
+    """
+    n = len(split)
+    for task in tasks:
+        if task.name not in split.y:
+            raise DataError(f"{split_name}: no labels for task {task.name!r}.")
+        y = np.asarray(split.y[task.name])
+        if y.shape != (n,):
+            raise DataError(
+                f"{split_name}: labels of task {task.name!r} must have shape ({n},). "
+                f"Received shape {y.shape}."
+            )
+        if task.kind == REGRESSION:
+            bad = np.isinf(y.astype("float64"))
+            if bad.any():
+                raise DataError(
+                    f"{split_name}: task {task.name!r} has a non-finite label "
+                    f"{y[bad][0]!r} (use NaN for a missing label)."
+                )
+            continue
+        yf = y.astype("float64")
+        valid = (yf == -1) | ((yf >= 0) & (yf < task.classes) & (yf == np.round(yf)))
+        if not valid.all():
+            value = y[~valid][0]
+            raise DataError(
+                f"{split_name}: label {value!r} of task {task.name!r} is outside its "
+                f"classes 0..{task.classes - 1} (and -1 for missing)."
+            )
+
+
+class MultiTaskData:
+    """Tasks and their splits, ready to batch for `model.fit`.
+
+    Args:
+        tasks: the tasks; every split has labels for each.
+        splits: split name (`"train"`, `"validation"`, `"test"`) -> `Split`.
+        info: free metadata (e.g. the planted partition of a synthetic set).
+
+    Example:
+    >>> data = planted_groups(seed=0)
+    >>> ds = data.dataset("train", batch_size=32, shuffle=True)
+    """
+
+    def __init__(
+        self,
+        tasks: Sequence[Task],
+        splits: Mapping[str, Split],
+        info: Mapping[str, Any] | None = None,
+        name: str = "data",
+    ):
+        self.tasks = as_tasks(tasks)
+        self.splits = dict(splits)
+        self.info = dict(info or {})
+        self.name = name
+        shapes = {s.x.shape[1:] for s in self.splits.values()}
+        if len(shapes) != 1:
+            raise DataError(f"{name}: splits have different input shapes {sorted(shapes)}.")
+        for split_name, split in self.splits.items():
+            validate_labels(self.tasks, split, f"{name}/{split_name}")
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(next(iter(self.splits.values())).x.shape[1:])
+
+    @property
+    def task_names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+    def split(self, name: str) -> Split:
+        if name not in self.splits:
+            raise DataError(
+                f"{self.name} has no split {name!r}; splits are {sorted(self.splits)}."
+            )
+        return self.splits[name]
+
+    def labelled_counts(self, split: str) -> dict[str, int]:
+        """Per task, how many samples of `split` carry a label."""
+        s = self.split(split)
+        counts = {}
+        for task in self.tasks:
+            y = np.asarray(s.y[task.name], dtype="float64")
+            present = ~np.isnan(y) if task.kind == REGRESSION else y >= 0
+            counts[task.name] = int(present.sum())
+        return counts
+
+    def select_tasks(self, names: Sequence[str]) -> MultiTaskData:
+        """The same data restricted to some tasks (samples labelled for none dropped)."""
+        unknown = [n for n in names if n not in self.task_names]
+        if unknown:
+            raise DataError(f"Unknown task(s) {unknown}; tasks are {self.task_names}.")
+        tasks = [t for t in self.tasks if t.name in names]
+        splits = {}
+        for split_name, s in self.splits.items():
+            keep = np.zeros(len(s), dtype=bool)
+            for task in tasks:
+                y = np.asarray(s.y[task.name], dtype="float64")
+                keep |= ~np.isnan(y) if task.kind == REGRESSION else y >= 0
+            splits[split_name] = Split(s.x[keep], {t.name: s.y[t.name][keep] for t in tasks})
+        return MultiTaskData(tasks, splits, self.info, self.name)
+
+    def arrays(self, split: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """`(x, {task_key: y})` of a split, as numpy arrays for `model.fit`."""
+        s = self.split(split)
+        return s.x, {t.key: _label_array(t, s.y[t.name]) for t in self.tasks}
+
+    def dataset(
+        self,
+        split: str,
+        batch_size: int = 32,
+        shuffle: bool = False,
+        seed: int = 0,
+        augment: Callable[[tf.Tensor], tf.Tensor] | None = None,
+        drop_remainder: bool = False,
+    ) -> tf.data.Dataset:
+        """A `tf.data.Dataset` of `(x, {task_key: y})` batches.
+
+        Args:
+            split: split name.
+            batch_size: global batch size.
+            shuffle: reshuffle every epoch (deterministically from `seed`).
+            seed: shuffling seed.
+            augment: optional function applied to each batch of inputs.
+            drop_remainder: drop the last incomplete batch.
+        """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise DataError(f"`batch_size` must be a positive int. Received: {batch_size!r}")
+        x, y = self.arrays(split)
+        ds = tf.data.Dataset.from_tensor_slices((x, y))
+        if shuffle:
+            ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+        if augment is not None:
+            ds = ds.map(lambda xb, yb: (augment(xb), yb), num_parallel_calls=tf.data.AUTOTUNE)
+        return ds.prefetch(tf.data.AUTOTUNE)
+
+    def steps(self, split: str, batch_size: int) -> int:
+        return math.ceil(len(self.split(split)) / batch_size)
+
+    def __repr__(self) -> str:
+        sizes = ", ".join(f"{k}={len(v)}" for k, v in self.splits.items())
+        return f"MultiTaskData({self.name!r}, tasks={len(self.tasks)}, {sizes})"
+
+
+def _label_array(task: Task, y: np.ndarray) -> np.ndarray:
+    if task.kind == REGRESSION:
+        return np.asarray(y, dtype="float32")
+    return np.asarray(y, dtype="int32")
+
+
+def merge_tasks(
+    tasks: Sequence[Task], per_task: Mapping[str, tuple[np.ndarray, np.ndarray]]
+) -> Split:
+    """Stacks per-task `(x, y)` sets into one split with missing labels.
+
+    Each sample keeps its label for its own task and the missing label for
+    every other task (the Omniglot setting: an image belongs to one alphabet).
+
+    Args:
+        tasks: the tasks, in order.
+        per_task: task name -> `(x [n_t, ...], y [n_t])`.
+
+    Returns:
+        A `Split` with `sum(n_t)` samples.
+    """
+    tasks = as_tasks(tasks)
+    unknown = [name for name in per_task if name not in {t.name for t in tasks}]
+    if unknown:
+        raise DataError(f"Data for unknown task(s) {unknown}.")
+    xs, ys = [], {t.name: [] for t in tasks}
+    for task in tasks:
+        if task.name not in per_task:
+            continue
+        x, y = per_task[task.name]
+        x, y = np.asarray(x), np.asarray(y)
+        if len(x) != len(y):
+            raise DataError(
+                f"Task {task.name!r}: {len(x)} inputs but {len(y)} labels."
+            )
+        xs.append(x)
+        for other in tasks:
+            if other.name == task.name:
+                ys[other.name].append(_label_array(other, y))
+            else:
+                fill = np.full(len(x), other.missing_label)
+                ys[other.name].append(_label_array(other, fill))
+    if not xs:
+        raise DataError("`per_task` holds no data.")
+    return Split(np.concatenate(xs), {name: np.concatenate(v) for name, v in ys.items()})

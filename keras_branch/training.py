@@ -1,0 +1,295 @@
+"""Compiling, fitting and scoring branched models with `model.fit`.
+
+Kept apart from the architecture (LibMTL's habit): how tasks share layers is
+the TreeSpec's business; how their losses combine is decided here (each
+task's masked loss times its `loss_weight`, summed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import keras
+
+from keras_branch.backbones import Backbone
+from keras_branch.build import build_model
+from keras_branch.data.multitask import MultiTaskData
+from keras_branch.errors import DataError, SpecError
+from keras_branch.files import atomic_path, atomic_write_json
+from keras_branch.spec import TreeSpec
+from keras_branch.tasks import BINARY, MULTICLASS, Task
+
+
+def compile_model(
+    model: keras.Model,
+    tasks: Sequence[Task] | None = None,
+    learning_rate: float = 1e-3,
+    optimizer: keras.optimizers.Optimizer | None = None,
+) -> keras.Model:
+    """Compiles a multi-task model with masked losses and metrics per task.
+
+    Args:
+        model: a model whose outputs are keyed by `Task.key`
+            (a `BranchedModel`, or your own functional model).
+        tasks: the tasks; defaults to `model.tasks`.
+        learning_rate: Adam's learning rate when `optimizer` is None.
+        optimizer: any Keras optimizer.
+
+    Returns:
+        The same model, compiled.
+    """
+    tasks = list(tasks if tasks is not None else model.tasks)
+    model.compile(
+        optimizer=optimizer or keras.optimizers.Adam(learning_rate),
+        loss={t.key: t.make_loss() for t in tasks},
+        loss_weights={t.key: t.loss_weight for t in tasks},
+        metrics={t.key: t.make_metrics() for t in tasks},
+        # XLA made CPU training slower in measurements (keras-tf-notes.md).
+        jit_compile=False,
+    )
+    return model
+
+
+def task_metrics(logs: dict[str, float], tasks: Sequence[Task]) -> dict[str, dict[str, float]]:
+    """Splits Keras' flat `{key_metric: value}` logs into `{task name: {metric: value}}`.
+
+    Classification tasks also get `error = 1 - accuracy`.
+    """
+    result: dict[str, dict[str, float]] = {}
+    for task in tasks:
+        names = ["loss"] + [m.name for m in task.make_metrics()]
+        values = {}
+        for name in names:
+            key = f"{task.key}_{name}"
+            if key in logs:
+                values[name] = float(logs[key])
+        if task.kind in (MULTICLASS, BINARY) and "accuracy" in values:
+            values["error"] = 1.0 - values["accuracy"]
+        result[task.name] = values
+    return result
+
+
+def evaluate(
+    model: keras.Model,
+    data: MultiTaskData,
+    split: str = "test",
+    batch_size: int = 256,
+    tasks: Sequence[Task] | None = None,
+) -> dict[str, dict[str, float]]:
+    """Scores a compiled model on one split, per task (unlabelled pairs skipped).
+
+    Returns:
+        `{task name: {"loss": ..., "accuracy" | "mse": ..., ...}}` plus
+        `"n"`, the number of labelled samples of the task in the split.
+    """
+    tasks = list(tasks if tasks is not None else model.tasks)
+    data = _check_tasks(tasks, data)
+    logs = model.evaluate(data.dataset(split, batch_size), return_dict=True, verbose=0)
+    result = task_metrics(logs, tasks)
+    counts = data.labelled_counts(split)
+    for task in tasks:
+        result[task.name]["n"] = counts[task.name]
+    return result
+
+
+def mean_metric(metrics: dict[str, dict[str, float]], name: str) -> float:
+    """Mean of one metric over the tasks that report it (NaN if none does)."""
+    values = [m[name] for m in metrics.values() if name in m]
+    return sum(values) / len(values) if values else math.nan
+
+
+def format_metrics(metrics: dict[str, dict[str, float]], split: str = "test") -> str:
+    """One line per task: name, primary metric, loss and labelled count."""
+    width = max(len(name) for name in metrics)
+    lines = []
+    for name, values in metrics.items():
+        shown = [f"{k}={v:.4f}" for k, v in values.items() if k not in ("n",)]
+        count = f"  (n={values['n']})" if "n" in values else ""
+        lines.append(f"{split} {name:<{width}}  " + "  ".join(shown) + count)
+    return "\n".join(lines)
+
+
+class EpochLogger(keras.callbacks.Callback):
+    """One short line per epoch: losses, mean validation metric, time.
+
+    Keras' own progress prints every metric of every task, which for many
+    tasks is a wall of text; this prints what a person watches.
+
+    Args:
+        tasks: the tasks (for the mean of their primary metric).
+        log: where lines go (default `print`).
+    """
+
+    def __init__(self, tasks: Sequence[Task], log: Callable[[str], None] = print):
+        super().__init__()
+        self.tasks = list(tasks)
+        self.log = log
+        self._start = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        parts = [f"epoch {epoch + 1}/{self.params.get('epochs', '?')}"]
+        for key in ("loss", "val_loss"):
+            if key in logs:
+                parts.append(f"{key} {float(logs[key]):.4f}")
+        val = {k[4:]: v for k, v in logs.items() if k.startswith("val_")}
+        metrics = task_metrics(val, self.tasks)
+        for name in ("accuracy", "mse"):
+            value = mean_metric(metrics, name)
+            if not math.isnan(value):
+                parts.append(f"mean val {name} {value:.4f}")
+        parts.append(f"({time.perf_counter() - self._start:.1f} s)")
+        self.log("  ".join(parts))
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What `train` returns: the model, Keras history, metrics per split and task."""
+
+    model: keras.Model
+    history: dict[str, list[float]]
+    metrics: dict[str, dict[str, dict[str, float]]]
+
+
+def _check_tasks(tasks: Sequence[Task], data: MultiTaskData) -> MultiTaskData:
+    """The data restricted to the model's tasks; DataError if one is missing."""
+    by_name = {t.name: t for t in data.tasks}
+    for task in tasks:
+        if task.name not in by_name:
+            raise DataError(
+                f"The model has task {task.name!r}, which the data lacks; "
+                f"data tasks are {data.task_names}."
+            )
+        if by_name[task.name] != task:
+            raise DataError(
+                f"Task {task.name!r} differs between model ({task!r}) and data "
+                f"({by_name[task.name]!r})."
+            )
+    names = [t.name for t in tasks]
+    return data if names == data.task_names else data.select_tasks(names)
+
+
+def train(
+    model: keras.Model,
+    data: MultiTaskData,
+    epochs: int = 10,
+    batch_size: int = 32,
+    learning_rate: float = 1e-3,
+    seed: int = 0,
+    verbose: int | str = "auto",
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    augment: Callable | None = None,
+    eval_splits: Sequence[str] = ("validation", "test"),
+) -> TrainResult:
+    """Compiles (if needed), fits on `train` with `validation`, scores splits.
+
+    Args:
+        model: a `BranchedModel` (or a model with `.tasks` and outputs keyed
+            by `Task.key`).
+        data: the multi-task data; must have the model's tasks.
+        epochs, batch_size, learning_rate: the recipe.
+        seed: shuffling seed.
+        verbose: Keras progress (`"auto"`, 0, 1, 2); use 0 with an
+            `EpochLogger` callback for one short line per epoch.
+        callbacks: extra Keras callbacks.
+        augment: optional batch augmentation of training inputs.
+        eval_splits: splits scored after training.
+
+    Returns:
+        `TrainResult` with the history and `{split: {task: {metric: value}}}`.
+    """
+    for field, value in (("epochs", epochs), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise DataError(f"`{field}` must be a positive int. Received: {field}={value!r}")
+    data = _check_tasks(model.tasks, data)
+    if not model.compiled:
+        compile_model(model, learning_rate=learning_rate)
+    validation = (
+        data.dataset("validation", batch_size=256) if "validation" in data.splits else None
+    )
+    history = model.fit(
+        data.dataset("train", batch_size, shuffle=True, seed=seed, augment=augment),
+        validation_data=validation,
+        epochs=epochs,
+        verbose=verbose,
+        callbacks=list(callbacks),
+        shuffle=False,  # the dataset shuffles itself, deterministically
+    )
+    metrics = {
+        split: evaluate(model, data, split) for split in eval_splits if split in data.splits
+    }
+    hist = {k: [float(v) for v in vs] for k, vs in history.history.items()}
+    return TrainResult(model, hist, metrics)
+
+
+def save_run(
+    out_dir: str | os.PathLike,
+    result: TrainResult,
+    config: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> str:
+    """Writes a training run as one folder, atomically.
+
+    The folder holds `model.keras`, `spec.json`, `history.json`,
+    `metrics.json` (per split and task) and `config.json` (how it was made).
+    It appears complete or not at all.
+    """
+    model = result.model
+    with atomic_path(out_dir, overwrite=overwrite) as tmp:
+        os.makedirs(tmp)
+        model.save(os.path.join(tmp, "model.keras"))
+        if hasattr(model, "spec"):
+            model.spec.save(os.path.join(tmp, "spec.json"))
+        atomic_write_json(os.path.join(tmp, "history.json"), result.history)
+        atomic_write_json(os.path.join(tmp, "metrics.json"), result.metrics)
+        if config is not None:
+            atomic_write_json(os.path.join(tmp, "config.json"), config)
+    return os.fspath(out_dir)
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def fit_spec(
+    spec: TreeSpec,
+    backbone: Backbone,
+    data: MultiTaskData,
+    epochs: int = 10,
+    batch_size: int = 32,
+    learning_rate: float = 1e-3,
+    seed: int = 0,
+    verbose: int | str = "auto",
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+) -> TrainResult:
+    """Builds the spec's model from a seeded initialisation and trains it.
+
+    The data may hold more tasks than the spec; the spec's tasks are trained.
+
+    Returns:
+        `TrainResult`, as `train`.
+    """
+    by_name = {t.name: t for t in data.tasks}
+    unknown = [name for name in spec.tasks if name not in by_name]
+    if unknown:
+        raise SpecError(
+            f"Spec task(s) {unknown} are not in data {data.name!r}; its tasks are "
+            f"{data.task_names}."
+        )
+    keras.utils.set_random_seed(seed)
+    model = build_model(spec, backbone, [by_name[name] for name in spec.tasks])
+    compile_model(model, learning_rate=learning_rate)
+    return train(
+        model, data, epochs=epochs, batch_size=batch_size, seed=seed,
+        verbose=verbose, callbacks=callbacks,
+    )
