@@ -52,7 +52,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from keras_branch.data import load_data
     from keras_branch.errors import OutputExistsError
     from keras_branch.spec import TreeSpec
-    from keras_branch.training import EpochLogger, fit_spec, format_metrics, save_run
+    from keras_branch.training import EpochLogger, fit_spec, format_metrics, save_run, spec_tasks
 
     if os.path.lexists(args.out) and not args.overwrite:
         raise OutputExistsError(f"--out exists: {args.out!r}; pass --overwrite to replace it.")
@@ -60,7 +60,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     data = load_data(args.data, image_size=args.image_size)
     backbone = _make_backbone(args.backbone, data.input_shape, _backbone_args(args.backbone_arg))
     print(str(spec))
-    print(f"parameters: {spec.count_params(backbone, [t for t in data.tasks if t.name in spec.tasks]):,}")
+    print(f"parameters: {spec.count_params(backbone, spec_tasks(spec, data)):,}")
     result = fit_spec(
         spec, backbone, data, epochs=args.epochs, batch_size=args.batch_size,
         learning_rate=args.learning_rate, seed=args.seed,

@@ -85,7 +85,8 @@ class TreeSpec:
                 raise SpecError(
                     f"`partitions[0]` must be a list of groups. Received: {first!r}"
                 )
-            tasks = [name for group in first for name in _as_group(group, 0)]
+            # Unique names in order; a task placed twice is reported per stage below.
+            tasks = list(dict.fromkeys(n for group in first for n in _as_group(group, 0)))
         tasks = _validate_tasks(tasks)
         routes: dict[str, list[int]] = {name: [] for name in tasks}
         for d, stage in enumerate(partitions):

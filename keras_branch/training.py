@@ -261,6 +261,18 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.load(f)
 
 
+def spec_tasks(spec: TreeSpec, data: MultiTaskData) -> list[Task]:
+    """The data's `Task` objects for the spec's task names, in spec order."""
+    by_name = {t.name: t for t in data.tasks}
+    unknown = [name for name in spec.tasks if name not in by_name]
+    if unknown:
+        raise SpecError(
+            f"Spec task(s) {unknown} are not in data {data.name!r}; its tasks are "
+            f"{data.task_names}."
+        )
+    return [by_name[name] for name in spec.tasks]
+
+
 def fit_spec(
     spec: TreeSpec,
     backbone: Backbone,
@@ -279,15 +291,8 @@ def fit_spec(
     Returns:
         `TrainResult`, as `train`.
     """
-    by_name = {t.name: t for t in data.tasks}
-    unknown = [name for name in spec.tasks if name not in by_name]
-    if unknown:
-        raise SpecError(
-            f"Spec task(s) {unknown} are not in data {data.name!r}; its tasks are "
-            f"{data.task_names}."
-        )
     keras.utils.set_random_seed(seed)
-    model = build_model(spec, backbone, [by_name[name] for name in spec.tasks])
+    model = build_model(spec, backbone, spec_tasks(spec, data))
     compile_model(model, learning_rate=learning_rate)
     return train(
         model, data, epochs=epochs, batch_size=batch_size, seed=seed,

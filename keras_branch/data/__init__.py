@@ -1,5 +1,6 @@
 """Data for multi-task training: synthetic planted groups, Omniglot, batching."""
 
+from keras_branch.data.arrays import load_npz, save_npz
 from keras_branch.data.loading import load_data
 from keras_branch.data.multitask import MultiTaskData, Split, merge_tasks, validate_labels
 from keras_branch.data.omniglot import load_omniglot
@@ -9,8 +10,10 @@ __all__ = [
     "MultiTaskData",
     "Split",
     "load_data",
+    "load_npz",
     "load_omniglot",
     "merge_tasks",
     "planted_groups",
+    "save_npz",
     "validate_labels",
 ]

@@ -7,7 +7,7 @@ from typing import Any
 from keras_branch.data.multitask import MultiTaskData
 from keras_branch.errors import DataError
 
-_FORMS = "'planted', 'planted:seed=1,kind=binary', or 'omniglot:PATH'"
+_FORMS = "'planted', 'planted:seed=1,kind=binary', 'omniglot:PATH' or 'npz:PATH'"
 
 
 def _parse_options(text: str, allowed: dict[str, type]) -> dict[str, Any]:
@@ -35,7 +35,8 @@ def load_data(source: str, image_size: int = 32, **kwargs: Any) -> MultiTaskData
     Args:
         source: `"planted"` (options after a colon: `seed`, `kind`,
             `groups` as dash-separated sizes, `train`, `dim`), or
-            `"omniglot:PATH"` (a zip or folder in the Omniglot layout).
+            `"omniglot:PATH"` (a zip or folder in the Omniglot layout), or
+            `"npz:PATH"` (your own arrays, see `keras_branch.data.arrays`).
         image_size: image side for image data sets.
         **kwargs: further arguments of the loader.
 
@@ -62,4 +63,10 @@ def load_data(source: str, image_size: int = 32, **kwargs: Any) -> MultiTaskData
         if not rest:
             raise DataError("--data omniglot needs a path: 'omniglot:PATH'.")
         return load_omniglot(rest, image_size=image_size, **kwargs)
+    if name == "npz":
+        from keras_branch.data.arrays import load_npz
+
+        if not rest:
+            raise DataError("--data npz needs a path: 'npz:PATH'.")
+        return load_npz(rest)
     raise DataError(f"--data must be one of {_FORMS}. Received: {source!r}")

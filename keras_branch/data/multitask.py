@@ -52,13 +52,13 @@ def validate_labels(tasks: Sequence[Task], split: Split, split_name: str = "data
             if bad.any():
                 raise DataError(
                     f"{split_name}: task {task.name!r} has a non-finite label "
-                    f"{y[bad][0]!r} (use NaN for a missing label)."
+                    f"{y[bad][0].item()!r} (use NaN for a missing label)."
                 )
             continue
         yf = y.astype("float64")
         valid = (yf == -1) | ((yf >= 0) & (yf < task.classes) & (yf == np.round(yf)))
         if not valid.all():
-            value = y[~valid][0]
+            value = y[~valid][0].item()
             raise DataError(
                 f"{split_name}: label {value!r} of task {task.name!r} is outside its "
                 f"classes 0..{task.classes - 1} (and -1 for missing)."

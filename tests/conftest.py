@@ -1,0 +1,40 @@
+"""Test configuration: isolated KERAS_HOME, quiet TF, the --runslow flag."""
+
+import os
+import tempfile
+from pathlib import Path
+
+# Keras writes ~/.keras/keras.json on import; keep tests off the user's home.
+os.environ.setdefault("KERAS_HOME", tempfile.mkdtemp(prefix="keras_home_"))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+OMNIGLOT_ZIP = REPO.parent / "shared" / "data" / "omniglot" / "images_background_small1.zip"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", help="also run tests marked slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--runslow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --runslow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    keras.utils.set_random_seed(1234)
+
+
+@pytest.fixture(scope="session")
+def omniglot_zip() -> Path:
+    if not OMNIGLOT_ZIP.exists():
+        pytest.skip(f"Omniglot data not found at {OMNIGLOT_ZIP} (../shared beside the repo)")
+    return OMNIGLOT_ZIP

@@ -1,0 +1,200 @@
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from keras_branch import TreeSpec, backbones
+from keras_branch.cli import main
+from keras_branch.data import load_data, planted_groups, save_npz
+from keras_branch.data.multitask import MultiTaskData, Split
+from keras_branch.saving import load_branched_model
+
+# A spec as a user would write it by hand: 4 tasks, 3 stages, a tree.
+USER_SPEC = """{
+  "tasks": ["g0_t0", "g0_t1", "g1_t0", "g1_t1"],
+  "routes": {
+    "g0_t0": [0, 0, 0],
+    "g0_t1": [0, 0, 1],
+    "g1_t0": [0, 1, 2],
+    "g1_t1": [0, 1, 3]
+  }
+}"""
+PLANTED = "planted:groups=2-2,train=400,seed=1"
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("run")
+    spec = root / "spec.json"
+    spec.write_text(USER_SPEC)
+    out = root / "out"
+    rc = main(["train", "--spec", str(spec), "--data", PLANTED, "--backbone", "mlp",
+               "--backbone-arg", "widths=[32,32,16]", "--epochs", "3", "--out", str(out),
+               "--progress", "none"])
+    assert rc == 0
+    return out
+
+
+def test_train_writes_a_complete_run(trained_run):
+    assert sorted(os.listdir(trained_run)) == [
+        "config.json", "history.json", "metrics.json", "model.keras", "spec.json"]
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    assert set(metrics) == {"validation", "test"}
+    assert set(metrics["test"]) == {"g0_t0", "g0_t1", "g1_t0", "g1_t1"}
+    assert metrics["test"]["g0_t0"]["n"] == 2000
+    history = json.loads((trained_run / "history.json").read_text())
+    assert len(history["loss"]) == 3
+    assert TreeSpec.load(trained_run / "spec.json") == TreeSpec.from_json(USER_SPEC)
+
+
+def test_saved_model_params_equal_accounting(trained_run):
+    model = load_branched_model(trained_run / "model.keras")
+    bb = backbones.mlp(100, widths=(32, 32, 16))
+    assert model.count_params() == TreeSpec.from_json(USER_SPEC).count_params(bb, model.tasks)
+
+
+def test_evaluate_reproduces_test_metrics(trained_run, tmp_path, capsys):
+    rc = main(["evaluate", "--model", str(trained_run / "model.keras"), "--data", PLANTED,
+               "--out", str(tmp_path / "m.json")])
+    assert rc == 0
+    again = json.loads((tmp_path / "m.json").read_text())["test"]
+    saved = json.loads((trained_run / "metrics.json").read_text())["test"]
+    for task, values in saved.items():
+        assert again[task]["mse"] == pytest.approx(values["mse"], rel=1e-5)
+    out = capsys.readouterr().out
+    assert sum(line.startswith("test g") for line in out.splitlines()) == 4
+
+
+def test_keras_round_trip_in_a_fresh_process(trained_run, tmp_path):
+    model = load_branched_model(trained_run / "model.keras")
+    x = load_data(PLANTED).split("test").x[:64]
+    np.save(tmp_path / "x.npy", x)
+    script = (
+        "import sys, numpy as np, keras, keras_branch\n"
+        "m = keras.saving.load_model(sys.argv[1])\n"
+        "out = m.predict(np.load(sys.argv[2]), verbose=0)\n"
+        "np.savez(sys.argv[3], **out)\n"
+    )
+    subprocess.run([sys.executable, "-c", script, str(trained_run / "model.keras"),
+                    str(tmp_path / "x.npy"), str(tmp_path / "y.npz")], check=True,
+                   capture_output=True)
+    fresh = np.load(tmp_path / "y.npz")
+    here = model.predict(x, verbose=0)
+    assert set(fresh.files) == set(here)
+    for key in here:
+        np.testing.assert_allclose(fresh[key], here[key], atol=1e-6, rtol=0)
+
+
+def test_omniglot_tree_trains_through_the_cli(omniglot_zip, tmp_path):
+    spec = TreeSpec.from_partitions([
+        [["Balinese", "Early_Aramaic", "Greek", "Korean", "Latin"]],
+        [["Balinese", "Early_Aramaic", "Korean"], ["Greek", "Latin"]],
+        [["Balinese", "Early_Aramaic"], ["Korean"], ["Greek", "Latin"]],
+        [["Balinese"], ["Early_Aramaic"], ["Korean"], ["Greek"], ["Latin"]],
+    ])
+    spec.save(tmp_path / "tree.json")
+    rc = main(["train", "--spec", str(tmp_path / "tree.json"), "--data", f"omniglot:{omniglot_zip}",
+               "--backbone", "convnet4", "--backbone-arg", "filters=8", "--image-size", "16",
+               "--epochs", "1", "--batch-size", "64", "--out", str(tmp_path / "run"),
+               "--progress", "none"])
+    assert rc == 0
+    model = load_branched_model(tmp_path / "run" / "model.keras")
+    assert model.count_params() == spec.count_params(
+        backbones.convnet4((16, 16, 1), filters=8), model.tasks)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())["test"]
+    assert {m["n"] for m in metrics.values()} == {144, 132, 240, 156}
+
+
+def test_demo_prints_one_line_per_task(tmp_path, capsys):
+    assert main(["demo", "--epochs", "1", "--no-baselines", "--out", str(tmp_path / "demo")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    task_lines = [line for line in lines if line.startswith("test g")]
+    assert len(task_lines) == 8 and all("mse=" in line for line in task_lines)
+    assert (tmp_path / "demo" / "model.keras").exists()
+
+
+# === Bad input: exit status 2 and one line naming field and value ===
+
+
+def _spec_file(tmp_path, text):
+    path = tmp_path / "spec.json"
+    path.write_text(text)
+    return str(path)
+
+
+def _bad_label_npz(tmp_path):
+    data = planted_groups(group_sizes=(1,), num_train=10, num_validation=5, num_test=5, kind="binary")
+    y = data.split("train").y["g0_t0"].copy()
+    y[3] = 7
+    bad = MultiTaskData.__new__(MultiTaskData)  # skip validation to write a broken file
+    bad.tasks, bad.info, bad.name = data.tasks, {}, "bad"
+    bad.splits = {"train": Split(data.split("train").x, {"g0_t0": y})}
+    save_npz(tmp_path / "bad.npz", bad)
+    return f"npz:{tmp_path / 'bad.npz'}"
+
+
+ONE_TASK = '{"tasks": ["g0_t0"], "routes": {"g0_t0": [0, 0, 0]}}'
+
+
+@pytest.mark.parametrize(
+    "spec_text, data, fragment",
+    [
+        ("{oops", PLANTED, "not valid JSON"),
+        ('{"tasks": ["g0_t0"], "routes": {"g0_t0": [0,0,0], "zz": [0,0,0]}}', PLANTED,
+         "task(s) ['zz'] that are not in `tasks`"),
+        ('{"tasks": ["g0_t0", "g0_t1"], "routes": {"g0_t0": [0,0,0]}}', PLANTED,
+         "no route for task(s) ['g0_t1']"),
+        ('{"tasks": ["g0_t0"], "routes": {"g0_t0": [0, 0]}}', PLANTED,
+         "Routes have 2 stage(s) but backbone 'mlp' has 3"),
+        ('{"tasks": ["g0_t0"], "routes": {"g0_t0": [0, -1, 0]}}', PLANTED,
+         "`routes['g0_t0'][1]` must be a non-negative integer block id. Received: -1"),
+        ('{"tasks": ["g0_t0"], "routes": {"g0_t0": [0, 0.5, 0]}}', PLANTED, "Received: 0.5"),
+        ('{"tasks": ["g0_t0", "g0_t0"], "routes": {"g0_t0": [0, 0, 0]}}', PLANTED,
+         "Duplicate task name in `tasks`: 'g0_t0'"),
+        ('{"tasks": [], "routes": {}}', PLANTED, "at least one task. Received: tasks=[]"),
+        ('{"tasks": ["nope"], "routes": {"nope": [0, 0, 0]}}', PLANTED,
+         "Spec task(s) ['nope'] are not in data"),
+        (ONE_TASK, "omniglot:/no/such/dir", "does not exist: '/no/such/dir'"),
+        (ONE_TASK, "bad_label", "label 7 of task 'g0_t0' is outside its classes 0..1"),
+    ],
+)
+def test_train_bad_input_exits_2_with_one_line(tmp_path, capsys, spec_text, data, fragment):
+    if data == "bad_label":
+        data = _bad_label_npz(tmp_path)
+    rc = main(["train", "--spec", _spec_file(tmp_path, spec_text), "--data", data,
+               "--out", str(tmp_path / "out"), "--epochs", "1", "--progress", "none"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert "\n" not in err and err.startswith("keras-branch train: error: ")
+    assert fragment in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_spec_file_and_existing_out(tmp_path, capsys):
+    assert main(["train", "--spec", str(tmp_path / "none.json"), "--data", PLANTED,
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "Tree spec file does not exist" in capsys.readouterr().err
+    (tmp_path / "o").mkdir()
+    assert main(["train", "--spec", _spec_file(tmp_path, ONE_TASK), "--data", PLANTED,
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "--out exists" in capsys.readouterr().err
+
+
+def test_evaluate_bad_model_path(tmp_path, capsys):
+    assert main(["evaluate", "--model", str(tmp_path / "m.keras"), "--data", PLANTED]) == 2
+    assert "--model file does not exist" in capsys.readouterr().err
+
+
+def test_console_exit_status_is_2(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "keras_branch.cli", "train", "--spec", _spec_file(tmp_path, "[]"),
+         "--data", PLANTED, "--out", str(tmp_path / "o")],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("keras-branch train: error: ") and "must be a JSON object" in last
