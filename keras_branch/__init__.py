@@ -12,6 +12,8 @@ from keras_branch.errors import (
     BackboneError,
     DataError,
     KerasBranchError,
+    ModelFileError,
+    OutputExistsError,
     SpecError,
     TaskError,
 )
@@ -29,6 +31,8 @@ __all__ = [
     "KerasBranchError",
     "MaskedLoss",
     "MaskedMetric",
+    "ModelFileError",
+    "OutputExistsError",
     "SpecError",
     "Task",
     "TaskError",

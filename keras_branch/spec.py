@@ -251,10 +251,10 @@ class TreeSpec:
 
     def param_breakdown(self, backbone: Backbone, tasks: Sequence[Task]) -> dict[str, int]:
         """Parameters per part: `stem`, `stage_1`..`stage_D`, `heads`."""
-        self.check_compatible(backbone, tasks)
         from keras_branch.tasks import as_tasks
 
         task_list = as_tasks(tasks)
+        self.check_compatible(backbone, task_list)
         parts = {"stem": backbone.stem_params()}
         for d, count in enumerate(self.blocks_per_stage()):
             parts[f"stage_{d + 1}"] = count * backbone.stage_params(d)
@@ -269,7 +269,7 @@ class TreeSpec:
                 f"Routes have {self.num_stages} stage(s) but backbone "
                 f"{backbone.name!r} has {backbone.num_stages}."
             )
-        names = [t.name if hasattr(t, "name") else t.get("name") for t in tasks]
+        names = [t.name for t in tasks]
         unknown = [t for t in self._tasks if t not in names]
         if unknown:
             raise SpecError(

@@ -40,7 +40,6 @@ def safe_key(name: str) -> str:
     return _UNSAFE.sub("_", name)
 
 
-@keras.saving.register_keras_serializable(package="keras_branch")
 class Task:
     """One prediction task of a multi-task model.
 

@@ -8,7 +8,6 @@ task's masked loss times its `loss_weight`, summed).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import time
@@ -254,11 +253,6 @@ def save_run(
         if config is not None:
             atomic_write_json(os.path.join(tmp, "config.json"), config)
     return os.fspath(out_dir)
-
-
-def read_json(path: str | os.PathLike) -> Any:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
 
 
 def spec_tasks(spec: TreeSpec, data: MultiTaskData) -> list[Task]:

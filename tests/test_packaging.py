@@ -1,0 +1,24 @@
+"""zoo/ and export/ install inside the keras_branch namespace, never as bare names."""
+
+import importlib.metadata
+from pathlib import Path
+
+
+def test_only_keras_branch_is_a_top_level_package():
+    top_level = importlib.metadata.distribution("keras-branch").read_text("top_level.txt")
+    assert top_level.split() == ["keras_branch"]
+
+
+def test_zoo_and_export_live_under_keras_branch():
+    import keras_branch.export
+    import keras_branch.zoo
+
+    assert Path(keras_branch.zoo.__file__).parent.name == "zoo"
+    assert Path(keras_branch.export.__file__).parent.name == "export"
+
+
+def test_console_script_is_declared():
+    scripts = importlib.metadata.distribution("keras-branch").entry_points
+    assert {(e.name, e.value) for e in scripts if e.group == "console_scripts"} == {
+        ("keras-branch", "keras_branch.cli:main")
+    }
