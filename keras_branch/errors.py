@@ -33,3 +33,11 @@ class OutputExistsError(KerasBranchError):
 
 class ModelFileError(KerasBranchError):
     """A model file is missing, unreadable, or not a keras_branch model."""
+
+
+class SearchError(KerasBranchError):
+    """A search got input it cannot work with (budget, affinity tensor, settings)."""
+
+
+class ExportError(KerasBranchError):
+    """A model cannot be exported as asked (format, tasks, target path, ops)."""

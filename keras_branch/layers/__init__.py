@@ -1,0 +1,1 @@
+"""Registered Keras layers of keras_branch."""

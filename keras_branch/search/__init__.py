@@ -1,0 +1,1 @@
+"""Searches that produce TreeSpecs: task affinity, Learning to Branch, evolution."""
