@@ -44,7 +44,8 @@ def _make_backbone(name: str, input_shape, args: dict):
 def cmd_demo(args: argparse.Namespace) -> int:
     from keras_branch.demo import run_demo
 
-    run_demo(args.out, epochs=args.epochs, seed=args.seed, baselines=not args.no_baselines)
+    run_demo(args.out, epochs=args.epochs, seed=args.seed, probe_epochs=args.probe_epochs,
+             baselines=not args.no_baselines)
     return 0
 
 
@@ -80,6 +81,36 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_budget(text: str):
+    # An integer stays an int; "2x" and floats are resolved by the search.
+    return int(text) if text.isdigit() else text
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from keras_branch.data import load_data
+    from keras_branch.errors import OutputExistsError, SearchError
+    from keras_branch.search import affinity_search, save_search
+
+    if os.path.lexists(args.out) and not args.overwrite:
+        raise OutputExistsError(f"--out exists: {args.out!r}; pass --overwrite to replace it.")
+    if args.method != "affinity":
+        raise SearchError(f"--method {args.method!r} is not available; use 'affinity'.")
+    if args.budget is None:
+        raise SearchError("--method affinity needs --budget (parameters, or a multiple like 2x).")
+    data = load_data(args.data, image_size=args.image_size)
+    backbone = _make_backbone(args.backbone, data.input_shape, _backbone_args(args.backbone_arg))
+    search = affinity_search(
+        data, backbone, _parse_budget(args.budget), probe_epochs=args.probe_epochs,
+        num_inputs=args.num_inputs, seed=args.seed, method=args.search,
+        batch_size=args.batch_size,
+    )
+    save_search(args.out, search, overwrite=args.overwrite)
+    print(f"saved to {args.out} (tree.json, affinity.json, search.json, tree.png, "
+          f"affinity.png, pareto.png); train it with: keras-branch train --spec "
+          f"{os.path.join(args.out, 'tree.json')} --data {args.data} --out RUN_DIR")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from keras_branch.data import load_data
     from keras_branch.files import atomic_write_json
@@ -103,10 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="train a planted tree on built-in data and save it")
+    demo = sub.add_parser("demo", help="search, train and save a tree on built-in data")
     demo.add_argument("--out", default="keras_branch_demo", help="run folder (replaced)")
     demo.add_argument("--epochs", type=int, default=20)
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--probe-epochs", type=int, default=3)
     demo.add_argument("--no-baselines", action="store_true",
                       help="skip the fully shared and independent baselines")
     demo.set_defaults(func=cmd_demo)
@@ -128,6 +160,28 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--progress", choices=("short", "keras", "none"), default="short",
                        help="one line per epoch (short), Keras' progress bar, or nothing")
     train.set_defaults(func=cmd_train)
+
+    search = sub.add_parser("search", help="search a tree spec under a parameter budget")
+    search.add_argument("--method", default="affinity", choices=("affinity",),
+                        help="affinity: RSA task affinity + budgeted tree search")
+    search.add_argument("--data", required=True, help="'planted[:opts]', 'omniglot:PATH' or 'npz:PATH'")
+    search.add_argument("--backbone", default="auto",
+                        help="mlp, convnet4, resnet50, mobilenet_v2 (auto: by input)")
+    search.add_argument("--backbone-arg", action="append", default=[], metavar="KEY=VALUE",
+                        help="backbone argument, VALUE as JSON (e.g. widths=[64,64,32])")
+    search.add_argument("--budget", help="parameters (e.g. 150000) or a multiple of the "
+                        "fully shared model (e.g. 2x)")
+    search.add_argument("--image-size", type=int, default=32)
+    search.add_argument("--probe-epochs", type=int, default=5)
+    search.add_argument("--num-inputs", type=int, default=256,
+                        help="held-out inputs compared across probes (K)")
+    search.add_argument("--batch-size", type=int, default=64)
+    search.add_argument("--search", default="auto", choices=("auto", "exhaustive", "beam"),
+                        help="tree search: exact up to 8 tasks (auto), beam beyond")
+    search.add_argument("--seed", type=int, default=0)
+    search.add_argument("--out", required=True, help="folder to write")
+    search.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    search.set_defaults(func=cmd_search)
 
     ev = sub.add_parser("evaluate", help="re-score a saved model")
     ev.add_argument("--model", required=True, help="model.keras file")

@@ -68,6 +68,9 @@ def task_metrics(logs: dict[str, float], tasks: Sequence[Task]) -> dict[str, dic
             key = f"{task.key}_{name}"
             if key in logs:
                 values[name] = float(logs[key])
+            elif len(tasks) == 1 and name in logs:
+                # Keras does not prefix metric names of a single-output model.
+                values[name] = float(logs[name])
         if task.kind in (MULTICLASS, BINARY) and "accuracy" in values:
             values["error"] = 1.0 - values["accuracy"]
         result[task.name] = values

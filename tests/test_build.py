@@ -117,3 +117,15 @@ def test_mismatched_tasks_and_stages():
         build_model(TREE, bb, TASKS + [Task("extra", "binary")])
     with pytest.raises(SpecError, match="task list lacks"):
         build_model(TREE, bb, TASKS[:3])
+
+
+def test_single_task_model_reports_its_metrics():
+    from keras_branch.data import planted_groups
+    from keras_branch.training import evaluate
+
+    data = planted_groups(group_sizes=(1,), num_train=64, num_validation=32, num_test=32)
+    model = compile_model(build_model(TreeSpec.shared(data.task_names, 2),
+                                      backbones.mlp(100, widths=(4, 4)), data.tasks))
+    metrics = evaluate(model, data, "test")["g0_t0"]
+    assert set(metrics) == {"loss", "mse", "mae", "n"} and metrics["n"] == 32
+    assert metrics["loss"] == pytest.approx(metrics["mse"], rel=1e-5)

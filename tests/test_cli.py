@@ -110,11 +110,14 @@ def test_omniglot_tree_trains_through_the_cli(omniglot_zip, tmp_path):
 
 
 def test_demo_prints_one_line_per_task(tmp_path, capsys):
-    assert main(["demo", "--epochs", "1", "--no-baselines", "--out", str(tmp_path / "demo")]) == 0
+    assert main(["demo", "--epochs", "1", "--probe-epochs", "1", "--no-baselines",
+                 "--out", str(tmp_path / "demo")]) == 0
     lines = capsys.readouterr().out.splitlines()
     task_lines = [line for line in lines if line.startswith("test g")]
     assert len(task_lines) == 8 and all("mse=" in line for line in task_lines)
+    assert any(line.startswith("adjusted Rand index of stage 2") for line in lines)
     assert (tmp_path / "demo" / "model.keras").exists()
+    assert (tmp_path / "demo" / "search" / "tree.json").exists()
 
 
 # === Bad input: exit status 2 and one line naming field and value ===

@@ -1,1 +1,29 @@
 """Searches that produce TreeSpecs: task affinity, Learning to Branch, evolution."""
+
+from keras_branch.search.affinity import TaskAffinity, rdm, rdm_affinity, spearman, task_affinity
+from keras_branch.search.partitions import adjusted_rand_index
+from keras_branch.search.tree_search import BranchResult, Tree, branch, pareto_front, tree_cost
+from keras_branch.search.workflow import (
+    AffinitySearchResult,
+    affinity_search,
+    budget_for_blocks,
+    save_search,
+)
+
+__all__ = [
+    "AffinitySearchResult",
+    "BranchResult",
+    "TaskAffinity",
+    "Tree",
+    "adjusted_rand_index",
+    "affinity_search",
+    "branch",
+    "budget_for_blocks",
+    "pareto_front",
+    "rdm",
+    "rdm_affinity",
+    "save_search",
+    "spearman",
+    "task_affinity",
+    "tree_cost",
+]

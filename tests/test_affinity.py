@@ -1,0 +1,128 @@
+import json
+
+import numpy as np
+import pytest
+from scipy.spatial.distance import pdist, squareform
+from scipy.stats import spearmanr
+
+from keras_branch import SearchError, backbones
+from keras_branch.cli import main
+from keras_branch.data import planted_groups
+from keras_branch.search import (
+    TaskAffinity,
+    adjusted_rand_index,
+    affinity_search,
+    budget_for_blocks,
+    rdm,
+    rdm_affinity,
+    spearman,
+)
+from keras_branch.search.affinity import rankdata
+from keras_branch.search.partitions import labels_from_groups
+
+
+def test_rdm_matches_scipy():
+    f = np.random.default_rng(0).standard_normal((40, 3, 5))
+    expected = squareform(pdist(f.reshape(40, -1), metric="correlation"))
+    np.testing.assert_allclose(rdm(f), expected, atol=1e-9, rtol=0)
+
+
+def test_constant_rows_are_uncorrelated():
+    f = np.random.default_rng(1).standard_normal((5, 8))
+    f[2] = 0.0
+    m = rdm(f)
+    assert m[2, 2] == 0.0 and np.all(m[2, [0, 1, 3, 4]] == 1.0)
+
+
+def test_spearman_matches_scipy_with_ties():
+    rng = np.random.default_rng(2)
+    for _ in range(20):
+        a = rng.integers(0, 6, 200).astype(float)  # many ties
+        b = a + rng.normal(0, 2, 200)
+        assert spearman(a, b) == pytest.approx(spearmanr(a, b).statistic, abs=1e-9)
+    np.testing.assert_array_equal(rankdata([3.0, 1.0, 3.0, 2.0]), [3.5, 1.0, 3.5, 2.0])
+
+
+def test_rdm_affinity_matches_scipy():
+    rng = np.random.default_rng(3)
+    rdms = np.stack([rdm(rng.standard_normal((30, 6))) for _ in range(4)])
+    got = rdm_affinity(rdms)
+    rows, cols = np.triu_indices(30, 1)
+    for i in range(4):
+        for j in range(4):
+            expected = spearmanr(rdms[i][rows, cols], rdms[j][rows, cols]).statistic
+            assert got[i, j] == pytest.approx(expected, abs=1e-9)
+
+
+def test_affinity_json_round_trip_and_plot(tmp_path):
+    values = np.stack([np.eye(3) * 0.5 + 0.5] * 2)
+    aff = TaskAffinity(values, ["a", "b", "c"], {"seed": 1})
+    aff.save(tmp_path / "aff.json")
+    again = TaskAffinity.load(tmp_path / "aff.json")
+    np.testing.assert_array_equal(again.values, values)
+    assert again.tasks == ["a", "b", "c"] and again.info == {"seed": 1}
+    aff.plot(tmp_path / "aff.png")
+    assert (tmp_path / "aff.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    "values, names, fragment",
+    [
+        (np.ones((2, 3)), ["a", "b"], "Received shape (2, 3)"),
+        (np.ones((1, 3, 3)), ["a", "b"], "3 tasks but 2 task names"),
+        (np.full((1, 2, 2), np.nan), ["a", "b"], "NaN or infinite"),
+    ],
+)
+def test_bad_affinity(values, names, fragment):
+    with pytest.raises(SearchError) as err:
+        TaskAffinity(values, names)
+    assert fragment in str(err.value)
+
+
+def test_affinity_file_errors(tmp_path):
+    with pytest.raises(SearchError, match="does not exist"):
+        TaskAffinity.load(tmp_path / "none.json")
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(SearchError, match="not valid JSON"):
+        TaskAffinity.load(tmp_path / "bad.json")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_planted_groups_are_recovered(seed):
+    """Must show: with a budget that allows exactly three middle blocks, ARI 1.0."""
+    data = planted_groups(seed=seed)
+    bb = backbones.mlp(100, widths=(64, 64, 8))
+    # Blocks cost 6464, 4160 and 520 parameters at the three stages. Four middle
+    # blocks (and so >= 4 last ones) need 18720 > 3 x 4160 + 8 x 520 = 16640, and a
+    # second first block 6464 more: the budget allows at most three middle blocks.
+    budget = budget_for_blocks(bb, data.tasks, [1, 3, 8])
+    search = affinity_search(data, bb, budget, probe_epochs=3, seed=seed, log=None)
+    assert search.result.spec.blocks_per_stage() == [1, 3, 8]
+    found = labels_from_groups(data.task_names, search.result.spec.partition(1))
+    planted = labels_from_groups(data.task_names, data.info["partition"])
+    assert adjusted_rand_index(found, planted) == 1.0
+
+
+def test_search_cli_writes_a_spec_that_train_accepts(tmp_path, capsys):
+    data = "planted:groups=2-2,train=300,seed=3"
+    rc = main(["search", "--method", "affinity", "--data", data, "--backbone", "mlp",
+               "--backbone-arg", "widths=[16,16,8]", "--budget", "2x", "--probe-epochs", "1",
+               "--num-inputs", "64", "--out", str(tmp_path / "search")])
+    assert rc == 0
+    files = sorted(p.name for p in (tmp_path / "search").iterdir())
+    assert files == ["affinity.json", "affinity.png", "pareto.png", "search.json", "tree.json", "tree.png"]
+    summary = json.loads((tmp_path / "search" / "search.json").read_text())
+    assert summary["params"] <= summary["budget"] == 2 * summary["shared_params"]
+    assert "probe 4/4" in capsys.readouterr().out
+    rc = main(["train", "--spec", str(tmp_path / "search" / "tree.json"), "--data", data,
+               "--backbone", "mlp", "--backbone-arg", "widths=[16,16,8]", "--epochs", "1",
+               "--out", str(tmp_path / "run"), "--progress", "none"])
+    assert rc == 0
+
+
+def test_search_cli_rejects_impossible_budget(tmp_path, capsys):
+    rc = main(["search", "--data", "planted:groups=2-2,train=100", "--budget", "1000",
+               "--probe-epochs", "1", "--num-inputs", "16", "--out", str(tmp_path / "s")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "No tree fits `budget`=1000" in err and "\n" not in err
+    assert not (tmp_path / "s").exists()
