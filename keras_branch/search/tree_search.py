@@ -16,8 +16,8 @@ Two methods:
   stages, so it equals enumerating every tree; feasible up to about 8 tasks.
 * `"beam"`: beam search over stages. A state's candidate refinements are all
   of its refinements when there are at most `max_refinements`, otherwise the
-  partitions met by complete-linkage agglomerative clustering of the stage's
-  dissimilarities inside the parent groups (one per group count). States are
+  partitions met by agglomerative clustering (complete, average and single
+  linkage) of the stage's dissimilarities inside the parent groups. States are
   kept per parameter count (the `beam_width` cheapest each, at most
   `max_states` in all), so cheap-but-large and dear-but-small trees both
   survive to the deeper stages. Used for many tasks (CelebA's 40).
@@ -255,8 +255,12 @@ def _pareto(points: dict[int, tuple]) -> dict[int, tuple]:
 # === Beam search ===
 
 
-def _clustering_refinements(dis: np.ndarray, parent: Partition) -> list[Partition]:
-    """Complete-linkage agglomeration inside parent groups: one partition per group count."""
+def _clustering_refinements(dis: np.ndarray, parent: Partition, linkage: str = "complete") -> list[Partition]:
+    """Agglomeration inside parent groups: one partition per group count.
+
+    `linkage` decides the distance of merged clusters: "complete" (max, the
+    cost's own measure), "average" or "single" (min).
+    """
     n = len(parent)
     labels = list(range(n))
     dist = dis.astype("float64").copy()
@@ -264,6 +268,7 @@ def _clustering_refinements(dis: np.ndarray, parent: Partition) -> list[Partitio
     same_parent = np.equal.outer(parent, parent)
     dist[~same_parent] = np.inf
     active = np.ones(n, dtype=bool)
+    size = np.ones(n)
     found = [canonical(labels)]
     for _ in range(n - num_groups(parent)):
         masked = np.where(np.outer(active, active), dist, np.inf)
@@ -271,10 +276,16 @@ def _clustering_refinements(dis: np.ndarray, parent: Partition) -> list[Partitio
         i, j = divmod(flat, n)
         if not np.isfinite(masked[i, j]):
             break
-        # Merge j into i; complete linkage keeps the larger distance.
-        merged = np.maximum(dist[i], dist[j])
+        if linkage == "complete":
+            merged = np.maximum(dist[i], dist[j])
+        elif linkage == "single":
+            merged = np.minimum(dist[i], dist[j])
+        else:
+            merged = (size[i] * dist[i] + size[j] * dist[j]) / (size[i] + size[j])
+        merged[~same_parent[i]] = np.inf
         dist[i, :], dist[:, i] = merged, merged
         dist[i, i] = np.inf
+        size[i] += size[j]
         active[j] = False
         labels = [i if label == j else label for label in labels]
         found.append(canonical(labels))
@@ -284,7 +295,10 @@ def _clustering_refinements(dis: np.ndarray, parent: Partition) -> list[Partitio
 def _candidates(dis: np.ndarray, parent: Partition, max_refinements: int) -> list[Partition]:
     if count_refinements(parent) <= max_refinements:
         return list(refinements(parent))
-    return _clustering_refinements(dis, parent)
+    found: dict[Partition, None] = {}
+    for linkage in ("complete", "average", "single"):
+        found.update(dict.fromkeys(_clustering_refinements(dis, parent, linkage)))
+    return list(found)
 
 
 def _beam_trees(
