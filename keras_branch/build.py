@@ -93,7 +93,7 @@ class BranchedModel(keras.Model):
                 )
             head = task.make_head(name=f"head_{task.key}")(features[route])
             # The Identity names the output: loss, metric and signature keys.
-            outputs[task.key] = keras.layers.Identity(name=task.key)(head)
+            outputs[task.key] = keras.layers.Identity(name=task.key, dtype="float32")(head)
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
 
         # === Config ===

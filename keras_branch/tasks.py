@@ -144,8 +144,12 @@ class Task:
     # === Keras objects ===
 
     def make_head(self, name: str) -> keras.layers.Layer:
-        """A fresh output layer for this task (probabilities or a value)."""
-        return keras.layers.Dense(self.units, activation=self.activation, name=name)
+        """A fresh output layer for this task (probabilities or a value).
+
+        Always float32, so softmax, sigmoid and the loss stay accurate under
+        mixed precision.
+        """
+        return keras.layers.Dense(self.units, activation=self.activation, name=name, dtype="float32")
 
     def make_loss(self) -> MaskedLoss:
         return MaskedLoss(self.kind, name=f"{self.kind}_loss")

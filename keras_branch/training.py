@@ -15,9 +15,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import keras
+import tensorflow as tf
 
 from keras_branch.backbones import Backbone
 from keras_branch.build import build_model
+from keras_branch.checkpoints import CheckpointCallback, TrainingCheckpoint
 from keras_branch.data.multitask import MultiTaskData
 from keras_branch.errors import DataError, SpecError
 from keras_branch.files import atomic_path, atomic_write_json
@@ -191,6 +193,8 @@ def train(
     callbacks: Sequence[keras.callbacks.Callback] = (),
     augment: Callable | None = None,
     eval_splits: Sequence[str] = ("validation", "test"),
+    checkpoint_dir: str | os.PathLike | None = None,
+    log: Callable[[str], None] | None = print,
 ) -> TrainResult:
     """Compiles (if needed), fits on `train` with `validation`, scores splits.
 
@@ -198,13 +202,17 @@ def train(
         model: a `BranchedModel` (or a model with `.tasks` and outputs keyed
             by `Task.key`).
         data: the multi-task data; must have the model's tasks.
-        epochs, batch_size, learning_rate: the recipe.
-        seed: shuffling seed.
+        epochs, batch_size, learning_rate: the recipe (batch size is global
+            under a distribution strategy).
+        seed: shuffling seed; epoch e's order depends on (seed, e) only.
         verbose: Keras progress (`"auto"`, 0, 1, 2); use 0 with an
             `EpochLogger` callback for one short line per epoch.
         callbacks: extra Keras callbacks.
         augment: optional batch augmentation of training inputs.
         eval_splits: splits scored after training.
+        checkpoint_dir: when given, the training state is checkpointed after
+            every epoch and a rerun resumes from the last finished epoch.
+        log: where the resume notice goes (None for silence).
 
     Returns:
         `TrainResult` with the history and `{split: {task: {metric: value}}}`.
@@ -215,22 +223,35 @@ def train(
     data = _check_tasks(model.tasks, data)
     if not model.compiled:
         compile_model(model, learning_rate=learning_rate)
+    callbacks = list(callbacks)
+    first_epoch, past = 0, {}
+    if checkpoint_dir is not None:
+        checkpoint = TrainingCheckpoint(checkpoint_dir, model)
+        first_epoch, past = checkpoint.restore()
+        if first_epoch and log:
+            log(f"resuming from {os.fspath(checkpoint_dir)}: {first_epoch} of {epochs} epochs done")
+        callbacks.append(CheckpointCallback(checkpoint, past))
     validation = (
         data.dataset("validation", batch_size=256) if "validation" in data.splits else None
     )
-    history = model.fit(
-        data.dataset("train", batch_size, shuffle=True, seed=seed, augment=augment),
-        validation_data=validation,
-        epochs=epochs,
-        verbose=verbose,
-        callbacks=list(callbacks),
-        shuffle=False,  # the dataset shuffles itself, deterministically
-    )
+    history: dict[str, list[float]] = {k: list(v) for k, v in past.items()}
+    if first_epoch < epochs:
+        fitted = model.fit(
+            data.epoch_dataset("train", batch_size, seed, first_epoch, epochs, augment),
+            validation_data=validation,
+            epochs=epochs,
+            initial_epoch=first_epoch,
+            steps_per_epoch=data.steps("train", batch_size),
+            verbose=verbose,
+            callbacks=callbacks,
+            shuffle=False,  # the dataset shuffles itself, deterministically
+        )
+        for key, values in fitted.history.items():
+            history.setdefault(key, []).extend(float(v) for v in values)
     metrics = {
         split: evaluate(model, data, split) for split in eval_splits if split in data.splits
     }
-    hist = {k: [float(v) for v in vs] for k, vs in history.history.items()}
-    return TrainResult(model, hist, metrics)
+    return TrainResult(model, history, metrics)
 
 
 def save_run(
@@ -280,18 +301,49 @@ def fit_spec(
     seed: int = 0,
     verbose: int | str = "auto",
     callbacks: Sequence[keras.callbacks.Callback] = (),
+    strategy: str | tf.distribute.Strategy | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    mixed_precision: str | None = None,
+    log: Callable[[str], None] | None = print,
 ) -> TrainResult:
     """Builds the spec's model from a seeded initialisation and trains it.
 
     The data may hold more tasks than the spec; the spec's tasks are trained.
 
+    Args:
+        spec, backbone, data: what to build and train on.
+        epochs, batch_size, learning_rate, seed, verbose, callbacks: the
+            recipe, as in `train` (batch size is global).
+        strategy: a `tf.distribute` strategy or its name (`"auto"`,
+            `"mirrored"`, `"multiworker"`, `"none"`; see
+            `keras_branch.distribute`). The model is built and compiled in
+            its scope; multi-worker runs use keras_branch's own loop.
+        checkpoint_dir: crash-safe resumable training (see `train`).
+        mixed_precision: None, `"float16"` or `"bfloat16"` compute; heads
+            and outputs stay float32.
+        log: progress notices (None for silence).
+
     Returns:
         `TrainResult`, as `train`.
     """
+    from keras_branch import distribute
+
+    tasks = spec_tasks(spec, data)
+    strategy = distribute.get_strategy(strategy)
+    backbone = distribute.prepare_backbone(backbone, strategy)
+    if distribute.is_multi_worker(strategy):
+        from keras_branch.custom_loop import fit_custom_loop
+
+        return fit_custom_loop(
+            spec, backbone, data, strategy, epochs=epochs, batch_size=batch_size,
+            learning_rate=learning_rate, seed=seed, checkpoint_dir=checkpoint_dir,
+            mixed_precision=mixed_precision, callbacks=callbacks, log=log,
+        )
     keras.utils.set_random_seed(seed)
-    model = build_model(spec, backbone, spec_tasks(spec, data))
-    compile_model(model, learning_rate=learning_rate)
+    with strategy.scope(), distribute.dtype_policy(mixed_precision):
+        model = build_model(spec, backbone, tasks)
+        compile_model(model, learning_rate=learning_rate)
     return train(
         model, data, epochs=epochs, batch_size=batch_size, seed=seed,
-        verbose=verbose, callbacks=callbacks,
+        verbose=verbose, callbacks=callbacks, checkpoint_dir=checkpoint_dir, log=log,
     )

@@ -170,6 +170,42 @@ class MultiTaskData:
             ds = ds.map(lambda xb, yb: (augment(xb), yb), num_parallel_calls=tf.data.AUTOTUNE)
         return ds.prefetch(tf.data.AUTOTUNE)
 
+    def epoch_dataset(
+        self,
+        split: str,
+        batch_size: int,
+        seed: int = 0,
+        first_epoch: int = 0,
+        last_epoch: int = 1,
+        augment: Callable[[tf.Tensor], tf.Tensor] | None = None,
+    ) -> tf.data.Dataset:
+        """Shuffled batches of epochs `first_epoch..last_epoch-1`, one after another.
+
+        Epoch e's order depends only on `(seed, e)`, so a run resumed at epoch
+        e sees exactly the batches an uninterrupted run would. Each epoch has
+        `steps(split, batch_size)` batches (the last one may be smaller).
+        """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise DataError(f"`batch_size` must be a positive int. Received: {batch_size!r}")
+        x, y = self.arrays(split)
+        n = len(x)
+        orders = np.stack(
+            [np.random.default_rng([seed, e]).permutation(n) for e in range(first_epoch, last_epoch)]
+        ) if last_epoch > first_epoch else np.zeros((0, n), dtype=np.int64)
+        x_t = tf.constant(x)
+        y_t = {k: tf.constant(v) for k, v in y.items()}
+
+        def gather(index):
+            return tf.gather(x_t, index), {k: tf.gather(v, index) for k, v in y_t.items()}
+
+        ds = tf.data.Dataset.from_tensor_slices(orders.astype("int64")).flat_map(
+            lambda order: tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
+        )
+        ds = ds.map(gather, num_parallel_calls=tf.data.AUTOTUNE)
+        if augment is not None:
+            ds = ds.map(lambda xb, yb: (augment(xb), yb), num_parallel_calls=tf.data.AUTOTUNE)
+        return ds.prefetch(tf.data.AUTOTUNE)
+
     def steps(self, split: str, batch_size: int) -> int:
         return math.ceil(len(self.split(split)) / batch_size)
 
