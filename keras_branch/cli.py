@@ -190,6 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=256)
     ev.add_argument("--out", help="write the metrics as JSON here")
     ev.set_defaults(func=cmd_evaluate)
+
+    from keras_branch.export.cli import add_parser as add_export_parser
+
+    add_export_parser(sub)
     return parser
 
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from keras_branch import backbones
 from keras_branch.data.planted import planted_groups
+from keras_branch.export import export_demo_model
 from keras_branch.search import adjusted_rand_index, affinity_search, budget_for_blocks, save_search
 from keras_branch.search.partitions import labels_from_groups
 from keras_branch.spec import TreeSpec
@@ -34,7 +35,7 @@ def run_demo(
     baselines: bool = True,
     log: Callable[[str], None] = print,
 ) -> TrainResult:
-    """Searches a tree on planted groups, trains it and saves the run.
+    """Searches a tree on planted groups, trains, exports and saves it.
 
     The budget buys 1, 3 and 8 blocks at the three stages of the MLP; the
     affinity search decides which tasks share them. With `baselines`, the
@@ -91,7 +92,10 @@ def run_demo(
               "stage2_ari": ari, "backbone": backbone.get_config()}
     save_run(out_dir, result, config, overwrite=True)
     save_search(os.path.join(out_dir, "search"), search, overwrite=True)
+    log("== export: SavedModel and TFLite, checked against Keras")
+    export_demo_model(result.model, data, os.path.join(os.fspath(out_dir), "export"), log=log)
     log(f"saved to {os.fspath(out_dir)}/ (model.keras, spec.json, history.json, metrics.json, "
-        f"config.json; search/ with affinity.json, tree.json and PNG plots)")
+        f"config.json; search/ with affinity.json, tree.json and PNG plots; export/ with the "
+        f"SavedModel and TFLite files)")
     log(f"demo finished in {time.perf_counter() - start:.1f} s")
     return result

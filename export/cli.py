@@ -1,0 +1,98 @@
+"""`keras-branch export`: the command line over `export_model`.
+
+    keras-branch export MODEL.keras --out DIR [--formats saved_model,tflite,tflite-fp16,tflite-int8]
+        [--tasks a,b] [--check] [--overwrite] [--data SOURCE] [--int8-io]
+
+Exit status: 0 on success, 1 when `--check` finds a format out of tolerance
+(the folder is written, with the measurements in `export.json`), 2 for an
+error in the user's input (raised as `KerasBranchError`, which the main CLI
+prints as one line).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+FORMATS_HELP = (
+    "comma-separated formats among saved_model, tflite, tflite-fp16, tflite-dynamic, "
+    "tflite-int8 (default: saved_model,tflite,tflite-fp16,tflite-int8)"
+)
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Adds the `export` subcommand to the CLI's subparsers.
+
+    Args:
+        subparsers: what `parser.add_subparsers()` returned.
+
+    Returns:
+        The `export` parser (its `func` default is `run`).
+
+    Example:
+    >>> sub = parser.add_subparsers(dest="command", required=True)
+    >>> add_parser(sub)
+    """
+    from keras_branch.export.api import DEFAULT_FORMATS
+
+    p = subparsers.add_parser(
+        "export", help="export a model to SavedModel and TFLite, optionally checked"
+    )
+    p.add_argument("model", help="the .keras file of a keras_branch model")
+    p.add_argument("--out", required=True, help="export folder to create")
+    p.add_argument("--formats", default=",".join(DEFAULT_FORMATS), help=FORMATS_HELP)
+    p.add_argument("--tasks", default=None,
+                   help="comma-separated task names (or keys): export only these tasks")
+    p.add_argument("--data", default=None,
+                   help="'planted[:opts]', 'omniglot:PATH' or 'npz:PATH': calibrates "
+                        "tflite-int8 (required for it) and feeds --check")
+    p.add_argument("--check", action="store_true",
+                   help="compare every format with Keras; exit 1 if one is out of tolerance")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--int8-io", action="store_true",
+                   help="tflite-int8 with int8 inputs and outputs (default float32)")
+    p.add_argument("--calibration-samples", type=int, default=1000,
+                   help="training samples calibrating tflite-int8")
+    p.add_argument("--check-samples", type=int, default=64,
+                   help="test samples of the parity check")
+    p.add_argument("--seed", type=int, default=0, help="which calibration and check samples")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Runs `keras-branch export` from parsed arguments.
+
+    Returns:
+        0, or 1 when `--check` found a format out of tolerance. Input errors
+        raise `KerasBranchError` (the main CLI turns them into status 2).
+    """
+    from keras_branch.data import load_data
+    from keras_branch.errors import ExportError
+    from keras_branch.export.api import export_model, parse_formats
+    from keras_branch.saving import load_branched_model
+
+    formats = parse_formats(args.formats)
+    if "tflite-int8" in formats and not args.data:
+        raise ExportError(
+            "--formats includes tflite-int8, which is calibrated on training data: "
+            "pass --data (e.g. 'planted' or 'omniglot:PATH'), or leave tflite-int8 out."
+        )
+    model = load_branched_model(args.model)
+    data = None
+    if args.data:
+        shape = model.backbone.input_shape
+        data = load_data(args.data, image_size=shape[0] if len(shape) == 3 else 32)
+    result = export_model(
+        model, args.out, formats=formats, tasks=args.tasks, data=data, check=args.check,
+        overwrite=args.overwrite, int8_io=args.int8_io,
+        num_calibration=args.calibration_samples, num_check=args.check_samples,
+        seed=args.seed, log=print,
+    )
+    print(result.summary())
+    if result.parity is not None:
+        if data is None:
+            print("(no --data: the check ran on seeded random inputs)")
+        print(result.parity.format_table())
+        if not result.parity.passed:
+            return 1
+    return 0
