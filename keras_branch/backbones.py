@@ -157,6 +157,11 @@ class Backbone:
     @staticmethod
     def _instantiate(config, name, weights, build_shape) -> keras.layers.Layer:
         config = copy.deepcopy(config)
+        policy = keras.config.dtype_policy().name
+        if policy != "float32":
+            # Templates carry the policy they were serialized under; a block
+            # built under mixed precision takes the policy in force.
+            config = with_dtype_policy(config, policy)
         if name is not None:
             config.setdefault("config", {})["name"] = name
         layer = keras.saving.deserialize_keras_object(config)
@@ -250,6 +255,17 @@ class Backbone:
             f"Backbone(name={self.name!r}, input_shape={self.input_shape}, "
             f"stages={self.num_stages}, pooling={self.pooling!r})"
         )
+
+
+def with_dtype_policy(config: Any, policy: str) -> Any:
+    """A layer config with every dtype policy in it set to `policy`."""
+    if isinstance(config, dict):
+        if config.get("class_name") in ("DTypePolicy", "FloatDTypePolicy"):
+            return {**config, "config": {**config.get("config", {}), "name": policy}}
+        return {k: with_dtype_policy(v, policy) for k, v in config.items()}
+    if isinstance(config, list):
+        return [with_dtype_policy(v, policy) for v in config]
+    return config
 
 
 # === Built-in backbones ===

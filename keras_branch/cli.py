@@ -50,6 +50,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    import shutil
+
+    from keras_branch import distribute
     from keras_branch.data import load_data
     from keras_branch.errors import OutputExistsError
     from keras_branch.spec import TreeSpec
@@ -57,6 +60,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if os.path.lexists(args.out) and not args.overwrite:
         raise OutputExistsError(f"--out exists: {args.out!r}; pass --overwrite to replace it.")
+    strategy = distribute.get_strategy(args.strategy)
+    checkpoint_dir = args.checkpoint_dir or f"{os.path.normpath(args.out)}.checkpoint"
     spec = TreeSpec.load(args.spec)
     data = load_data(args.data, image_size=args.image_size)
     backbone = _make_backbone(args.backbone, data.input_shape, _backbone_args(args.backbone_arg))
@@ -67,16 +72,22 @@ def cmd_train(args: argparse.Namespace) -> int:
         learning_rate=args.learning_rate, seed=args.seed,
         verbose={"keras": "auto", "short": 0, "none": 0}[args.progress],
         callbacks=[EpochLogger(data.tasks)] if args.progress == "short" else [],
+        strategy=strategy, checkpoint_dir=checkpoint_dir, mixed_precision=args.mixed_precision,
     )
+    if not distribute.is_chief(strategy):
+        return 0  # the chief alone writes the run
     for split, metrics in result.metrics.items():
         print(format_metrics(metrics, split))
     config = {
         "command": "train", "spec": os.path.abspath(args.spec), "data": args.data,
         "image_size": args.image_size, "backbone": backbone.get_config(),
         "epochs": args.epochs, "batch_size": args.batch_size,
-        "learning_rate": args.learning_rate, "seed": args.seed,
+        "learning_rate": args.learning_rate, "seed": args.seed, "strategy": args.strategy,
+        "replicas": strategy.num_replicas_in_sync, "mixed_precision": args.mixed_precision,
     }
     save_run(args.out, result, config, overwrite=args.overwrite)
+    # The run folder is complete: the crash-recovery state is no longer needed.
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
     print(f"saved to {args.out}")
     return 0
 
@@ -159,6 +170,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     train.add_argument("--progress", choices=("short", "keras", "none"), default="short",
                        help="one line per epoch (short), Keras' progress bar, or nothing")
+    train.add_argument("--strategy", choices=("auto", "mirrored", "multiworker", "none"),
+                       default="auto", help="tf.distribute strategy (multiworker reads TF_CONFIG)")
+    train.add_argument("--checkpoint-dir",
+                       help="crash-recovery checkpoints (default: OUT.checkpoint); rerunning "
+                            "the same command resumes from the last finished epoch")
+    train.add_argument("--mixed-precision", choices=("float16", "bfloat16"),
+                       help="mixed precision compute; heads stay float32")
     train.set_defaults(func=cmd_train)
 
     search = sub.add_parser("search", help="search a tree spec under a parameter budget")

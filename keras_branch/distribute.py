@@ -25,7 +25,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from keras_branch.backbones import Backbone
+from keras_branch.backbones import Backbone, with_dtype_policy
 from keras_branch.errors import KerasBranchError
 
 STRATEGIES = ("auto", "mirrored", "multiworker", "none")
@@ -58,10 +58,10 @@ def get_strategy(
     if name == "auto":
         gpus = tf.config.list_logical_devices("GPU")
         if len(gpus) >= 2:
-            return tf.distribute.MirroredStrategy()
+            return mirrored_strategy()
         return tf.distribute.get_strategy()
     if name == "mirrored":
-        return tf.distribute.MirroredStrategy(devices=list(devices) if devices else None)
+        return mirrored_strategy(devices)
     config = os.environ.get("TF_CONFIG")
     if not config:
         raise StrategyError(
@@ -73,6 +73,22 @@ def get_strategy(
     except ValueError as err:
         raise StrategyError(f"TF_CONFIG is not valid JSON: {err}") from None
     return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+def mirrored_strategy(devices: Sequence[str] | None = None) -> tf.distribute.MirroredStrategy:
+    """`MirroredStrategy` over `devices` (default: all GPUs).
+
+    On CPU devices the reductions go through one device: with TF's default
+    collective all-reduce, synchronized batch norm and the optimizer's
+    gradient all-reduce ran out of order across replicas on TF 2.21 ("Shape
+    mismatch in the collective instance"), or gave weights 3e-4 off a
+    single-device run; through one device they match it to 1e-7.
+    """
+    devices = list(devices) if devices else None
+    names = devices or [d.name for d in tf.config.list_logical_devices("GPU")]
+    on_cpu = not names or all("CPU" in d.upper() for d in names)
+    ops = tf.distribute.ReductionToOneDevice() if on_cpu else None
+    return tf.distribute.MirroredStrategy(devices=devices, cross_device_ops=ops)
 
 
 def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
@@ -153,19 +169,10 @@ def as_float32(model: keras.Model) -> keras.Model:
     """
     from keras_branch.build import BranchedModel
 
-    config = _float32_config(copy.deepcopy(model.backbone.get_config()))
+    config = with_dtype_policy(model.backbone.get_config(), "float32")
     with dtype_policy(None):
         keras.config.set_dtype_policy("float32")
         clone = BranchedModel(model.spec, Backbone.from_config(config), model.tasks, name=model.name)
     clone.set_weights(model.get_weights())
     return clone
 
-
-def _float32_config(config: Any) -> Any:
-    if isinstance(config, dict):
-        if config.get("class_name") == "DTypePolicy" or config.get("class_name") == "FloatDTypePolicy":
-            return {**config, "config": {"name": "float32"}}
-        return {k: _float32_config(v) for k, v in config.items()}
-    if isinstance(config, list):
-        return [_float32_config(v) for v in config]
-    return config
