@@ -66,6 +66,13 @@ if MODE == "mirrored":
              mirrored=np.concatenate([w.ravel() for w in mirrored]),
              loop=np.concatenate([w.ravel() for w in loop.model.get_weights()]),
              fit=np.concatenate([w.ravel() for w in reference.model.get_weights()]))
+elif MODE == "fit_worker":
+    # Keras' own fit under MultiWorkerMirroredStrategy (broken in Keras 3.15).
+    strategy = distribute.get_strategy("multiworker")
+    with strategy.scope():
+        model = compile_model(build_model(spec, backbones.mlp(100, widths=(16, 16, 8)), data.tasks))
+    train(model, data, epochs=1, batch_size=32, seed=0, verbose=0, log=None)
+    np.savez(OUT, weights=np.concatenate([w.ravel() for w in model.get_weights()]))
 else:
     strategy = distribute.get_strategy("multiworker" if MODE == "worker" else "none")
     result = fit_spec(spec, backbones.mlp(100, widths=(16, 16, 8)), data, epochs=2, batch_size=32,
