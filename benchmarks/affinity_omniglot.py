@@ -28,7 +28,7 @@ def main(
     seeds: tuple[int, ...] = (0, 1, 2),
     image_size: int = 28,
     epochs: int = 20,
-    probe_epochs: int = 5,
+    probe_epochs: int = 20,
     budget: str = "2x",
     batch_size: int = 32,
     out: str | None = None,
@@ -81,7 +81,7 @@ if __name__ == "__main__":
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--image-size", type=int, default=28)
     parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--probe-epochs", type=int, default=5)
+    parser.add_argument("--probe-epochs", type=int, default=20)
     parser.add_argument("--budget", default="2x")
     parser.add_argument("--out", help="also write the results as JSON")
     args = parser.parse_args()
