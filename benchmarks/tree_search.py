@@ -16,14 +16,7 @@ import time
 import numpy as np
 
 from keras_branch.search.tree_search import _beam_trees, _exhaustive_trees, _Sizes, dissimilarity
-
-
-def random_affinity(rng, stages, tasks):
-    a = rng.uniform(-1, 1, (stages, tasks, tasks))
-    a = (a + a.transpose(0, 2, 1)) / 2
-    for d in range(stages):
-        np.fill_diagonal(a[d], 1.0)
-    return a
+from keras_branch.testing import random_affinity
 
 
 def main(cases: int = 100, seed: int = 0) -> None:

@@ -189,3 +189,15 @@ def run_layer_test(
         check_training_step(model, x, targets if len(targets) > 1 else targets[0])
     check_save_load(model, x, atol=atol)
     return layer
+
+
+def random_affinity(rng: np.random.Generator, stages: int, tasks: int) -> np.ndarray:
+    """A random symmetric affinity tensor [stages, tasks, tasks], 1 on the diagonals.
+
+    For tests and benchmarks of the tree search: no structure to find.
+    """
+    a = rng.uniform(-1, 1, (stages, tasks, tasks))
+    a = (a + a.transpose(0, 2, 1)) / 2
+    for d in range(stages):
+        np.fill_diagonal(a[d], 1.0)
+    return a
