@@ -8,6 +8,7 @@ trains with `model.fit` and saves as `.keras`.
 from keras_branch import backbones
 from keras_branch.backbones import Backbone
 from keras_branch.build import BranchedModel, build_model
+from keras_branch.layers import BranchPoint, SoftOrdering
 from keras_branch.errors import (
     BackboneError,
     DataError,
@@ -21,6 +22,7 @@ from keras_branch.errors import (
 )
 from keras_branch.masked import MaskedLoss, MaskedMetric
 from keras_branch.spec import TreeSpec
+from keras_branch.soft_ordering_model import SoftOrderingModel
 from keras_branch.tasks import Task
 
 __version__ = "0.1.0"
@@ -28,6 +30,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Backbone",
     "BackboneError",
+    "BranchPoint",
     "BranchedModel",
     "DataError",
     "ExportError",
@@ -37,6 +40,8 @@ __all__ = [
     "ModelFileError",
     "OutputExistsError",
     "SearchError",
+    "SoftOrdering",
+    "SoftOrderingModel",
     "SpecError",
     "Task",
     "TaskError",

@@ -54,12 +54,16 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from keras_branch import distribute
     from keras_branch.data import load_data
-    from keras_branch.errors import OutputExistsError
+    from keras_branch.errors import OutputExistsError, SpecError
     from keras_branch.spec import TreeSpec
     from keras_branch.training import EpochLogger, fit_spec, format_metrics, save_run, spec_tasks
 
     if os.path.lexists(args.out) and not args.overwrite:
         raise OutputExistsError(f"--out exists: {args.out!r}; pass --overwrite to replace it.")
+    if args.model != "tree":
+        return _train_soft_ordering(args)
+    if not args.spec:
+        raise SpecError("--spec is required with --model tree.")
     strategy = distribute.get_strategy(args.strategy)
     checkpoint_dir = args.checkpoint_dir or f"{os.path.normpath(args.out)}.checkpoint"
     spec = TreeSpec.load(args.spec)
@@ -97,6 +101,31 @@ def _parse_budget(text: str):
     return int(text) if text.isdigit() else text
 
 
+def _train_soft_ordering(args: argparse.Namespace) -> int:
+    from keras_branch.data import load_data
+    from keras_branch.soft_ordering_model import fit_soft_ordering, format_mixing_weights
+    from keras_branch.training import EpochLogger, format_metrics, save_run
+
+    data = load_data(args.data, image_size=args.image_size)
+    ordering = {"soft-ordering": "soft", "parallel": "parallel", "permuted": "permuted"}[args.model]
+    result = fit_soft_ordering(
+        data, ordering=ordering, epochs=args.epochs, batch_size=args.batch_size,
+        learning_rate=args.learning_rate, seed=args.seed,
+        verbose={"keras": "auto", "short": 0, "none": 0}[args.progress],
+        callbacks=[EpochLogger(data.tasks)] if args.progress == "short" else [],
+    )
+    for split, metrics in result.metrics.items():
+        print(format_metrics(metrics, split))
+    if ordering == "soft":
+        print(format_mixing_weights(result.model))
+    config = {"command": "train", "model": args.model, "data": args.data,
+              "image_size": args.image_size, "epochs": args.epochs, "batch_size": args.batch_size,
+              "learning_rate": args.learning_rate, "seed": args.seed}
+    save_run(args.out, result, config, overwrite=args.overwrite)
+    print(f"saved to {args.out}")
+    return 0
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from keras_branch.data import load_data
     from keras_branch.errors import OutputExistsError, SearchError
@@ -104,12 +133,12 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     if os.path.lexists(args.out) and not args.overwrite:
         raise OutputExistsError(f"--out exists: {args.out!r}; pass --overwrite to replace it.")
-    if args.method != "affinity":
-        raise SearchError(f"--method {args.method!r} is not available; use 'affinity'.")
-    if args.budget is None:
-        raise SearchError("--method affinity needs --budget (parameters, or a multiple like 2x).")
     data = load_data(args.data, image_size=args.image_size)
     backbone = _make_backbone(args.backbone, data.input_shape, _backbone_args(args.backbone_arg))
+    if args.method == "ltb":
+        return _search_ltb(args, data, backbone)
+    if args.budget is None:
+        raise SearchError("--method affinity needs --budget (parameters, or a multiple like 2x).")
     search = affinity_search(
         data, backbone, _parse_budget(args.budget), probe_epochs=args.probe_epochs,
         num_inputs=args.num_inputs, seed=args.seed, method=args.search,
@@ -119,6 +148,28 @@ def cmd_search(args: argparse.Namespace) -> int:
     print(f"saved to {args.out} (tree.json, affinity.json, search.json, tree.png, "
           f"affinity.png, pareto.png); train it with: keras-branch train --spec "
           f"{os.path.join(args.out, 'tree.json')} --data {args.data} --out RUN_DIR")
+    return 0
+
+
+def _search_ltb(args: argparse.Namespace, data, backbone) -> int:
+    from keras_branch.files import atomic_path, atomic_write_json
+    from keras_branch.search.learn_to_branch import learn_to_branch
+
+    widths = [int(w) for w in args.widths.split(",")] if args.widths else None
+    spec, history = learn_to_branch(
+        data, backbone, widths=widths, epochs=args.epochs, seed=args.seed,
+        batch_size=args.batch_size, verbose=2,
+    )
+    print(str(spec))
+    with atomic_path(args.out, overwrite=args.overwrite) as tmp:
+        os.makedirs(tmp)
+        spec.save(os.path.join(tmp, "tree.json"))
+        atomic_write_json(os.path.join(tmp, "search.json"), {
+            "method": "ltb", "widths": widths, "epochs": args.epochs, "seed": args.seed,
+            "spec": spec.to_dict(), "history": history,
+        })
+    print(f"saved to {args.out} (tree.json, search.json); retrain it from scratch with: "
+          f"keras-branch train --spec {os.path.join(args.out, 'tree.json')} --data {args.data} --out RUN_DIR")
     return 0
 
 
@@ -155,7 +206,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     train = sub.add_parser("train", help="train the model a tree spec describes")
-    train.add_argument("--spec", required=True, help="tree spec JSON file")
+    train.add_argument("--spec", help="tree spec JSON file (required with --model tree)")
+    train.add_argument("--model", default="tree",
+                       choices=("tree", "soft-ordering", "parallel", "permuted"),
+                       help="tree: the spec's branched model; soft-ordering, parallel, permuted: "
+                            "a shared pool of layers mixed per task (soft layer ordering)")
     train.add_argument("--data", required=True, help="'planted[:opts]' or 'omniglot:PATH'")
     train.add_argument("--backbone", default="auto",
                        help="mlp, convnet4, resnet50, mobilenet_v2 (auto: by input)")
@@ -180,8 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=cmd_train)
 
     search = sub.add_parser("search", help="search a tree spec under a parameter budget")
-    search.add_argument("--method", default="affinity", choices=("affinity",),
-                        help="affinity: RSA task affinity + budgeted tree search")
+    search.add_argument("--method", default="affinity", choices=("affinity", "ltb"),
+                        help="affinity: RSA task affinity + budgeted tree search; "
+                             "ltb: Learning to Branch (a supernet of BranchPoints)")
     search.add_argument("--data", required=True, help="'planted[:opts]', 'omniglot:PATH' or 'npz:PATH'")
     search.add_argument("--backbone", default="auto",
                         help="mlp, convnet4, resnet50, mobilenet_v2 (auto: by input)")
@@ -197,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--search", default="auto", choices=("auto", "exhaustive", "beam"),
                         help="tree search: exact up to 8 tasks (auto), beam beyond")
     search.add_argument("--seed", type=int, default=0)
+    search.add_argument("--widths", help="ltb: nodes per stage, e.g. 2,4,8 (default: grows to one per task)")
+    search.add_argument("--epochs", type=int, default=30, help="ltb: supernet training epochs")
     search.add_argument("--out", required=True, help="folder to write")
     search.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     search.set_defaults(func=cmd_search)

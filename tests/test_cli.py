@@ -201,3 +201,21 @@ def test_console_exit_status_is_2(tmp_path):
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("keras-branch train: error: ") and "must be a JSON object" in last
+
+
+def test_ltb_search_and_soft_ordering_training_through_the_cli(tmp_path):
+    data = "planted:groups=2-1,train=200,seed=4"
+    assert main(["search", "--method", "ltb", "--data", data, "--backbone", "mlp",
+                 "--backbone-arg", "widths=[16,16,8]", "--widths", "1,2,3", "--epochs", "2",
+                 "--out", str(tmp_path / "ltb")]) == 0
+    spec = TreeSpec.load(tmp_path / "ltb" / "tree.json")
+    assert sorted(spec.tasks) == ["g0_t0", "g0_t1", "g1_t0"] and spec.num_stages == 3
+    assert main(["train", "--spec", str(tmp_path / "ltb" / "tree.json"), "--data", data,
+                 "--backbone", "mlp", "--backbone-arg", "widths=[16,16,8]", "--epochs", "1",
+                 "--out", str(tmp_path / "retrained"), "--progress", "none"]) == 0
+    assert main(["train", "--model", "soft-ordering", "--data", data, "--epochs", "1",
+                 "--out", str(tmp_path / "soft"), "--progress", "none"]) == 0
+    metrics = json.loads((tmp_path / "soft" / "metrics.json").read_text())
+    assert set(metrics["test"]) == {"g0_t0", "g0_t1", "g1_t0"}
+    restored = keras.saving.load_model(tmp_path / "soft" / "model.keras")
+    assert type(restored).__name__ == "SoftOrderingModel"

@@ -1,6 +1,14 @@
 """Searches that produce TreeSpecs: task affinity, Learning to Branch, evolution."""
 
 from keras_branch.search.affinity import TaskAffinity, rdm, rdm_affinity, spearman, task_affinity
+from keras_branch.search.learn_to_branch import (
+    BranchingSupernet,
+    build_supernet,
+    extract_model,
+    extract_spec,
+    learn_to_branch,
+    partition_ari,
+)
 from keras_branch.search.partitions import adjusted_rand_index
 from keras_branch.search.tree_search import BranchResult, Tree, branch, pareto_front, tree_cost
 from keras_branch.search.workflow import (
@@ -12,6 +20,7 @@ from keras_branch.search.workflow import (
 
 __all__ = [
     "AffinitySearchResult",
+    "BranchingSupernet",
     "BranchResult",
     "TaskAffinity",
     "Tree",
@@ -19,6 +28,11 @@ __all__ = [
     "affinity_search",
     "branch",
     "budget_for_blocks",
+    "build_supernet",
+    "extract_model",
+    "extract_spec",
+    "learn_to_branch",
+    "partition_ari",
     "pareto_front",
     "rdm",
     "rdm_affinity",

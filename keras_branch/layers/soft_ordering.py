@@ -1,0 +1,262 @@
+"""`SoftOrdering`: one pool of shared layers, mixed per task and per depth.
+
+Soft layer ordering shares a pool of D layers F_1..F_D among T tasks
+without fixing where each layer sits: at every depth d, task t applies every
+pool layer to its previous output and mixes the results with its own
+learned scales, `y_t^d = sum_j s[t, d, j] * F_j(y_t^(d-1))`, with
+`s[t, d, :] = softmax(logits[t, d, :])`. The fixed orderings the paper
+compares against are options of the same layer.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import keras
+import numpy as np
+from keras import ops
+
+SOFT = "soft"
+PARALLEL = "parallel"
+PERMUTED = "permuted"
+ORDERINGS = (SOFT, PARALLEL, PERMUTED)
+
+
+def _as_layer(entry: Any, index: int) -> keras.layers.Layer:
+    if isinstance(entry, keras.layers.Layer):
+        return entry
+    if isinstance(entry, Mapping):
+        try:
+            layer = keras.saving.deserialize_keras_object(copy.deepcopy(dict(entry)))
+        except Exception as err:  # Keras raises many types for a bad config
+            raise ValueError(
+                f"`pool[{index}]` is not a valid serialized Keras layer: {err}"
+            ) from None
+        if isinstance(layer, keras.layers.Layer):
+            return layer
+    raise ValueError(
+        f"`pool[{index}]` must be a Keras layer or a serialized layer config. "
+        f"Received: {entry!r}"
+    )
+
+
+def task_orders(ordering: str, num_tasks: int, depth: int, seed: int) -> np.ndarray | None:
+    """The fixed pool-layer order of every task, int [T, D], or None for soft.
+
+    `parallel`: every task applies F_1, ..., F_D in that order (ordinary
+    hard sharing). `permuted`: task t applies the pool in its own random
+    order, drawn from `numpy.random.default_rng(seed)` task after task.
+
+    Example:
+    >>> task_orders("parallel", 2, 3, seed=0).tolist()
+    [[0, 1, 2], [0, 1, 2]]
+    """
+    if ordering == PARALLEL:
+        return np.tile(np.arange(depth), (num_tasks, 1))
+    if ordering == PERMUTED:
+        rng = np.random.default_rng(seed)
+        return np.stack([rng.permutation(depth) for _ in range(num_tasks)])
+    return None
+
+
+@keras.saving.register_keras_serializable(package="keras_branch")
+class SoftOrdering(keras.layers.Layer):
+    """A shared pool of D layers applied at D depths, mixed per task.
+
+    With `ordering="soft"` the layer holds logits [T, D, D] (task, depth,
+    pool layer), initialised to zero (a uniform mixture), and computes for
+    every task t and depth d = 1..D
+
+        y_t^d = sum_j softmax(logits[t, d])[j] * F_j(y_t^(d-1)),
+
+    starting from the task's input `y_t^0`. The ablations of the paper use
+    no logits: `"parallel"` applies F_1..F_D in order for every task
+    (ordinary hard sharing) and `"permuted"` applies them in a fixed random
+    order per task (seeded). The pool layers must keep their input's shape;
+    each brings its own nonlinearity (e.g. `Dense(64, activation="relu")`).
+
+    At one depth every pool layer is called once on the tasks' inputs
+    stacked along the batch axis, which changes nothing for layers that
+    treat samples independently; a layer with batch statistics
+    (`BatchNormalization` in training) sees all tasks' samples together.
+
+    Args:
+        pool: the D shared layers: Keras layers or serialized layer configs.
+            They are built in `build()` on the input shape.
+        num_tasks: T, the number of tasks (>= 1).
+        ordering: `"soft"`, `"parallel"` or `"permuted"`.
+        seed: seed of the `"permuted"` orders.
+        **kwargs: base `Layer` arguments (`name`, `dtype`, ...).
+
+    Call arguments:
+        inputs: a list of T tensors of one shape (one per task, e.g. the
+            outputs of task encoders), or one tensor that every task starts
+            from.
+        training: passed to the pool layers.
+
+    Returns:
+        A list of T tensors of the input shape, one per task.
+
+    Example:
+    >>> pool = [keras.layers.Dense(16, activation="relu") for _ in range(3)]
+    >>> x = [keras.Input((16,)), keras.Input((16,))]
+    >>> ys = SoftOrdering(pool, num_tasks=2)(x)
+    >>> len(ys), tuple(ys[0].shape)
+    (2, (None, 16))
+
+    Reference:
+        Meyerson & Miikkulainen, "Beyond Shared Hierarchies: Deep Multitask
+        Learning through Soft Layer Ordering", ICLR 2018, arXiv:1711.00108.
+    """
+
+    def __init__(
+        self,
+        pool: Sequence[keras.layers.Layer | Mapping[str, Any]],
+        num_tasks: int,
+        ordering: str = SOFT,
+        seed: int = 0,
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        if isinstance(pool, (str, bytes, Mapping, keras.layers.Layer)) or not isinstance(
+            pool, Sequence
+        ) or not pool:
+            raise ValueError(
+                f"`pool` must be a non-empty list of layers (or layer configs). "
+                f"Received: pool={pool!r}"
+            )
+        if isinstance(num_tasks, bool) or not isinstance(num_tasks, (int, np.integer)) or num_tasks < 1:
+            raise ValueError(f"`num_tasks` must be an integer >= 1. Received: num_tasks={num_tasks!r}")
+        if ordering not in ORDERINGS:
+            raise ValueError(
+                f"`ordering` must be one of {list(ORDERINGS)}. Received: ordering={ordering!r}"
+            )
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise ValueError(f"`seed` must be an int. Received: seed={seed!r}")
+        layers = [_as_layer(entry, i) for i, entry in enumerate(pool)]
+        if len({id(layer) for layer in layers}) != len(layers):
+            raise ValueError(
+                "`pool` holds the same layer object more than once; give D distinct layers."
+            )
+        self.pool = layers
+        self.num_tasks = int(num_tasks)
+        self.ordering = ordering
+        self.seed = int(seed)
+        self.depth = len(layers)
+        self.orders = task_orders(ordering, self.num_tasks, self.depth, self.seed)
+
+    def _task_shapes(self, input_shape) -> tuple[list[tuple], bool]:
+        """Per-task input shapes, and whether one tensor feeds every task."""
+        if isinstance(input_shape, (list, tuple)) and input_shape and all(
+            isinstance(s, (list, tuple)) for s in input_shape
+        ):
+            shapes = [tuple(s) for s in input_shape]
+            if len(shapes) != self.num_tasks:
+                raise ValueError(
+                    f"SoftOrdering {self.name!r} was built for num_tasks={self.num_tasks} "
+                    f"but received {len(shapes)} task input(s)."
+                )
+            return shapes, False
+        return [tuple(input_shape)] * self.num_tasks, True
+
+    def build(self, input_shape):
+        shapes, _ = self._task_shapes(input_shape)
+        first = shapes[0]
+        for t, shape in enumerate(shapes[1:], start=1):
+            if len(shape) != len(first) or any(
+                a is not None and b is not None and a != b for a, b in zip(first[1:], shape[1:])
+            ):
+                raise ValueError(
+                    f"SoftOrdering {self.name!r}: all task inputs must have one shape. "
+                    f"Received: task 0 input {first}, task {t} input {shape}."
+                )
+        shape = (None, *first[1:])
+        for j, layer in enumerate(self.pool):
+            if not layer.built:
+                layer.build(shape)
+            out = tuple(layer.compute_output_spec(keras.KerasTensor(shape)).shape)
+            if out[1:] != shape[1:]:
+                raise ValueError(
+                    f"SoftOrdering {self.name!r}: every pool layer must keep its input's "
+                    f"shape, because each one is applied at every depth. Pool layer {j} "
+                    f"({layer.name!r}) maps {shape} to {out}."
+                )
+        if self.ordering == SOFT:
+            self.logits = self.add_weight(
+                name="logits",
+                shape=(self.num_tasks, self.depth, self.depth),
+                initializer="zeros",  # a uniform mixture at the start, as in the paper
+                trainable=True,
+                dtype=self.variable_dtype,
+            )
+
+    def mixing_weights(self) -> np.ndarray:
+        """The scales s [T, D, D] (task, depth, pool layer); rows sum to 1.
+
+        Soft ordering: `softmax(logits)`. Fixed orderings: one-hot rows.
+        """
+        if self.ordering == SOFT:
+            return keras.ops.convert_to_numpy(
+                ops.softmax(ops.cast(self.logits, "float32"), axis=-1)
+            )
+        return np.eye(self.depth, dtype="float32")[self.orders]
+
+    def _apply(self, layer, tensors: list, training) -> list:
+        """`layer` on each tensor; one call on the concatenation of the distinct ones.
+
+        Tasks that hold the very same tensor (one input fed to every task,
+        or parallel ordering, where all tasks compute the same path) share
+        one computation.
+        """
+        distinct: dict[int, int] = {}
+        for tensor in tensors:
+            distinct.setdefault(id(tensor), len(distinct))
+        unique = list({id(t): t for t in tensors}.values())
+        if len(unique) == 1:
+            outs = [layer(unique[0], training=training)]
+        else:
+            outs = ops.split(
+                layer(ops.concatenate(unique, axis=0), training=training), len(unique), axis=0
+            )
+        return [outs[distinct[id(tensor)]] for tensor in tensors]
+
+    def call(self, inputs, training=None):
+        ys = [inputs] * self.num_tasks if not isinstance(inputs, (list, tuple)) else list(inputs)
+        if self.ordering == SOFT:
+            scales = ops.cast(
+                ops.softmax(ops.cast(self.logits, "float32"), axis=-1), self.compute_dtype
+            )
+            for d in range(self.depth):
+                outs = [self._apply(layer, ys, training) for layer in self.pool]
+                ys = [
+                    sum(scales[t, d, j] * outs[j][t] for j in range(self.depth))
+                    for t in range(self.num_tasks)
+                ]
+            return ys
+        for d in range(self.depth):
+            new = list(ys)
+            for j, layer in enumerate(self.pool):
+                users = [t for t in range(self.num_tasks) if self.orders[t, d] == j]
+                if users:
+                    for t, out in zip(users, self._apply(layer, [ys[t] for t in users], training)):
+                        new[t] = out
+            ys = new
+        return ys
+
+    def compute_output_shape(self, input_shape):
+        shapes, _ = self._task_shapes(input_shape)
+        return [tuple(s) for s in shapes]
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(
+            {
+                "pool": [keras.saving.serialize_keras_object(layer) for layer in self.pool],
+                "num_tasks": self.num_tasks,
+                "ordering": self.ordering,
+                "seed": self.seed,
+            }
+        )
+        return config

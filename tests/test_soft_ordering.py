@@ -1,0 +1,341 @@
+"""SoftOrdering layer and SoftOrderingModel: the shared tests, the mixing maths,
+the orderings, misuse, mixing-weight display, training and TFLite export."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from keras_branch import Task
+from keras_branch.data import planted_groups
+from keras_branch.errors import KerasBranchError
+from keras_branch.layers.soft_ordering import SoftOrdering, task_orders
+from keras_branch.soft_ordering_model import (
+    SoftOrderingModel,
+    build_soft_ordering_model,
+    fit_soft_ordering,
+    format_mixing_weights,
+    mixing_weights,
+    normalize_ordering,
+    plot_mixing_weights,
+)
+from keras_branch.testing import run_layer_test, run_model_test
+from keras_branch.training import TrainResult, compile_model
+
+
+def dense_pool(depth=3, units=6):
+    return [keras.layers.Dense(units, activation="tanh") for _ in range(depth)]
+
+
+def pool_configs(depth=3, units=6):
+    return [keras.saving.serialize_keras_object(layer) for layer in dense_pool(depth, units)]
+
+
+# === The shared layer test ===
+
+
+@pytest.mark.parametrize("ordering", ["soft", "parallel", "permuted"])
+def test_layer_passes_shared_layer_test_with_task_inputs(ordering):
+    layer = run_layer_test(
+        SoftOrdering,
+        {"pool": pool_configs(), "num_tasks": 2, "ordering": ordering, "seed": 3},
+        [(4, 6), (4, 6)],
+        [(4, 6), (4, 6)],
+    )
+    pool_params = 3 * (6 * 6 + 6)
+    logits = 2 * 3 * 3 if ordering == "soft" else 0
+    assert layer.count_params() == pool_params + logits
+
+
+def test_layer_passes_shared_layer_test_with_one_input_and_conv_pool():
+    pool = [
+        keras.saving.serialize_keras_object(keras.layers.Conv2D(4, 3, padding="same", activation="relu"))
+        for _ in range(2)
+    ]
+    run_layer_test(SoftOrdering, {"pool": pool, "num_tasks": 3}, (4, 5, 5, 4), [(4, 5, 5, 4)] * 3)
+
+
+def test_config_round_trips_and_is_registered():
+    layer = SoftOrdering(dense_pool(), num_tasks=4, ordering="permuted", seed=9, name="so")
+    config = layer.get_config()
+    clone = SoftOrdering.from_config(config)
+    assert clone.get_config() == config
+    np.testing.assert_array_equal(clone.orders, layer.orders)
+    assert keras.saving.get_registered_name(SoftOrdering) == "keras_branch>SoftOrdering"
+
+
+# === The mixing maths ===
+
+
+def reference_output(layer, xs, scales):
+    """y_t^d = sum_j s[t, d, j] F_j(y_t^(d-1)), computed task by task in numpy."""
+    outs = []
+    for t, x in enumerate(xs):
+        y = x
+        for d in range(layer.depth):
+            y = sum(scales[t, d, j] * np.asarray(layer.pool[j](y)) for j in range(layer.depth))
+        outs.append(y)
+    return outs
+
+
+def test_soft_ordering_computes_the_papers_mixture():
+    rng = np.random.default_rng(0)
+    layer = SoftOrdering(dense_pool(), num_tasks=3)
+    xs = [rng.standard_normal((5, 6)).astype("float32") for _ in range(3)]
+    layer(xs)
+    # Zero-initialised logits: a uniform mixture at the start.
+    np.testing.assert_allclose(layer.mixing_weights(), np.full((3, 3, 3), 1 / 3), rtol=1e-6)
+    logits = rng.standard_normal((3, 3, 3)).astype("float32")
+    layer.logits.assign(logits)
+    scales = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    np.testing.assert_allclose(layer.mixing_weights(), scales, rtol=1e-5)
+    for got, want in zip(layer(xs), reference_output(layer, xs, scales)):
+        np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6)
+    # One tensor for every task is the same as that tensor repeated.
+    for got, want in zip(layer(xs[0]), reference_output(layer, [xs[0]] * 3, scales)):
+        np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("ordering", ["parallel", "permuted"])
+def test_fixed_orderings_apply_the_pool_in_their_order(ordering):
+    rng = np.random.default_rng(1)
+    layer = SoftOrdering(dense_pool(depth=4), num_tasks=3, ordering=ordering, seed=5)
+    xs = [rng.standard_normal((5, 6)).astype("float32") for _ in range(3)]
+    out = layer(xs)
+    # Only the pool's weights: a fixed order has nothing else to learn.
+    assert len(layer.trainable_weights) == 4 * 2
+    for t in range(3):
+        y = xs[t]
+        for j in layer.orders[t]:
+            y = np.asarray(layer.pool[j](y))
+        np.testing.assert_allclose(np.asarray(out[t]), y, rtol=1e-5, atol=1e-6)
+    scales = layer.mixing_weights()
+    np.testing.assert_array_equal(scales, np.eye(4)[layer.orders])
+
+
+def test_orders_parallel_and_permuted():
+    np.testing.assert_array_equal(task_orders("parallel", 3, 4, seed=0), [[0, 1, 2, 3]] * 3)
+    permuted = task_orders("permuted", 5, 4, seed=0)
+    assert all(sorted(row) == [0, 1, 2, 3] for row in permuted.tolist())
+    assert len({tuple(row) for row in permuted.tolist()}) > 1  # not all the same order
+    np.testing.assert_array_equal(permuted, task_orders("permuted", 5, 4, seed=0))
+    assert not np.array_equal(permuted, task_orders("permuted", 5, 4, seed=1))
+    assert task_orders("soft", 5, 4, seed=0) is None
+
+
+def test_soft_logits_get_gradients_and_fixed_orderings_have_none():
+    rng = np.random.default_rng(2)
+    inputs = [keras.Input((6,)), keras.Input((6,))]
+    layer = SoftOrdering(dense_pool(), num_tasks=2, name="so")
+    model = keras.Model(inputs, layer(inputs))
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse")
+    xs = [rng.standard_normal((16, 6)).astype("float32") for _ in range(2)]
+    before = np.asarray(layer.logits).copy()
+    model.train_on_batch(xs, [np.ones((16, 6), "float32")] * 2)
+    assert np.abs(np.asarray(layer.logits) - before).min() > 0
+    fixed = SoftOrdering(dense_pool(), num_tasks=2, ordering="parallel")
+    fixed(xs)
+    assert not hasattr(fixed, "logits")
+    assert fixed.count_params() == 3 * 42
+
+
+# === Misuse ===
+
+
+def test_pool_layers_that_change_shape_are_refused():
+    pool = [keras.layers.Dense(6), keras.layers.Dense(3)]
+    pattern = r"must keep its input's shape.*Pool layer 1 .* maps \(None, 6\) to \(None, 3\)"
+    with pytest.raises(ValueError, match=pattern):
+        SoftOrdering(pool, num_tasks=2)([keras.Input((6,)), keras.Input((6,))])
+    conv = [keras.layers.Conv2D(4, 3)]  # "valid" padding shrinks the image
+    with pytest.raises(ValueError, match="must keep its input's shape"):
+        SoftOrdering(conv, num_tasks=1)(keras.Input((8, 8, 4)))
+
+
+@pytest.mark.parametrize(
+    "kwargs,pattern",
+    [
+        ({"pool": [], "num_tasks": 2}, r"`pool` must be a non-empty list.*Received: pool=\[\]"),
+        ({"pool": "dense", "num_tasks": 2}, "`pool` must be a non-empty list"),
+        ({"pool": [42], "num_tasks": 2}, r"`pool\[0\]` must be a Keras layer.*Received: 42"),
+        ({"num_tasks": 0}, r"`num_tasks` must be an integer >= 1. Received: num_tasks=0"),
+        ({"num_tasks": 2, "ordering": "random"}, r"`ordering` must be one of.*Received: ordering='random'"),
+        ({"num_tasks": 2, "seed": "x"}, r"Received: seed='x'"),
+    ],
+)
+def test_invalid_arguments_are_refused(kwargs, pattern):
+    kwargs = {"pool": dense_pool(), **kwargs}
+    with pytest.raises(ValueError, match=pattern):
+        SoftOrdering(**kwargs)
+
+
+def test_same_layer_twice_and_mismatched_task_inputs_are_refused():
+    dense = keras.layers.Dense(6)
+    with pytest.raises(ValueError, match="same layer object more than once"):
+        SoftOrdering([dense, dense], num_tasks=2)
+    with pytest.raises(ValueError, match=r"all task inputs must have one shape"):
+        SoftOrdering(dense_pool(), num_tasks=2)([keras.Input((6,)), keras.Input((5,))])
+    with pytest.raises(ValueError, match=r"num_tasks=3 but received 2 task input"):
+        SoftOrdering(dense_pool(), num_tasks=3)([keras.Input((6,)), keras.Input((6,))])
+
+
+# === The model ===
+
+TASKS = [
+    Task("reg", "regression"),
+    Task("Japanese_(katakana)", "multiclass", classes=3),
+    Task("bin", "binary"),
+]
+KEYS = {"reg": (None, 1), "Japanese__katakana_": (None, 3), "bin": (None, 1)}
+
+
+def model_batch(shape=(10,), n=8, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, *shape)).astype("float32")
+    y = {
+        "reg": rng.standard_normal(n).astype("float32"),
+        "Japanese__katakana_": rng.integers(-1, 3, n).astype("int32"),
+        "bin": rng.integers(0, 2, n).astype("int32"),
+    }
+    return x, y
+
+
+@pytest.mark.parametrize("ordering", ["soft", "parallel", "permuted", "single_task"])
+def test_model_passes_shared_model_test(ordering):
+    x, y = model_batch()
+    model = run_model_test(
+        lambda: build_soft_ordering_model(TASKS, (10,), ordering, depth=3, width=8, seed=1),
+        x, y, KEYS, compile_fn=compile_model,
+    )
+    assert sorted(model.output_names) == sorted(KEYS)
+    encoders = 3 * (10 * 8 + 8)
+    heads = (8 + 1) * 3 + (8 + 1) + (8 + 1)
+    pool = 3 * (8 * 8 + 8)
+    expected = {
+        "soft": encoders + pool + 3 * 3 * 3 + heads,
+        "parallel": encoders + pool + heads,
+        "permuted": encoders + pool + heads,
+        "single_task": encoders + 3 * pool + heads,
+    }[ordering]
+    assert model.count_params() == expected
+
+
+def test_image_model_passes_shared_model_test():
+    x, y = model_batch(shape=(16, 16, 1), n=4)
+    model = run_model_test(
+        lambda: build_soft_ordering_model(TASKS, (16, 16, 1), "soft", depth=2, width=4),
+        x, y, KEYS, compile_fn=compile_model,
+    )
+    # Encoder: conv stride 2 + pool 2 -> 4x4x4 features for every head.
+    assert model.get_layer("head_bin").kernel.shape == (4 * 4 * 4, 1)
+
+
+def test_model_ordering_names_and_bad_settings():
+    assert normalize_ordering("soft-ordering") == "soft"
+    assert normalize_ordering("single-task") == "single_task"
+    with pytest.raises(KerasBranchError, match="Received: ordering='hierarchical'"):
+        build_soft_ordering_model(TASKS, (10,), "hierarchical")
+    with pytest.raises(KerasBranchError, match="Received: depth=0"):
+        build_soft_ordering_model(TASKS, (10,), "soft", depth=0)
+    with pytest.raises(KerasBranchError, match="Received: pooling='sum'"):
+        SoftOrderingModel(TASKS, (10,), pool=dense_pool(units=10), pooling="sum")
+    with pytest.raises(ValueError, match="must keep its input's shape"):
+        SoftOrderingModel(TASKS, (10,), pool=[keras.layers.Dense(4)])
+
+
+def test_mixing_weights_print_and_draw(tmp_path):
+    model = build_soft_ordering_model(TASKS, (10,), "soft", depth=3, width=8)
+    layer = model.get_layer("soft_ordering")
+    logits = np.zeros((3, 3, 3), "float32")
+    logits[1, 0, 2] = 5.0
+    layer.logits.assign(logits)
+    weights = mixing_weights(model)
+    assert list(weights) == [t.name for t in TASKS]
+    assert weights["reg"].shape == (3, 3)
+    np.testing.assert_allclose(weights["reg"], 1 / 3, rtol=1e-6)
+    top = np.exp(5) / (np.exp(5) + 2)
+    assert weights["Japanese_(katakana)"][0, 2] == pytest.approx(top, rel=1e-5)
+    text = format_mixing_weights(model)
+    assert "task Japanese_(katakana) (rows: depth 1..3, columns: pool layer 1..3)" in text
+    assert f"  depth 1  {(1 - top) / 2:.2f} {(1 - top) / 2:.2f} {top:.2f}" in text
+    pytest.importorskip("matplotlib")
+    path = plot_mixing_weights(model, tmp_path / "mixing.png")
+    with open(path, "rb") as f:
+        head = f.read(24)
+    assert head[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    assert width > 300 and height > 150
+    with pytest.raises(KerasBranchError, match="need a SoftOrderingModel"):
+        mixing_weights(keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]))
+
+
+def test_fit_soft_ordering_trains_and_scores_every_task():
+    data = planted_groups(group_sizes=(2, 1), num_train=256, num_validation=64, num_test=64, dim=20, seed=0)
+    result = fit_soft_ordering(data, "soft", depth=2, width=16, epochs=2, batch_size=64, verbose=0)
+    assert isinstance(result, TrainResult)
+    assert len(result.history["loss"]) == 2
+    assert set(result.metrics) == {"validation", "test"}
+    assert set(result.metrics["test"]) == set(data.task_names)
+    assert all(np.isfinite(m["mse"]) and m["n"] == 64 for m in result.metrics["test"].values())
+    # Training moved the mixing away from uniform.
+    assert np.abs(result.model.get_layer("soft_ordering").mixing_weights() - 0.5).max() > 0
+
+
+# === Export ===
+
+
+def tflite_parity(model, x, tmp_path, atol=1e-5):
+    """SavedModel (ExportArchive, endpoint 'predict') -> builtins-only TFLite -> LiteRT; compare."""
+    import tensorflow as tf
+    from ai_edge_litert.interpreter import Interpreter
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        "predict",
+        lambda inputs: model(inputs, training=False),
+        input_signature=[keras.InputSpec(shape=(None, *x.shape[1:]), dtype="float32")],
+    )
+    path = os.fspath(tmp_path / "saved")
+    archive.write_out(path, verbose=False)
+    converter = tf.lite.TFLiteConverter.from_saved_model(path, signature_keys=["predict"])
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    interpreter = Interpreter(model_content=converter.convert())
+    runner = interpreter.get_signature_runner("predict")
+    got = runner(inputs=x)
+    want = {k: np.asarray(v) for k, v in model(x, training=False).items()}
+    assert set(got) == set(want)
+    for key in want:
+        np.testing.assert_allclose(got[key], want[key], atol=atol, rtol=0)
+    return got
+
+
+def test_soft_ordered_model_exports_to_tflite_with_float32_parity(tmp_path):
+    model = build_soft_ordering_model(TASKS, (16, 16, 1), "soft", depth=3, width=4)
+    rng = np.random.default_rng(0)
+    layer = model.get_layer("soft_ordering")
+    layer.logits.assign(rng.standard_normal((3, 3, 3)).astype("float32"))  # a learned-looking mixture
+    x = rng.random((5, 16, 16, 1)).astype("float32")
+    got = tflite_parity(model, x, tmp_path)
+    assert got["Japanese__katakana_"].shape == (5, 3)
+
+
+# === The benchmark script ===
+
+
+def test_omniglot_benchmark_runs_and_prints_its_table(omniglot_zip, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "soft_ordering_omniglot.py"
+    spec = importlib.util.spec_from_file_location("soft_ordering_omniglot", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    report = bench.main(["--data", str(omniglot_zip), "--epochs", "1", "--seeds", "0",
+                         "--orderings", "parallel,soft", "--width", "8", "--image-size", "16"])
+    out = capsys.readouterr().out
+    assert "| parallel ordering  |" in out and "| soft ordering      |" in out
+    assert "claim 'soft ordering beats parallel ordering':" in out
+    assert set(report["mean_test_error"]) == {"parallel", "soft"}
+    assert all(0.0 <= e <= 1.0 for e in report["mean_test_error"].values())
