@@ -176,11 +176,12 @@ def _search_ltb(args: argparse.Namespace, data, backbone) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from keras_branch.data import load_data
     from keras_branch.files import atomic_write_json
-    from keras_branch.saving import load_branched_model
+    from keras_branch.saving import load_task_model
     from keras_branch.training import evaluate, format_metrics
 
-    model = load_branched_model(args.model)
-    image_size = model.backbone.input_shape[0] if len(model.backbone.input_shape) == 3 else 32
+    model = load_task_model(args.model)
+    shape = tuple(model.input_shape[1:])
+    image_size = shape[0] if len(shape) == 3 else 32
     data = load_data(args.data, image_size=image_size)
     metrics = evaluate(model, data, args.split, batch_size=args.batch_size)
     print(format_metrics(metrics, args.split))

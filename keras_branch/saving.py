@@ -35,3 +35,19 @@ def load_branched_model(path: str | os.PathLike, safe_mode: bool = True) -> Bran
             f"{path!r} holds a {type(model).__name__}, not a keras_branch BranchedModel."
         )
     return model
+
+
+def load_task_model(path: str | os.PathLike, safe_mode: bool = True) -> keras.Model:
+    """Loads any keras_branch multi-task model (a tree or a soft-ordering model)."""
+    from keras_branch.soft_ordering_model import SoftOrderingModel
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ModelFileError(f"--model file does not exist: {path!r}")
+    try:
+        return load_branched_model(path, safe_mode=safe_mode)
+    except ModelFileError as err:
+        model = keras.saving.load_model(path, safe_mode=safe_mode)
+        if isinstance(model, SoftOrderingModel):
+            return model
+        raise err

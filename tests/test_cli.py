@@ -219,3 +219,8 @@ def test_ltb_search_and_soft_ordering_training_through_the_cli(tmp_path):
     assert set(metrics["test"]) == {"g0_t0", "g0_t1", "g1_t0"}
     restored = keras.saving.load_model(tmp_path / "soft" / "model.keras")
     assert type(restored).__name__ == "SoftOrderingModel"
+    assert main(["evaluate", "--model", str(tmp_path / "soft" / "model.keras"), "--data", data,
+                 "--out", str(tmp_path / "soft_eval.json")]) == 0
+    again = json.loads((tmp_path / "soft_eval.json").read_text())["test"]
+    for task, values in metrics["test"].items():
+        assert again[task]["mse"] == pytest.approx(values["mse"], rel=1e-5)
