@@ -201,3 +201,37 @@ def random_affinity(rng: np.random.Generator, stages: int, tasks: int) -> np.nda
     for d in range(stages):
         np.fill_diagonal(a[d], 1.0)
     return a
+
+
+def check_tflite_parity(model: keras.Model, x: np.ndarray, directory: str | os.PathLike,
+                        atol: float = 1e-5) -> dict[str, np.ndarray]:
+    """Converts a dict-output model to builtins-only TFLite, runs it on LiteRT, compares.
+
+    SavedModel via `keras.export.ExportArchive` (endpoint "predict", never
+    "serve"), converted with TensorFlow, run with `ai_edge_litert`; every
+    output must match Keras (inference mode) within `atol`.
+
+    Returns:
+        The LiteRT outputs.
+    """
+    import tensorflow as tf
+    from ai_edge_litert.interpreter import Interpreter
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        "predict",
+        lambda inputs: model(inputs, training=False),
+        input_signature=[keras.InputSpec(shape=(None, *x.shape[1:]), dtype="float32")],
+    )
+    path = os.path.join(os.fspath(directory), f"saved_{model.name}")
+    archive.write_out(path, verbose=False)
+    converter = tf.lite.TFLiteConverter.from_saved_model(path, signature_keys=["predict"])
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    interpreter = Interpreter(model_content=converter.convert())
+    got = interpreter.get_signature_runner("predict")(inputs=x)
+    want = {k: np.asarray(v) for k, v in model(x, training=False).items()}
+    assert set(got) == set(want), f"TFLite outputs {sorted(got)} != Keras outputs {sorted(want)}"
+    for key in want:
+        np.testing.assert_allclose(got[key], want[key], atol=atol, rtol=0)
+    return got

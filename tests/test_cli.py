@@ -79,9 +79,10 @@ def test_keras_round_trip_in_a_fresh_process(trained_run, tmp_path):
         "out = m.predict(np.load(sys.argv[2]), verbose=0)\n"
         "np.savez(sys.argv[3], **out)\n"
     )
+    # cwd elsewhere: the installed package is imported, not the source tree.
     subprocess.run([sys.executable, "-c", script, str(trained_run / "model.keras"),
                     str(tmp_path / "x.npy"), str(tmp_path / "y.npz")], check=True,
-                   capture_output=True)
+                   capture_output=True, cwd=tmp_path)
     fresh = np.load(tmp_path / "y.npz")
     here = model.predict(x, verbose=0)
     assert set(fresh.files) == set(here)
@@ -196,7 +197,7 @@ def test_console_exit_status_is_2(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "keras_branch.cli", "train", "--spec", _spec_file(tmp_path, "[]"),
          "--data", PLANTED, "--out", str(tmp_path / "o")],
-        capture_output=True, text=True,
+        capture_output=True, text=True, cwd=tmp_path,
     )
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]

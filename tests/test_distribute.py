@@ -114,11 +114,15 @@ def test_killed_training_resumes_without_redoing_epochs(tmp_path):
     epochs = 5
     out = tmp_path / "run"
     checkpoint = Path(f"{out}.checkpoint")
-    proc = subprocess.Popen(_train_command(spec, out, epochs), env=_env(),
+    # cwd elsewhere: `python -m` must import the installed package, not the source tree.
+    proc = subprocess.Popen(_train_command(spec, out, epochs), env=_env(), cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     # Wait until two epochs are checkpointed, then kill in the middle of the next.
     deadline = time.time() + 400
     while time.time() < deadline and not (checkpoint / "ckpt-2.index").exists():
+        if proc.poll() is not None:
+            pytest.fail("training ended before its second checkpoint:\n"
+                        + proc.stdout.read().decode(errors="replace")[-3000:])
         time.sleep(0.2)
     assert (checkpoint / "ckpt-2.index").exists(), "no checkpoint appeared"
     time.sleep(1.0)
@@ -128,7 +132,7 @@ def test_killed_training_resumes_without_redoing_epochs(tmp_path):
     done = max(int(p.name[5:-6]) for p in checkpoint.glob("ckpt-*.index"))
     assert 2 <= done < epochs
     rerun = subprocess.run(_train_command(spec, out, epochs), env=_env(), capture_output=True,
-                           text=True, timeout=900)
+                           text=True, timeout=900, cwd=tmp_path)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     assert f"{done} of {epochs} epochs done" in rerun.stdout
     ran = [line for line in rerun.stdout.splitlines() if line.startswith("epoch ")]
@@ -139,7 +143,7 @@ def test_killed_training_resumes_without_redoing_epochs(tmp_path):
 
     straight = tmp_path / "straight"
     subprocess.run(_train_command(spec, straight, epochs), env=_env(), check=True,
-                   capture_output=True, timeout=900)
+                   capture_output=True, timeout=900, cwd=tmp_path)
     resumed = load_branched_model(out / "model.keras").get_weights()
     reference = load_branched_model(straight / "model.keras").get_weights()
     for a, b in zip(resumed, reference):

@@ -19,7 +19,7 @@ from keras_branch.search.learn_to_branch import (
     partition_ari,
     train_supernet,
 )
-from keras_branch.testing import run_model_test
+from keras_branch.testing import check_tflite_parity, run_model_test
 from keras_branch.training import compile_model, fit_spec
 
 # The planted-groups recipe measured in benchmarks/ltb_planted.py: a narrow
@@ -238,29 +238,6 @@ def test_learn_to_branch_recovers_the_planted_groups_in_two_of_three_seeds():
 # === Export ===
 
 
-def tflite_parity(model, x, tmp_path, atol=1e-5):
-    """SavedModel (ExportArchive, endpoint 'predict') -> builtins-only TFLite -> LiteRT; compare."""
-    import tensorflow as tf
-    from ai_edge_litert.interpreter import Interpreter
-
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint(
-        "predict",
-        lambda inputs: model(inputs, training=False),
-        input_signature=[keras.InputSpec(shape=(None, *x.shape[1:]), dtype="float32")],
-    )
-    path = os.fspath(tmp_path / f"saved_{model.name}")
-    archive.write_out(path, verbose=False)
-    converter = tf.lite.TFLiteConverter.from_saved_model(path, signature_keys=["predict"])
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    interpreter = Interpreter(model_content=converter.convert())
-    got = interpreter.get_signature_runner("predict")(inputs=x)
-    want = {k: np.asarray(v) for k, v in model(x, training=False).items()}
-    assert set(got) == set(want)
-    for key in want:
-        np.testing.assert_allclose(got[key], want[key], atol=atol, rtol=0)
-    return got
 
 
 def test_extracted_tree_and_supernet_export_to_tflite_with_float32_parity(tmp_path):
@@ -274,10 +251,10 @@ def test_extracted_tree_and_supernet_export_to_tflite_with_float32_parity(tmp_pa
     tree = build_model(extract_spec(net), bb, data.tasks)
     compile_model(tree)
     tree.fit(*data.arrays("train"), epochs=1, batch_size=32, verbose=0)
-    got = tflite_parity(tree, x, tmp_path)
+    got = check_tflite_parity(tree, x, tmp_path)
     assert {k: v.shape for k, v in got.items()} == {t.key: (10, 1) for t in data.tasks}
     # The supernet itself: at inference each BranchPoint is a fixed selection.
-    tflite_parity(net, x, tmp_path)
+    check_tflite_parity(net, x, tmp_path)
 
 
 # === The benchmark script ===

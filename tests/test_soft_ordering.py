@@ -20,7 +20,7 @@ from keras_branch.soft_ordering_model import (
     normalize_ordering,
     plot_mixing_weights,
 )
-from keras_branch.testing import run_layer_test, run_model_test
+from keras_branch.testing import check_tflite_parity, run_layer_test, run_model_test
 from keras_branch.training import TrainResult, compile_model
 
 
@@ -285,30 +285,6 @@ def test_fit_soft_ordering_trains_and_scores_every_task():
 # === Export ===
 
 
-def tflite_parity(model, x, tmp_path, atol=1e-5):
-    """SavedModel (ExportArchive, endpoint 'predict') -> builtins-only TFLite -> LiteRT; compare."""
-    import tensorflow as tf
-    from ai_edge_litert.interpreter import Interpreter
-
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint(
-        "predict",
-        lambda inputs: model(inputs, training=False),
-        input_signature=[keras.InputSpec(shape=(None, *x.shape[1:]), dtype="float32")],
-    )
-    path = os.fspath(tmp_path / "saved")
-    archive.write_out(path, verbose=False)
-    converter = tf.lite.TFLiteConverter.from_saved_model(path, signature_keys=["predict"])
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    interpreter = Interpreter(model_content=converter.convert())
-    runner = interpreter.get_signature_runner("predict")
-    got = runner(inputs=x)
-    want = {k: np.asarray(v) for k, v in model(x, training=False).items()}
-    assert set(got) == set(want)
-    for key in want:
-        np.testing.assert_allclose(got[key], want[key], atol=atol, rtol=0)
-    return got
 
 
 def test_soft_ordered_model_exports_to_tflite_with_float32_parity(tmp_path):
@@ -317,7 +293,7 @@ def test_soft_ordered_model_exports_to_tflite_with_float32_parity(tmp_path):
     layer = model.get_layer("soft_ordering")
     layer.logits.assign(rng.standard_normal((3, 3, 3)).astype("float32"))  # a learned-looking mixture
     x = rng.random((5, 16, 16, 1)).astype("float32")
-    got = tflite_parity(model, x, tmp_path)
+    got = check_tflite_parity(model, x, tmp_path)
     assert got["Japanese__katakana_"].shape == (5, 3)
 
 
