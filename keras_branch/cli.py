@@ -54,12 +54,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from keras_branch import distribute
     from keras_branch.data import load_data
-    from keras_branch.errors import OutputExistsError, SpecError
+    from keras_branch.errors import SpecError
     from keras_branch.spec import TreeSpec
     from keras_branch.training import EpochLogger, fit_spec, format_metrics, save_run, spec_tasks
 
-    if os.path.lexists(args.out) and not args.overwrite:
-        raise OutputExistsError(f"--out exists: {args.out!r}; pass --overwrite to replace it.")
+    _refuse_existing_out(args)
     if args.model != "tree":
         return _train_soft_ordering(args)
     if not args.spec:
@@ -128,11 +127,10 @@ def _train_soft_ordering(args: argparse.Namespace) -> int:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from keras_branch.data import load_data
-    from keras_branch.errors import OutputExistsError, SearchError
+    from keras_branch.errors import SearchError
     from keras_branch.search import affinity_search, save_search
 
-    if os.path.lexists(args.out) and not args.overwrite:
-        raise OutputExistsError(f"--out exists: {args.out!r}; pass --overwrite to replace it.")
+    _refuse_existing_out(args)
     data = load_data(args.data, image_size=args.image_size)
     backbone = _make_backbone(args.backbone, data.input_shape, _backbone_args(args.backbone_arg))
     if args.method == "ltb":
@@ -190,6 +188,24 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """--data, --backbone, --backbone-arg and --image-size, shared by train and search."""
+    parser.add_argument("--data", required=True,
+                        help="'planted[:opts]', 'omniglot:PATH' or 'npz:PATH'")
+    parser.add_argument("--backbone", default="auto",
+                        help="mlp, convnet4, resnet50, mobilenet_v2 (auto: by input)")
+    parser.add_argument("--backbone-arg", action="append", default=[], metavar="KEY=VALUE",
+                        help="backbone argument, VALUE as JSON (e.g. widths=[64,64,32])")
+    parser.add_argument("--image-size", type=int, default=32)
+
+
+def _refuse_existing_out(args: argparse.Namespace) -> None:
+    from keras_branch.errors import OutputExistsError
+
+    if os.path.lexists(args.out) and not args.overwrite:
+        raise OutputExistsError(f"--out exists: {args.out!r}; pass --overwrite to replace it.")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="keras-branch",
@@ -212,12 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
                        choices=("tree", "soft-ordering", "parallel", "permuted"),
                        help="tree: the spec's branched model; soft-ordering, parallel, permuted: "
                             "a shared pool of layers mixed per task (soft layer ordering)")
-    train.add_argument("--data", required=True, help="'planted[:opts]' or 'omniglot:PATH'")
-    train.add_argument("--backbone", default="auto",
-                       help="mlp, convnet4, resnet50, mobilenet_v2 (auto: by input)")
-    train.add_argument("--backbone-arg", action="append", default=[], metavar="KEY=VALUE",
-                       help="backbone argument, VALUE as JSON (e.g. widths=[64,64,32])")
-    train.add_argument("--image-size", type=int, default=32)
+    _add_data_arguments(train)
     train.add_argument("--epochs", type=int, default=10)
     train.add_argument("--batch-size", type=int, default=32)
     train.add_argument("--learning-rate", type=float, default=1e-3)
@@ -239,14 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--method", default="affinity", choices=("affinity", "ltb"),
                         help="affinity: RSA task affinity + budgeted tree search; "
                              "ltb: Learning to Branch (a supernet of BranchPoints)")
-    search.add_argument("--data", required=True, help="'planted[:opts]', 'omniglot:PATH' or 'npz:PATH'")
-    search.add_argument("--backbone", default="auto",
-                        help="mlp, convnet4, resnet50, mobilenet_v2 (auto: by input)")
-    search.add_argument("--backbone-arg", action="append", default=[], metavar="KEY=VALUE",
-                        help="backbone argument, VALUE as JSON (e.g. widths=[64,64,32])")
+    _add_data_arguments(search)
     search.add_argument("--budget", help="parameters (e.g. 150000) or a multiple of the "
                         "fully shared model (e.g. 2x)")
-    search.add_argument("--image-size", type=int, default=32)
     search.add_argument("--probe-epochs", type=int, default=5)
     search.add_argument("--num-inputs", type=int, default=256,
                         help="held-out inputs compared across probes (K)")
