@@ -139,9 +139,14 @@ class Backbone:
         shape = self.input_shape if self.stem_weights is not None else None
         return self._instantiate(self.stem_config, name, self.stem_weights, shape)
 
-    def make_pooling(self, name: str | None = None) -> keras.layers.Layer:
-        """The parameter-free layer that turns a stage output into features."""
-        rank = len(self.output_shape())
+    def make_pooling(self, name: str | None = None, depth: int | None = None) -> keras.layers.Layer:
+        """The parameter-free layer that turns a stage output into features.
+
+        Args:
+            name: layer name.
+            depth: the stage (1-based) whose output is pooled; default the last.
+        """
+        rank = len(self.stage_output_shape(self._stage_of(depth)))
         if rank == 1:
             return keras.layers.Identity(name=name)
         if self.pooling == "flatten":
@@ -183,21 +188,23 @@ class Backbone:
                 if stem is not None:
                     x = stem(x)
                     stem_params = stem.count_params()
-                shapes, params = [], []
+                shapes, params, outputs = [], [], []
                 for d, config in enumerate(self.stage_configs):
                     shapes.append(tuple(x.shape[1:]))
                     layer = self._instantiate(config, None, None, None)
                     x = layer(x)
                     params.append(layer.count_params())
-                out_shape = tuple(x.shape[1:])
+                    outputs.append(x)
                 self._analysis = {
                     "stem_params": stem_params,
                     "stage_input_shapes": shapes,
+                    "stage_output_shapes": [tuple(o.shape[1:]) for o in outputs],
                     "stage_params": params,
-                    "output_shape": out_shape,
+                    "output_shape": tuple(x.shape[1:]),
                 }
-                features = self.make_pooling()(x)
-                self._analysis["feature_size"] = int(features.shape[-1])
+                self._analysis["feature_sizes"] = [
+                    int(self.make_pooling(depth=d + 1)(o).shape[-1]) for d, o in enumerate(outputs)
+                ]
             except BackboneError:
                 raise
             except Exception as err:  # a user's layers that do not chain
@@ -218,12 +225,29 @@ class Backbone:
     def stage_input_shape(self, stage: int) -> tuple[int, ...]:
         return self._analyze()["stage_input_shapes"][stage]
 
+    def stage_output_shape(self, stage: int) -> tuple[int, ...]:
+        """Output shape (no batch axis) of `stage` (0-based)."""
+        return self._analyze()["stage_output_shapes"][stage]
+
     def output_shape(self) -> tuple[int, ...]:
         return self._analyze()["output_shape"]
 
-    def feature_size(self) -> int:
-        """Width of what a task head receives (after pooling)."""
-        return self._analyze()["feature_size"]
+    def feature_size(self, depth: int | None = None) -> int:
+        """Width of what a task head receives (after pooling).
+
+        Args:
+            depth: the number of stages the task uses; default all.
+        """
+        return self._analyze()["feature_sizes"][self._stage_of(depth)]
+
+    def _stage_of(self, depth: int | None) -> int:
+        if depth is None:
+            return self.num_stages - 1
+        if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= self.num_stages:
+            raise BackboneError(
+                f"`depth` must be an integer from 1 to {self.num_stages}. Received: depth={depth!r}"
+            )
+        return depth - 1
 
     # === Config ===
 

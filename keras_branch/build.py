@@ -5,6 +5,10 @@ tensor by the route prefix that produced it, so tasks whose routes agree on
 stages 1..d reuse one tensor: every shared prefix is computed once. Block
 (d, b) is one layer object; in a tree it is called exactly once, in a non-tree
 spec it is called once per distinct input (weights shared, inputs not).
+
+An evolved spec's adapters are part of the prefix: after task t's adapter at
+stage d, t's path is its own. A task with a smaller depth reads the output of
+its last used stage.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import keras
 
 from keras_branch.backbones import Backbone
 from keras_branch.errors import SpecError
+from keras_branch.layers.adapter import Adapter
 from keras_branch.spec import TreeSpec
 from keras_branch.tasks import Task, as_tasks
 
@@ -23,6 +28,15 @@ from keras_branch.tasks import Task, as_tasks
 def block_name(stage: int, block: int) -> str:
     """Layer name of block `block` of `stage` (both 0-based)."""
     return f"stage{stage + 1}_block{block}"
+
+
+def adapter_name(stage: int, task_key: str) -> str:
+    """Layer name of a task's adapter after `stage` (0-based)."""
+    return f"adapter{stage + 1}_{task_key}"
+
+
+def _prefix_label(prefix: tuple) -> str:
+    return "_".join(str(b) if owner is None else f"{b}a{owner}" for b, owner in prefix)
 
 
 @keras.saving.register_keras_serializable(package="keras_branch")
@@ -72,26 +86,37 @@ class BranchedModel(keras.Model):
         for d in range(spec.num_stages):
             for b in spec.blocks(d):
                 blocks[(d, b)] = backbone.make_stage(d, name=block_name(d, b))
+        adapters: dict[tuple[int, str], keras.layers.Layer] = {}
+        for task in ordered:
+            for d, dim in enumerate(spec.adapter_dims(task.name)[: spec.depth(task.name)]):
+                if dim:
+                    adapters[(d, task.key)] = Adapter(dim, name=adapter_name(d, task.key))
 
         # === Functional Model ===
+        # A prefix is ((block, adapter owner or None), ...) up to a stage.
         inputs = keras.Input(shape=backbone.input_shape, name="inputs")
         x = stem(inputs) if stem is not None else inputs
-        by_prefix: dict[tuple[int, ...], Any] = {(): x}
+        by_prefix: dict[tuple, Any] = {(): x}
+        paths = {task.name: self._path(spec, task) for task in ordered}
         for d in range(spec.num_stages):
-            for name in spec.tasks:
-                prefix = tuple(spec.route(name)[: d + 1])
-                if prefix not in by_prefix:
-                    by_prefix[prefix] = blocks[(d, prefix[-1])](by_prefix[prefix[:-1]])
-        features: dict[tuple[int, ...], Any] = {}
+            for task in ordered:
+                prefix = paths[task.name][: d + 1]
+                if len(prefix) <= d or prefix in by_prefix:
+                    continue
+                (block, owner), parent = prefix[-1], prefix[:-1]
+                y = blocks[(d, block)](by_prefix[parent])
+                if owner is not None:
+                    y = adapters[(d, owner)](y)
+                by_prefix[prefix] = y
+        features: dict[tuple, Any] = {}
         outputs = {}
         for task in ordered:
-            route = tuple(spec.route(task.name))
-            if route not in features:
-                label = "_".join(str(b) for b in route)
-                features[route] = backbone.make_pooling(name=f"features_{label}")(
-                    by_prefix[route]
-                )
-            head = task.make_head(name=f"head_{task.key}")(features[route])
+            path = paths[task.name]
+            if path not in features:
+                features[path] = backbone.make_pooling(
+                    name=f"features_{_prefix_label(path)}", depth=len(path)
+                )(by_prefix[path])
+            head = task.make_head(name=f"head_{task.key}")(features[path])
             # The Identity names the output: loss, metric and signature keys.
             outputs[task.key] = keras.layers.Identity(name=task.key, dtype="float32")(head)
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
@@ -100,6 +125,13 @@ class BranchedModel(keras.Model):
         self.spec = spec
         self.backbone = backbone
         self.tasks = ordered
+
+    @staticmethod
+    def _path(spec: TreeSpec, task: Task) -> tuple:
+        dims = spec.adapter_dims(task.name)
+        return tuple(
+            (b, task.key if dims[d] else None) for d, b in enumerate(spec.used_route(task.name))
+        )
 
     @property
     def task_keys(self) -> dict[str, str]:

@@ -10,6 +10,16 @@ on stages 1..d share the computation of those stages. A spec is a *tree* when
 tasks that share a block at stage d also share a block at every earlier
 stage; other specs (weight sharing across different inputs, as evolution
 produces) are valid too and build the same way.
+
+Evolved systems (`keras_branch.search.evolve`) add three optional fields, so
+every tree stays a valid spec:
+
+    "depths":   {"e": 3}                 # task e reads features after stage 3
+    "adapters": {"e": [0, 0, 16, 0]}     # a residual adapter of width 16 after stage 3
+    "hparams":  {"e": {"learning_rate": 0.003}}   # the task's training recipe
+
+A task's *used route* is its route up to its depth; blocks past a task's
+depth are neither built nor counted for it. Adapters are owned by their task.
 """
 
 from __future__ import annotations
@@ -35,6 +45,15 @@ class TreeSpec:
         routes: for every task, one block id per stage (non-negative ints).
             Every route has the same length, the number of stages (>= 1).
 
+        depths: optional task -> number of stages the task uses (1 to the
+            number of stages; default all). Its head reads the output of its
+            last used stage.
+        adapters: optional task -> one int per stage: the width of a
+            zero-initialised residual adapter (`keras_branch.layers.Adapter`)
+            after that stage, 0 for none. Adapters belong to their task.
+        hparams: optional task -> dict of JSON scalars (the per-task recipe
+            evolution found). Not used by the builder.
+
     Raises:
         SpecError: naming the field and the value received, for anything
             malformed.
@@ -45,9 +64,20 @@ class TreeSpec:
     (True, 2, [1, 2])
     """
 
-    def __init__(self, tasks: Sequence[str], routes: Mapping[str, Sequence[int]]):
+    def __init__(
+        self,
+        tasks: Sequence[str],
+        routes: Mapping[str, Sequence[int]],
+        depths: Mapping[str, int] | None = None,
+        adapters: Mapping[str, Sequence[int]] | None = None,
+        hparams: Mapping[str, Mapping[str, Any]] | None = None,
+    ):
         self._tasks = _validate_tasks(tasks)
         self._routes = _validate_routes(routes, self._tasks)
+        num_stages = len(next(iter(self._routes.values())))
+        self._depths = _validate_depths(depths, self._tasks, num_stages)
+        self._adapters = _validate_adapters(adapters, self._tasks, num_stages)
+        self._hparams = _validate_hparams(hparams, self._tasks)
 
     # === Constructors ===
 
@@ -137,15 +167,19 @@ class TreeSpec:
                 f"A tree spec must be a JSON object with `tasks` and `routes`. "
                 f"Received: {_short(data)}"
             )
-        unknown = sorted(str(k) for k in data if k not in ("tasks", "routes"))
+        unknown = sorted(str(k) for k in data if k not in _FIELDS)
         if unknown:
             raise SpecError(
-                f"Unknown field(s) {unknown} in tree spec; expected `tasks` and `routes`."
+                f"Unknown field(s) {unknown} in tree spec; expected `tasks` and "
+                f"`routes`, optionally `depths`, `adapters` and `hparams`."
             )
         for field in ("tasks", "routes"):
             if field not in data:
                 raise SpecError(f"Tree spec is missing the field `{field}`.")
-        return cls(data["tasks"], data["routes"])
+        return cls(
+            data["tasks"], data["routes"], depths=data.get("depths"),
+            adapters=data.get("adapters"), hparams=data.get("hparams"),
+        )
 
     @classmethod
     def from_json(cls, text: str | bytes) -> TreeSpec:
@@ -194,18 +228,61 @@ class TreeSpec:
             raise SpecError(f"Unknown task {task!r}; tasks are {self._tasks}.")
         return list(self._routes[task])
 
+    def depth(self, task: str) -> int:
+        """How many stages `task` uses (all unless `depths` says otherwise)."""
+        self.route(task)
+        return self._depths.get(task, self.num_stages)
+
+    def used_route(self, task: str) -> list[int]:
+        """The task's block ids up to its depth."""
+        return self.route(task)[: self.depth(task)]
+
+    def adapter_dims(self, task: str) -> list[int]:
+        """Adapter width after each stage for `task` (0: none)."""
+        self.route(task)
+        return list(self._adapters.get(task, [0] * self.num_stages))
+
+    def task_hparams(self, task: str) -> dict[str, Any]:
+        """The task's recipe from `hparams` (empty when none)."""
+        self.route(task)
+        return dict(self._hparams.get(task, {}))
+
+    @property
+    def depths(self) -> dict[str, int]:
+        return dict(self._depths)
+
+    @property
+    def adapters(self) -> dict[str, list[int]]:
+        return {t: list(a) for t, a in self._adapters.items()}
+
+    @property
+    def hparams(self) -> dict[str, dict[str, Any]]:
+        return {t: dict(h) for t, h in self._hparams.items()}
+
+    @property
+    def is_plain(self) -> bool:
+        """True without depths, adapters or hparams (a spec of plain routes)."""
+        return not (self._depths or self._adapters or self._hparams)
+
     def blocks(self, stage: int) -> list[int]:
-        """The distinct block ids used at `stage` (0-based), sorted."""
-        return sorted({r[stage] for r in self._routes.values()})
+        """The distinct block ids used at `stage` (0-based), sorted.
+
+        A task past its depth does not use the stage.
+        """
+        return sorted({r[stage] for t, r in self._routes.items() if self.depth(t) > stage})
 
     def blocks_per_stage(self) -> list[int]:
         return [len(self.blocks(d)) for d in range(self.num_stages)]
 
     def partition(self, stage: int) -> list[list[str]]:
-        """Groups of tasks sharing a block at `stage`, in block-id order."""
+        """Groups of tasks sharing a block at `stage`, in block-id order.
+
+        Tasks that stop before `stage` are left out.
+        """
         groups: dict[int, list[str]] = {}
         for task in self._tasks:
-            groups.setdefault(self._routes[task][stage], []).append(task)
+            if self.depth(task) > stage:
+                groups.setdefault(self._routes[task][stage], []).append(task)
         return [groups[b] for b in sorted(groups)]
 
     def partitions(self) -> list[list[list[str]]]:
@@ -213,11 +290,18 @@ class TreeSpec:
 
     @property
     def is_tree(self) -> bool:
-        """True when tasks sharing a block also share every earlier block."""
+        """True when tasks sharing a block also share everything before it.
+
+        An adapter changes what later blocks of its task see, so a block used
+        after an adapter by one task and by another task is not a tree.
+        """
         for d in range(1, self.num_stages):
-            parent: dict[int, int] = {}
-            for route in self._routes.values():
-                if parent.setdefault(route[d], route[d - 1]) != route[d - 1]:
+            parent: dict[int, tuple] = {}
+            for task, route in self._routes.items():
+                if self.depth(task) <= d:
+                    continue
+                before = (route[d - 1], task if self.adapter_dims(task)[d - 1] else None)
+                if parent.setdefault(route[d], before) != before:
                     return False
         return True
 
@@ -229,7 +313,7 @@ class TreeSpec:
             for task in self._tasks:
                 block = self._routes[task][d]
                 routes[task].append(relabel.setdefault(block, len(relabel)))
-        return TreeSpec(self._tasks, routes)
+        return self._with(self._tasks, routes)
 
     def subset(self, tasks: Iterable[str]) -> TreeSpec:
         """The spec restricted to some of its tasks (block ids kept)."""
@@ -237,7 +321,15 @@ class TreeSpec:
         unknown = [t for t in names if t not in self._routes]
         if unknown:
             raise SpecError(f"Unknown task(s) {unknown}; tasks are {self._tasks}.")
-        return TreeSpec(names, {t: self._routes[t] for t in names})
+        return self._with(names, {t: self._routes[t] for t in names})
+
+    def _with(self, tasks: Sequence[str], routes: Mapping[str, Sequence[int]]) -> TreeSpec:
+        # Same optional fields, restricted to `tasks`.
+        def keep(field: dict) -> dict:
+            return {t: v for t, v in field.items() if t in tasks}
+
+        return TreeSpec(tasks, routes, keep(self._depths), keep(self._adapters),
+                        keep(self._hparams))
 
     # === Parameter accounting ===
 
@@ -253,13 +345,23 @@ class TreeSpec:
         """Parameters per part: `stem`, `stage_1`..`stage_D`, `heads`."""
         from keras_branch.tasks import as_tasks
 
+        from keras_branch.layers.adapter import adapter_params
+
         task_list = as_tasks(tasks)
         self.check_compatible(backbone, task_list)
         parts = {"stem": backbone.stem_params()}
         for d, count in enumerate(self.blocks_per_stage()):
             parts[f"stage_{d + 1}"] = count * backbone.stage_params(d)
-        features = backbone.feature_size()
-        parts["heads"] = sum((features + 1) * t.units for t in task_list)
+        if self._adapters:
+            parts["adapters"] = sum(
+                adapter_params(backbone.stage_output_shape(d)[-1], dim)
+                for task in self._adapters
+                for d, dim in enumerate(self.adapter_dims(task)[: self.depth(task)])
+                if dim
+            )
+        parts["heads"] = sum(
+            (backbone.feature_size(self.depth(t.name)) + 1) * t.units for t in task_list
+        )
         return parts
 
     def check_compatible(self, backbone: Backbone, tasks: Sequence[Task]) -> None:
@@ -283,20 +385,27 @@ class TreeSpec:
     # === Serialization ===
 
     def to_dict(self) -> dict[str, Any]:
-        return {"tasks": self.tasks, "routes": self.routes}
+        data: dict[str, Any] = {"tasks": self.tasks, "routes": self.routes}
+        for field, value in (("depths", self.depths), ("adapters", self.adapters),
+                             ("hparams", self.hparams)):
+            if value:
+                data[field] = value
+        return data
 
     def to_json(self, indent: int | None = None) -> str:
         """Canonical JSON; with `indent`, one route per line."""
         if indent is None:
             return json.dumps(self.to_dict())
         pad = " " * indent
-        routes = f",\n{pad}{pad}".join(
-            f"{json.dumps(t)}: {json.dumps(r)}" for t, r in self._routes.items()
-        )
-        return (
-            f"{{\n{pad}\"tasks\": {json.dumps(self._tasks)},\n"
-            f"{pad}\"routes\": {{\n{pad}{pad}{routes}\n{pad}}}\n}}"
-        )
+        fields = [f"{pad}\"tasks\": {json.dumps(self._tasks)}"]
+        for field, value in self.to_dict().items():
+            if field == "tasks":
+                continue
+            lines = f",\n{pad}{pad}".join(
+                f"{json.dumps(t)}: {json.dumps(v)}" for t, v in value.items()
+            )
+            fields.append(f"{pad}{json.dumps(field)}: {{\n{pad}{pad}{lines}\n{pad}}}")
+        return "{\n" + ",\n".join(fields) + "\n}"
 
     def save(self, path: str | os.PathLike) -> None:
         """Writes the JSON form atomically (temporary file, then rename)."""
@@ -306,20 +415,28 @@ class TreeSpec:
 
     def _key(self) -> tuple:
         # Relabel blocks by first use over the tasks in sorted order: the
-        # result depends only on which tasks share which blocks.
+        # result depends only on which tasks share which blocks. Stages past
+        # a task's depth do not count.
         order = sorted(self._tasks)
         routes: dict[str, list[int]] = {t: [] for t in order}
         for d in range(self.num_stages):
             relabel: dict[int, int] = {}
             for task in order:
-                routes[task].append(relabel.setdefault(self._routes[task][d], len(relabel)))
-        return tuple((t, tuple(routes[t])) for t in order)
+                if self.depth(task) > d:
+                    block = self._routes[task][d]
+                    routes[task].append(relabel.setdefault(block, len(relabel)))
+        return tuple(
+            (t, tuple(routes[t]), tuple(self.adapter_dims(t)),
+             tuple(sorted(self.task_hparams(t).items())))
+            for t in order
+        )
 
     def __eq__(self, other: object) -> bool:
         """Equal when both describe the same sharing of the same tasks.
 
         Block labels and the order of tasks do not matter: `[0, 1]` and
         `[3, 7]` as the only two blocks of a stage build the same network.
+        Depths, adapters and hparams must agree.
         """
         if not isinstance(other, TreeSpec):
             return NotImplemented
@@ -336,9 +453,22 @@ class TreeSpec:
         lines = [f"TreeSpec: {self.num_tasks} tasks, {self.num_stages} stages, {kind}"]
         width = len(str(self.num_stages))
         for d in range(self.num_stages):
-            groups = "  ".join("{" + ", ".join(g) + "}" for g in self.partition(d))
+            groups = "  ".join("{" + ", ".join(g) + "}" for g in self.partition(d)) or "(unused)"
             lines.append(f"  stage {d + 1:>{width}}: {groups}")
+        for task in self._tasks:
+            extras = []
+            if self.depth(task) < self.num_stages:
+                extras.append(f"depth {self.depth(task)}")
+            extras += [f"adapter({dim}) after stage {d + 1}"
+                       for d, dim in enumerate(self.adapter_dims(task)) if dim]
+            if self.task_hparams(task):
+                extras.append(json.dumps(self.task_hparams(task), sort_keys=True))
+            if extras:
+                lines.append(f"  {task}: " + ", ".join(extras))
         return "\n".join(lines)
+
+
+_FIELDS = ("tasks", "routes", "depths", "adapters", "hparams")
 
 
 def _short(value: Any, limit: int = 80) -> str:
@@ -415,4 +545,70 @@ def _validate_routes(routes: Any, tasks: list[str]) -> dict[str, list[int]]:
                 f"`routes[{tasks[0]!r}]` has {length}; all routes need the same length."
             )
         result[task] = [int(b) for b in route]
+    return result
+
+
+def _task_mapping(value: Any, field: str, tasks: list[str]) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise SpecError(
+            f"`{field}` must map task names to values. Received: {field}={_short(value)}"
+        )
+    unknown = [k for k in value if k not in tasks]
+    if unknown:
+        raise SpecError(f"`{field}` names task(s) {_short(unknown)} that are not in `tasks`.")
+    return dict(value)
+
+
+def _validate_depths(depths: Any, tasks: list[str], num_stages: int) -> dict[str, int]:
+    result = {}
+    for task, depth in _task_mapping(depths, "depths", tasks).items():
+        if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= num_stages:
+            raise SpecError(
+                f"`depths[{task!r}]` must be an integer from 1 to {num_stages} (the "
+                f"number of stages). Received: {_short(depth)}"
+            )
+        if depth < num_stages:  # the default is not stored: equal specs, equal JSON
+            result[task] = int(depth)
+    return result
+
+
+def _validate_adapters(adapters: Any, tasks: list[str], num_stages: int) -> dict[str, list[int]]:
+    result = {}
+    for task, dims in _task_mapping(adapters, "adapters", tasks).items():
+        if (isinstance(dims, (str, bytes, Mapping)) or not isinstance(dims, Sequence)
+                or len(dims) != num_stages):
+            raise SpecError(
+                f"`adapters[{task!r}]` must list one adapter width per stage "
+                f"({num_stages}), 0 for none. Received: {_short(dims)}"
+            )
+        for d, dim in enumerate(dims):
+            if isinstance(dim, bool) or not isinstance(dim, int) or dim < 0:
+                raise SpecError(
+                    f"`adapters[{task!r}][{d}]` must be a non-negative integer width. "
+                    f"Received: {_short(dim)}"
+                )
+        if any(dims):
+            result[task] = [int(d) for d in dims]
+    return result
+
+
+def _validate_hparams(hparams: Any, tasks: list[str]) -> dict[str, dict[str, Any]]:
+    result = {}
+    for task, values in _task_mapping(hparams, "hparams", tasks).items():
+        if not isinstance(values, Mapping):
+            raise SpecError(
+                f"`hparams[{task!r}]` must be an object of name: value. Received: {_short(values)}"
+            )
+        for name, value in values.items():
+            if not isinstance(name, str) or not (
+                value is None or isinstance(value, (bool, int, float, str))
+            ):
+                raise SpecError(
+                    f"`hparams[{task!r}]` values must be JSON scalars. "
+                    f"Received: {_short(name)}: {_short(value)}"
+                )
+        if values:
+            result[task] = dict(values)
     return result

@@ -2,14 +2,17 @@
 
 * `BranchPoint`: learnable parent choice between two layers of a tree
   (Learning to Branch; Gumbel-softmax in training, argmax at inference).
+* `Adapter`: a zero-initialised residual bottleneck that evolution (muNet)
+  inserts into a task's path.
 * `SoftOrdering`: one pool of shared layers mixed per task and depth (soft
   layer ordering; also parallel and permuted orderings).
 
-Both are registered under the package name `keras_branch`, so `.keras` files
+All are registered under the package name `keras_branch`, so `.keras` files
 holding them load under `safe_mode=True` once `keras_branch` is imported.
 """
 
+from keras_branch.layers.adapter import Adapter
 from keras_branch.layers.branch_point import BranchPoint
 from keras_branch.layers.soft_ordering import SoftOrdering
 
-__all__ = ["BranchPoint", "SoftOrdering"]
+__all__ = ["Adapter", "BranchPoint", "SoftOrdering"]

@@ -1,6 +1,7 @@
 """Searches that produce TreeSpecs: task affinity, Learning to Branch, evolution."""
 
 from keras_branch.search.affinity import TaskAffinity, rdm, rdm_affinity, spearman, task_affinity
+from keras_branch.search.evolve import EvolvedSystem, EvolveResult, Path, evolve, mutate
 from keras_branch.search.learn_to_branch import (
     BranchingSupernet,
     build_supernet,
@@ -22,6 +23,9 @@ __all__ = [
     "AffinitySearchResult",
     "BranchingSupernet",
     "BranchResult",
+    "EvolveResult",
+    "EvolvedSystem",
+    "Path",
     "TaskAffinity",
     "Tree",
     "adjusted_rand_index",
@@ -29,9 +33,11 @@ __all__ = [
     "branch",
     "budget_for_blocks",
     "build_supernet",
+    "evolve",
     "extract_model",
     "extract_spec",
     "learn_to_branch",
+    "mutate",
     "partition_ari",
     "pareto_front",
     "rdm",

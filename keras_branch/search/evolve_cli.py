@@ -1,0 +1,123 @@
+"""`keras-branch evolve`: muNet evolution from the command line.
+
+    keras-branch evolve --root MODEL.keras --data SOURCE --scale 0.9 --out DIR
+        [--root-task NAME | --stages L1,L2,...] [--tasks a,b] [--passes 2]
+        [--candidates 16] [--candidate-epochs 3] [--state DIR]
+    keras-branch evolve --system DIR --add-task NAME[,NAME] --data SOURCE --out DIR2
+
+The search state is written to `--state` (default `OUT.state`) after every
+candidate; rerunning the same command after a crash or a kill resumes there
+and keeps every candidate already scored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Adds the `evolve` subcommand to the CLI's subparsers.
+
+    Args:
+        subparsers: what `parser.add_subparsers()` returned.
+
+    Returns:
+        The `evolve` parser (its `func` default is `run`).
+    """
+    p = subparsers.add_parser(
+        "evolve", help="grow a trained root into a multi-task system (muNet evolution)"
+    )
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--root", help="the trained root: a .keras file")
+    source.add_argument("--system", help="an evolved system folder to add tasks to")
+    p.add_argument("--root-task", help="with a keras_branch root: whose path is the root "
+                   "(default: its first task)")
+    p.add_argument("--stages", help="with a plain Keras root: comma-separated names of the "
+                   "layers that end each stage")
+    p.add_argument("--data", required=True,
+                   help="'planted[:opts]', 'omniglot:PATH' or 'npz:PATH'")
+    p.add_argument("--tasks", help="comma-separated tasks to evolve (default: every data task "
+                   "the system lacks)")
+    p.add_argument("--add-task", help="with --system: comma-separated tasks to add")
+    p.add_argument("--scale", type=float, default=0.9,
+                   help="scale factor s in (0, 1]: score = quality * s ** (params / root params)")
+    p.add_argument("--passes", type=int, help="rounds over the tasks (default 2; 1 with --system)")
+    p.add_argument("--candidates", type=int, default=16, help="candidates per task visit")
+    p.add_argument("--candidate-epochs", type=int, default=3, help="training epochs per candidate")
+    p.add_argument("--mutation-prob", type=float, default=0.2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--state", help="search state folder (default: OUT.state)")
+    p.add_argument("--out", required=True, help="system folder to write")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from keras_branch.data import load_data
+    from keras_branch.errors import OutputExistsError, SearchError
+    from keras_branch.search.evolve import EvolvedSystem, evolve
+    from keras_branch.training import format_metrics
+
+    if os.path.lexists(args.out) and not args.overwrite:
+        raise OutputExistsError(f"--out exists: {args.out!r}; pass --overwrite to replace it.")
+    if args.system:
+        if not args.add_task:
+            raise SearchError("--system needs --add-task NAME (the task(s) to add).")
+        root = EvolvedSystem.load(args.system)
+        tasks = args.add_task.split(",")
+        known = [t for t in tasks if t in root.task_names]
+        if known:
+            raise SearchError(f"--add-task {known} already in the system {args.system!r}.")
+        passes = args.passes or 1
+    else:
+        if args.add_task:
+            raise SearchError("--add-task goes with --system DIR, not --root.")
+        root = _load_root(args.root, args.stages)
+        tasks = args.tasks.split(",") if args.tasks else None
+        passes = args.passes or 2
+    shape = root.backbone.input_shape if isinstance(root, EvolvedSystem) else _input_shape(root)
+    data = load_data(args.data, image_size=shape[0] if len(shape) == 3 else 32)
+    state = args.state or f"{os.path.normpath(args.out)}.state"
+    result = evolve(
+        root, tasks, data, scale=args.scale, passes=passes, candidates=args.candidates,
+        candidate_epochs=args.candidate_epochs, mutation_prob=args.mutation_prob,
+        seed=args.seed, root_task=args.root_task, state_dir=state, out_dir=args.out,
+        overwrite=args.overwrite,
+    )
+    print(str(result.system.spec))
+    for split, metrics in result.metrics.items():
+        print(format_metrics(metrics, split))
+    params = result.system.describe()["params_per_task"]
+    print("parameters per task: " + ", ".join(f"{t} {p:,.0f}" for t, p in params.items()))
+    shutil.rmtree(state, ignore_errors=True)  # the system folder is complete
+    print(f"saved to {args.out}")
+    return 0
+
+
+def _input_shape(root) -> tuple[int, ...]:
+    import keras
+
+    if isinstance(root, keras.Model):
+        return tuple(root.input_shape[1:])
+    return tuple(root.input_shape)
+
+
+def _load_root(path: str, stages: str | None):
+    import keras
+
+    from keras_branch import backbones
+    from keras_branch.errors import ModelFileError
+    from keras_branch.saving import load_branched_model
+
+    if stages is None:
+        return load_branched_model(path)
+    if not os.path.isfile(path):
+        raise ModelFileError(f"--root file does not exist: {path!r}")
+    try:
+        model = keras.saving.load_model(path)
+    except Exception as err:  # Keras raises many types for a bad file
+        raise ModelFileError(f"Cannot load --root {path!r}: {type(err).__name__}: {err}") from None
+    return backbones.from_keras_model(model, stages.split(","))

@@ -1,0 +1,305 @@
+"""muNet evolution: evolved specs, the adapter, the search, adding tasks, resuming."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+
+from keras_branch import SearchError, SpecError, Task, TreeSpec, backbones, build_model
+from keras_branch.cli import main
+from keras_branch.data import load_data
+from keras_branch.export import export_model, litert_runner
+from keras_branch.layers import Adapter
+from keras_branch.layers.adapter import adapter_params
+from keras_branch.search.evolve import (
+    HPARAM_LISTS,
+    EvolvedSystem,
+    Path,
+    evolve,
+    mutate,
+)
+from keras_branch.testing import run_layer_test, run_model_test
+from keras_branch.training import compile_model, fit_spec
+
+DATA = "planted:seed=0,groups=2-2,train=600"
+TINY = dict(passes=1, candidates=3, candidate_epochs=1, log=None)
+
+
+# === The adapter ===
+
+
+def test_adapter_layer_contract():
+    run_layer_test(Adapter, {"dim": 4}, (3, 5, 5, 8), (3, 5, 5, 8))
+    run_layer_test(Adapter, {"dim": 2}, (4, 6), (4, 6))
+
+
+def test_adapter_starts_as_identity_and_counts_its_params():
+    layer = Adapter(8)
+    x = np.random.default_rng(0).standard_normal((2, 4, 4, 16)).astype("float32")
+    np.testing.assert_array_equal(np.asarray(layer(x)), x)
+    assert layer.count_params() == adapter_params(16, 8) == 2 * 16 + 16 * 8 + 8 + 8 * 16 + 16
+
+
+def test_adapter_rejects_bad_dim():
+    with pytest.raises(ValueError, match="dim=0"):
+        Adapter(0)
+
+
+# === The evolved spec ===
+
+EVOLVED = {
+    "tasks": ["a", "b", "c"],
+    "routes": {"a": [0, 0, 0, 0], "b": [0, 0, 1, 1], "c": [0, 1, 0, 0]},
+    "depths": {"c": 3},
+    "adapters": {"b": [0, 8, 0, 4]},
+    "hparams": {"b": {"learning_rate": 0.01, "adapter_dim": 8}},
+}
+TASKS3 = [Task("a", "multiclass", classes=5), Task("b", "binary"), Task("c", "regression")]
+
+
+def test_evolved_spec_round_trips_and_builds_with_exact_param_count():
+    spec = TreeSpec.from_dict(EVOLVED)
+    assert TreeSpec.from_json(spec.to_json()) == spec
+    assert TreeSpec.from_json(spec.to_json(indent=2)).to_dict() == EVOLVED
+    assert spec.used_route("c") == [0, 1, 0] and spec.depth("a") == 4
+    assert spec.blocks(3) == [0, 1]  # c stops before stage 4
+    assert not spec.is_tree  # b's adapter makes its stage-3 input its own
+    bb = backbones.convnet4((28, 28, 1))
+    model = build_model(spec, bb, TASKS3)
+    assert model.count_params() == spec.count_params(bb, TASKS3)
+    parts = spec.param_breakdown(bb, TASKS3)
+    assert parts["adapters"] == adapter_params(64, 8) + adapter_params(64, 4)
+    # c's head reads stage 3: 3x3x64 flattened at 28x28.
+    assert model.get_layer("head_c").kernel.shape == (3 * 3 * 64, 1)
+    assert {"adapter2_b", "adapter4_b"} <= {layer.name for layer in model.layers}
+    rng = np.random.default_rng(0)
+    x = rng.random((4, 28, 28, 1), dtype="float32")
+    y = {"a": rng.integers(0, 5, 4), "b": rng.integers(0, 2, 4).astype("float32"),
+         "c": rng.standard_normal(4).astype("float32")}
+    run_model_test(lambda: build_model(spec, bb, TASKS3), x, y,
+                   {"a": (None, 5), "b": (None, 1), "c": (None, 1)}, compile_fn=compile_model)
+
+
+def test_plain_specs_are_unchanged_by_the_new_fields():
+    spec = TreeSpec.from_partitions([[["a", "b"]], [["a"], ["b"]]])
+    assert spec.to_dict() == {"tasks": ["a", "b"], "routes": {"a": [0, 0], "b": [0, 1]}}
+    assert spec.is_plain and spec.is_tree
+    # Defaults are not stored: an explicit full depth and zero adapters equal the plain spec.
+    same = TreeSpec(["a", "b"], spec.routes, depths={"a": 2}, adapters={"b": [0, 0]})
+    assert same == spec and same.to_dict() == spec.to_dict()
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("depths", {"a": 0}, "depths['a']"),
+    ("depths", {"a": 5}, "Received: 5"),
+    ("depths", {"zz": 1}, "zz"),
+    ("adapters", {"b": [0, 8]}, "adapters['b']"),
+    ("adapters", {"b": [0, -1, 0, 0]}, "Received: -1"),
+    ("hparams", {"b": {"lr": [1, 2]}}, "JSON scalars"),
+    ("hparams", [1], "`hparams` must map"),
+])
+def test_evolved_spec_errors_name_field_and_value(field, value, message):
+    data = {**EVOLVED, field: value}
+    with pytest.raises(SpecError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        TreeSpec.from_dict(data)
+
+
+# === Mutations ===
+
+
+def test_mutations_are_seeded_and_cover_every_kind():
+    parent = Path.root(4)
+    a = mutate(parent, 4, np.random.default_rng(3), prob=0.5)
+    b = mutate(parent, 4, np.random.default_rng(3), prob=0.5)
+    assert a[0] == b[0] and a[1] == b[1]
+    assert mutate(parent, 4, np.random.default_rng(0), prob=0.0) == (parent, [])
+    child, done = mutate(parent, 4, np.random.default_rng(0), prob=1.0)
+    kinds = {d.split("(")[0] for d in done}
+    assert {"clone", "adapter"} <= kinds and "depth" in kinds
+    assert len(kinds - {"clone", "adapter", "depth"}) == 1  # one hyperparameter moved
+    assert child.depth == 3  # from the full depth, the only step is down
+    assert all(b < 0 for b in child.route[:3])  # clones are marked until they get ids
+    name = next(iter(kinds - {"clone", "adapter", "depth"}))
+    values = HPARAM_LISTS[name]
+    assert abs(values.index(child.hparams[name]) - values.index(parent.hparams[name])) == 1
+    assert parent == Path.root(4)  # the parent is not modified
+
+
+# === The search ===
+
+
+@pytest.fixture(scope="module")
+def evolved(tmp_path_factory):
+    data = load_data(DATA)
+    keras.utils.set_random_seed(0)
+    bb = backbones.mlp(data.input_shape[0], widths=(32, 32, 32))
+    root = fit_spec(TreeSpec.shared(data.task_names[:1], 3), bb, data, epochs=3, verbose=0,
+                    log=None).model
+    out = tmp_path_factory.mktemp("evolve") / "system"
+    first = evolve(root, data.task_names[:2], data, scale=0.5, out_dir=out, **TINY)
+    return data, root, first, out
+
+
+def test_evolve_builds_a_system_whose_spec_and_weights_round_trip(evolved):
+    data, _, result, out = evolved
+    system = result.system
+    assert system.task_names == data.task_names[:2]
+    spec = TreeSpec.load(out / "spec.json")
+    assert spec == system.spec
+    model = keras.saving.load_model(out / "model.keras")
+    assert model.count_params() == spec.count_params(system.backbone, system.tasks)
+    x = data.split("test").x[:16]
+    want = result.model.predict(x, verbose=0)
+    got = model.predict(x, verbose=0)
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key])
+    loaded = EvolvedSystem.load(out)
+    assert loaded.spec == system.spec and loaded.root_params == system.root_params
+    for name, weights in system.weights.items():
+        for w, v in zip(weights, loaded.weights[name]):
+            np.testing.assert_array_equal(w, v)
+    # The root stays in the system even when no task uses its last block.
+    assert {"stage1_block0", "stage2_block0", "stage3_block0"} <= set(loaded.weights)
+
+
+def test_every_candidate_is_scored_by_the_formula(evolved):
+    data, _, result, _ = evolved
+    system = result.system
+    root_params = 32 * 32 + 32 + 2 * (32 * 32 + 32) + data.input_shape[0] * 32 - 32 * 32
+    assert system.root_params == root_params
+    assert len(result.history) == 2 * TINY["candidates"]
+    for record in result.history:
+        assert record["score"] == pytest.approx(
+            record["quality"] * 0.5 ** (record["params"] / root_params), rel=1e-12)
+    # The last task installed is charged what it was scored with; earlier tasks
+    # are charged less once later tasks share their blocks, never more.
+    now = {t.name: system.accounted_params(t, system.path(t.name)) for t in system.tasks}
+    last = system.task_names[-1]
+    assert system.scores[last]["params"] == pytest.approx(now[last])
+    for name in system.task_names:
+        assert now[name] <= system.scores[name]["params"] + 1e-9
+
+
+def test_accounted_params_divide_shared_blocks_by_their_users(evolved):
+    _, _, result, _ = evolved
+    system = result.system
+    bb = system.backbone
+    task = Task("new", "regression")
+    path = Path.root(3)
+    users = [system.block_users(d, 0) + 1 for d in range(3)]
+    expected = sum(bb.stage_params(d) / users[d] for d in range(3)) + bb.feature_size() + 1
+    assert system.accounted_params(task, path) == pytest.approx(expected)
+
+
+def test_adding_a_task_leaves_old_tasks_bit_identical_in_keras_and_tflite(evolved, tmp_path):
+    data, _, first, _ = evolved
+    new_task = data.task_names[2]
+    second = evolve(first.system, [new_task], data, scale=0.5, **TINY)
+    assert second.system.task_names == data.task_names[:3]
+    # Components the old tasks use are byte-for-byte the same arrays.
+    for name, weights in first.system.weights.items():
+        if name in second.system.weights:
+            for w, v in zip(weights, second.system.weights[name]):
+                np.testing.assert_array_equal(w, v)
+    x = data.split("test").x[:32]
+    old_keys = [t.key for t in first.system.tasks]
+    before = first.model.predict(x, verbose=0)
+    after = second.model.predict(x, verbose=0)
+    for key in old_keys:
+        assert np.array_equal(before[key], after[key]), key
+    # TFLite: the per-task signatures of the old tasks give identical bytes.
+    exports = {}
+    for label, result in (("before", first), ("after", second)):
+        out = export_model(result.model, tmp_path / label, formats=["tflite"])
+        exports[label] = litert_runner.run_all(os.path.join(out.out_dir, out.files["tflite"]), x)
+    for key in old_keys:
+        for output, value in exports["before"][key].items():
+            assert np.array_equal(value, exports["after"][key][output]), (key, output)
+
+
+def test_evolve_rejects_bad_arguments(evolved):
+    data, root, _, _ = evolved
+    with pytest.raises(SearchError, match="scale=1.5"):
+        evolve(root, None, data, scale=1.5, log=None)
+    with pytest.raises(SearchError, match="candidates=0"):
+        evolve(root, None, data, candidates=0, log=None)
+    with pytest.raises(SearchError, match="unknown"):
+        evolve(root, ["nope"], data, log=None)
+    with pytest.raises(SearchError, match="root_task"):
+        evolve(root, None, data, root_task="nope", log=None)
+    with pytest.raises(SearchError, match="no trained weights"):
+        evolve(backbones.mlp(100), None, data, log=None)
+
+
+# === Kill and resume (the CLI) ===
+
+
+def _cli(*args):
+    return [sys.executable, "-m", "keras_branch.cli", *map(str, args)]
+
+
+def test_killed_evolution_resumes_and_keeps_scored_candidates(evolved, tmp_path):
+    data, root, _, _ = evolved
+    root_file = tmp_path / "root.keras"
+    root.save(root_file)
+    out, state = tmp_path / "system", tmp_path / "system.state"
+    command = _cli("evolve", "--root", root_file, "--data", DATA, "--tasks",
+                   ",".join(data.task_names[:2]), "--passes", 1, "--candidates", 4,
+                   "--candidate-epochs", 1, "--scale", 0.8, "--out", out)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    state_file = state / "state.json"
+    deadline = time.time() + 240
+    scored = []
+    while time.time() < deadline and proc.poll() is None:
+        if state_file.exists():
+            scored = json.loads(state_file.read_text())["history"]
+            if len(scored) >= 5:  # mid-way through the second task's visit
+                break
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()[0][-2000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    scored = json.loads(state_file.read_text())["history"]
+    assert 5 <= len(scored) < 8 and not out.exists()
+    rerun = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert f"{len(scored)} candidate(s) already scored" in rerun.stdout
+    trained = [line for line in rerun.stdout.splitlines() if "/4: parent" in line]
+    assert len(trained) == 8 - len(scored)  # only the remaining candidates were trained
+    history = json.loads((out / "evolution.json").read_text())
+    assert len(history) == 8
+    assert history[: len(scored)] == scored
+    assert not state.exists()  # removed once the system folder is complete
+
+
+def test_cli_add_task_and_errors(evolved, tmp_path, capsys):
+    data, _, _, system_dir = evolved
+    out = tmp_path / "grown"
+    assert main(["evolve", "--system", str(system_dir), "--add-task", data.task_names[3],
+                 "--data", DATA, "--candidates", "2", "--candidate-epochs", "1",
+                 "--out", str(out)]) == 0
+    assert EvolvedSystem.load(out).task_names == data.task_names[:2] + [data.task_names[3]]
+    assert "parameters per task" in capsys.readouterr().out
+    for args, message in [
+        (("--system", system_dir, "--data", DATA, "--out", tmp_path / "x"), "--add-task"),
+        (("--system", system_dir, "--add-task", data.task_names[0], "--data", DATA,
+          "--out", tmp_path / "x"), "already in the system"),
+        (("--system", tmp_path, "--add-task", "t", "--data", DATA, "--out", tmp_path / "x"),
+         "not an evolved system folder"),
+        (("--root", tmp_path / "none.keras", "--data", DATA, "--out", tmp_path / "x"),
+         "does not exist"),
+        (("--system", system_dir, "--add-task", "t", "--data", DATA, "--out", out),
+         "--out exists"),
+    ]:
+        assert main(["evolve", *map(str, args)]) == 2, args
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and err.startswith("keras-branch evolve: error: ")
+        assert message in err
