@@ -34,7 +34,7 @@ from keras_branch.data.multitask import MultiTaskData
 from keras_branch.errors import KerasBranchError
 from keras_branch.layers.soft_ordering import ORDERINGS, SoftOrdering
 from keras_branch.tasks import Task, as_tasks
-from keras_branch.training import TrainResult, compile_model, train
+from keras_branch.training import TrainResult, compile_model, make_optimizer, train
 
 SINGLE_TASK = "single_task"
 MODEL_ORDERINGS = (*ORDERINGS, SINGLE_TASK)
@@ -371,7 +371,11 @@ def fit_soft_ordering(
     seed: int = 0,
     verbose: int | str = "auto",
     callbacks: Sequence[keras.callbacks.Callback] = (),
-    augment: Callable | None = None,
+    augment: Callable | dict | None = None,
+    schedule: str = "constant",
+    weight_decay: float = 0.0,
+    warmup_epochs: int = 0,
+    tensorboard: str | os.PathLike | None = None,
 ) -> TrainResult:
     """Builds a soft-ordering model for `data` from a seeded initialisation and trains it.
 
@@ -387,7 +391,13 @@ def fit_soft_ordering(
         seed: seed of initialisation, permuted orders and shuffling.
         verbose: Keras progress level.
         callbacks: extra Keras callbacks.
-        augment: optional batch augmentation of training inputs.
+        augment: optional augmentation of training inputs: a config dict
+            (`keras_branch.augment`, e.g. `{"shift": 0.1, "rotation": 10}`)
+            or a callable on batches.
+        schedule: `"constant"` or `"cosine"` learning rate.
+        weight_decay: AdamW's decoupled weight decay (0: Adam).
+        warmup_epochs: linear learning-rate warm-up epochs.
+        tensorboard: a folder for TensorBoard logs (per-task scalars).
 
     Returns:
         `TrainResult` (model, history, `{split: {task: metrics}}`).
@@ -400,10 +410,13 @@ def fit_soft_ordering(
     model = build_soft_ordering_model(
         data.tasks, data.input_shape, ordering=ordering, depth=depth, width=width, seed=seed
     )
-    compile_model(model, learning_rate=learning_rate)
+    compile_model(model, optimizer=make_optimizer(
+        learning_rate, schedule, weight_decay, epochs, data.steps("train", batch_size),
+        warmup_epochs,
+    ))
     return train(
         model, data, epochs=epochs, batch_size=batch_size, seed=seed, verbose=verbose,
-        callbacks=callbacks, augment=augment,
+        callbacks=callbacks, augment=augment, tensorboard=tensorboard,
     )
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from keras_branch.augment import make_augment
 from keras_branch.backbones import Backbone
 from keras_branch.build import build_model
 from keras_branch.checkpoints import CheckpointCallback, TrainingCheckpoint
@@ -25,6 +26,84 @@ from keras_branch.errors import DataError, SpecError
 from keras_branch.files import atomic_path, atomic_write_json
 from keras_branch.spec import TreeSpec
 from keras_branch.tasks import BINARY, MULTICLASS, Task
+
+
+SCHEDULES = ("constant", "cosine")
+
+
+def check_recipe(
+    schedule: str = "constant",
+    weight_decay: float = 0.0,
+    warmup_epochs: int = 0,
+    epochs: int | None = None,
+) -> None:
+    """Validates the optimizer knobs of a training recipe.
+
+    Raises:
+        DataError: naming the field and the value received.
+    """
+    if schedule not in SCHEDULES:
+        raise DataError(f"`schedule` must be one of {list(SCHEDULES)}. Received: schedule={schedule!r}")
+    if (isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float))
+            or not math.isfinite(weight_decay) or weight_decay < 0):
+        raise DataError(
+            f"`weight_decay` must be a finite number >= 0. Received: weight_decay={weight_decay!r}"
+        )
+    if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) or warmup_epochs < 0:
+        raise DataError(
+            f"`warmup_epochs` must be an int >= 0. Received: warmup_epochs={warmup_epochs!r}"
+        )
+    if epochs is not None and warmup_epochs >= max(epochs, 1) and warmup_epochs > 0:
+        raise DataError(
+            f"`warmup_epochs` must be smaller than `epochs` ({epochs}). "
+            f"Received: warmup_epochs={warmup_epochs!r}"
+        )
+
+
+def make_optimizer(
+    learning_rate: float = 1e-3,
+    schedule: str = "constant",
+    weight_decay: float = 0.0,
+    epochs: int = 1,
+    steps_per_epoch: int = 1,
+    warmup_epochs: int = 0,
+) -> keras.optimizers.Optimizer:
+    """Adam (or AdamW when `weight_decay > 0`) with a learning-rate schedule.
+
+    Args:
+        learning_rate: the peak learning rate.
+        schedule: `"constant"` (today's default) or `"cosine"`: cosine decay
+            to 0 over the training steps after the warm-up.
+        weight_decay: decoupled weight decay (AdamW); 0 gives plain Adam.
+        epochs, steps_per_epoch: the training length (for the schedule).
+        warmup_epochs: epochs of linear warm-up from 0 to `learning_rate`.
+
+    Returns:
+        A fresh Keras optimizer.
+
+    Example:
+    >>> opt = make_optimizer(1e-3, "cosine", weight_decay=1e-4, epochs=60,
+    ...                      steps_per_epoch=43, warmup_epochs=2)
+    """
+    check_recipe(schedule, weight_decay, warmup_epochs, epochs)
+    total = max(1, int(epochs) * int(steps_per_epoch))
+    warmup = int(warmup_epochs) * int(steps_per_epoch)
+    lr: Any = learning_rate
+    if schedule == "cosine":
+        if warmup:
+            lr = keras.optimizers.schedules.CosineDecay(
+                0.0, decay_steps=max(1, total - warmup), warmup_target=learning_rate,
+                warmup_steps=warmup,
+            )
+        else:
+            lr = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=total)
+    elif warmup:
+        lr = keras.optimizers.schedules.CosineDecay(
+            0.0, decay_steps=1, alpha=1.0, warmup_target=learning_rate, warmup_steps=warmup,
+        )
+    if weight_decay > 0:
+        return keras.optimizers.AdamW(lr, weight_decay=weight_decay)
+    return keras.optimizers.Adam(lr)
 
 
 def compile_model(
@@ -40,7 +119,8 @@ def compile_model(
             (a `BranchedModel`, or your own functional model).
         tasks: the tasks; defaults to `model.tasks`.
         learning_rate: Adam's learning rate when `optimizer` is None.
-        optimizer: any Keras optimizer.
+        optimizer: any Keras optimizer (`make_optimizer` builds the
+            scheduled / weight-decayed ones of a recipe).
 
     Returns:
         The same model, compiled.
@@ -155,6 +235,65 @@ class EpochLogger(keras.callbacks.Callback):
         self.log("  ".join(parts))
 
 
+class TensorBoardLogger(keras.callbacks.Callback):
+    """Writes every epoch's logs (per-task losses and metrics) as TensorBoard scalars.
+
+    Same layout as `keras.callbacks.TensorBoard`: `LOG_DIR/train` and
+    `LOG_DIR/validation` event files with tags `epoch_<key>` (for a
+    multi-task model `epoch_<task key>_loss`, `epoch_<task key>_accuracy`,
+    ..., and the total `epoch_loss`), plus `epoch_learning_rate`. Written
+    with TensorFlow's own summary op, so it needs no `tensorboard` package
+    (Keras' callback does); view with `tensorboard --logdir LOG_DIR`.
+
+    Args:
+        log_dir: the folder (created if missing).
+
+    Example:
+    >>> fit_spec(spec, backbone, data, epochs=5, tensorboard="runs/tb")
+    """
+
+    def __init__(self, log_dir: str | os.PathLike):
+        super().__init__()
+        from tensorflow.core.framework import summary_pb2
+
+        self.log_dir = os.fspath(log_dir)
+        self._metadata = summary_pb2.SummaryMetadata()
+        self._metadata.plugin_data.plugin_name = "scalars"
+        self._writers: dict[str, Any] = {}
+
+    def _writer(self, name: str):
+        if name not in self._writers:
+            self._writers[name] = tf.summary.create_file_writer(os.path.join(self.log_dir, name))
+        return self._writers[name]
+
+    def _write(self, split: str, values: dict[str, float], step: int) -> None:
+        if not values:
+            return
+        with self._writer(split).as_default():
+            for key, value in values.items():
+                tf.summary.write(f"epoch_{key}", tf.constant(float(value), tf.float32),
+                                 step=step, metadata=self._metadata)
+        self._writer(split).flush()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        train = {k: v for k, v in logs.items() if not k.startswith("val_")}
+        val = {k[4:]: v for k, v in logs.items() if k.startswith("val_")}
+        optimizer = getattr(self.model, "optimizer", None)
+        if optimizer is not None and "learning_rate" not in train:
+            try:
+                train["learning_rate"] = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+            except (TypeError, ValueError, AttributeError):
+                pass
+        self._write("train", train, epoch)
+        self._write("validation", val, epoch)
+
+    def on_train_end(self, logs=None):
+        for writer in self._writers.values():
+            writer.close()
+        self._writers = {}
+
+
 @dataclasses.dataclass
 class TrainResult:
     """What `train` returns: the model, Keras history, metrics per split and task."""
@@ -191,10 +330,14 @@ def train(
     seed: int = 0,
     verbose: int | str = "auto",
     callbacks: Sequence[keras.callbacks.Callback] = (),
-    augment: Callable | None = None,
+    augment: Callable | dict | None = None,
     eval_splits: Sequence[str] = ("validation", "test"),
     checkpoint_dir: str | os.PathLike | None = None,
     log: Callable[[str], None] | None = print,
+    schedule: str = "constant",
+    weight_decay: float = 0.0,
+    warmup_epochs: int = 0,
+    tensorboard: str | os.PathLike | None = None,
 ) -> TrainResult:
     """Compiles (if needed), fits on `train` with `validation`, scores splits.
 
@@ -208,22 +351,41 @@ def train(
         verbose: Keras progress (`"auto"`, 0, 1, 2); use 0 with an
             `EpochLogger` callback for one short line per epoch.
         callbacks: extra Keras callbacks.
-        augment: optional batch augmentation of training inputs.
+        augment: optional augmentation of training inputs: a config dict
+            such as `{"shift": 0.1, "rotation": 10, "zoom": 0.1}` (see
+            `keras_branch.augment`; seeded with `seed`) or a callable on
+            batches.
         eval_splits: splits scored after training.
         checkpoint_dir: when given, the training state is checkpointed after
             every epoch and a rerun resumes from the last finished epoch.
         log: where the resume notice goes (None for silence).
+        schedule, weight_decay, warmup_epochs: optimizer recipe used when the
+            model is not compiled yet (see `make_optimizer`).
+        tensorboard: a folder for TensorBoard event files (per-task losses
+            and metrics per epoch; see `TensorBoardLogger`).
 
     Returns:
         `TrainResult` with the history and `{split: {task: {metric: value}}}`.
+
+    Example:
+    >>> run = train(model, data, epochs=60, augment={"shift": 0.1, "rotation": 10},
+    ...             schedule="cosine", tensorboard="runs/tb")
+    >>> run.metrics["test"]["Korean"]["error"]
     """
     for field, value in (("epochs", epochs), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise DataError(f"`{field}` must be a positive int. Received: {field}={value!r}")
+    check_recipe(schedule, weight_decay, warmup_epochs, epochs)
     data = _check_tasks(model.tasks, data)
+    augment = make_augment(augment, seed=seed)
     if not model.compiled:
-        compile_model(model, learning_rate=learning_rate)
+        compile_model(model, optimizer=make_optimizer(
+            learning_rate, schedule, weight_decay, epochs, data.steps("train", batch_size),
+            warmup_epochs,
+        ))
     callbacks = list(callbacks)
+    if tensorboard is not None:
+        callbacks.append(TensorBoardLogger(tensorboard))
     first_epoch, past = 0, {}
     if checkpoint_dir is not None:
         checkpoint = TrainingCheckpoint(checkpoint_dir, model)
@@ -305,6 +467,11 @@ def fit_spec(
     checkpoint_dir: str | os.PathLike | None = None,
     mixed_precision: str | None = None,
     log: Callable[[str], None] | None = print,
+    augment: Callable | dict | None = None,
+    schedule: str = "constant",
+    weight_decay: float = 0.0,
+    warmup_epochs: int = 0,
+    tensorboard: str | os.PathLike | None = None,
 ) -> TrainResult:
     """Builds the spec's model from a seeded initialisation and trains it.
 
@@ -322,17 +489,40 @@ def fit_spec(
         mixed_precision: None, `"float16"` or `"bfloat16"` compute; heads
             and outputs stay float32.
         log: progress notices (None for silence).
+        augment: training-input augmentation, a config dict or a callable
+            (see `train` and `keras_branch.augment`).
+        schedule: `"constant"` or `"cosine"` learning rate (`make_optimizer`).
+        weight_decay: AdamW's decoupled weight decay (0: Adam).
+        warmup_epochs: linear learning-rate warm-up.
+        tensorboard: a folder for TensorBoard logs (per-task scalars).
 
     Returns:
         `TrainResult`, as `train`.
+
+    Example (the Omniglot recipe of `benchmarks/omniglot.py`):
+    >>> run = fit_spec(spec, backbones.convnet4((32, 32, 1)), data, epochs=60,
+    ...                augment={"shift": 0.1, "rotation": 10, "zoom": 0.1},
+    ...                schedule="cosine", tensorboard="runs/tb")
     """
     from keras_branch import distribute
 
+    check_recipe(schedule, weight_decay, warmup_epochs, epochs)
     tasks = spec_tasks(spec, data)
     strategy = distribute.get_strategy(strategy)
     backbone = distribute.prepare_backbone(backbone, strategy)
     if distribute.is_multi_worker(strategy):
         from keras_branch.custom_loop import fit_custom_loop
+
+        defaults = {"augment": None, "schedule": "constant", "weight_decay": 0.0,
+                    "warmup_epochs": 0, "tensorboard": None}
+        given = {"augment": augment, "schedule": schedule, "weight_decay": weight_decay,
+                 "warmup_epochs": warmup_epochs, "tensorboard": tensorboard}
+        for field, value in given.items():
+            if value != defaults[field]:
+                raise DataError(
+                    f"`{field}` is not supported by the multi-worker loop yet. "
+                    f"Received: {field}={value!r}"
+                )
 
         return fit_custom_loop(
             spec, backbone, data, strategy, epochs=epochs, batch_size=batch_size,
@@ -342,8 +532,13 @@ def fit_spec(
     keras.utils.set_random_seed(seed)
     with strategy.scope(), distribute.dtype_policy(mixed_precision):
         model = build_model(spec, backbone, tasks)
-        compile_model(model, learning_rate=learning_rate)
+        steps = _check_tasks(tasks, data).steps("train", batch_size)
+        compile_model(model, optimizer=make_optimizer(
+            learning_rate, schedule, weight_decay, epochs, steps,
+            warmup_epochs,
+        ))
     return train(
         model, data, epochs=epochs, batch_size=batch_size, seed=seed,
         verbose=verbose, callbacks=callbacks, checkpoint_dir=checkpoint_dir, log=log,
+        augment=augment, tensorboard=tensorboard,
     )
