@@ -56,41 +56,8 @@ from keras_branch.export import export_model, litert_runner  # noqa: E402
 FORMATS = ("saved_model", "tflite", "tflite-fp16", "tflite-int8")
 TOLERANCE = 1.15
 
-# === FLOPs ===
-
-
-def _layer_flops(layer: keras.layers.Layer, input_shape: tuple) -> tuple[int, tuple]:
-    """FLOPs of one layer call per sample, and its output shape (batch axis kept)."""
-    if isinstance(layer, keras.Sequential):
-        total, shape = 0, input_shape
-        for sub in layer.layers:
-            flops, shape = _layer_flops(sub, shape)
-            total += flops
-        return total, shape
-    output_shape = tuple(layer.compute_output_shape(input_shape))
-    if isinstance(layer, keras.layers.Conv2D):
-        kh, kw = layer.kernel_size
-        cin, cout = input_shape[-1], output_shape[-1]
-        positions = int(np.prod(output_shape[1:-1]))
-        flops = 2 * kh * kw * cin * cout * positions // layer.groups
-        return flops + (positions * cout if layer.use_bias else 0), output_shape
-    if isinstance(layer, keras.layers.Dense):
-        units, fan_in = output_shape[-1], input_shape[-1]
-        rows = int(np.prod(output_shape[1:-1])) if len(output_shape) > 2 else 1
-        return rows * (2 * fan_in * units + (units if layer.use_bias else 0)), output_shape
-    return 0, output_shape
-
-
-def count_flops(model: keras.Model) -> int:
-    """Per-sample FLOPs of a functional model (see the module docstring)."""
-    total = 0
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.InputLayer):
-            continue
-        # In a tree every layer runs once, on the tensor it was called on.
-        flops, _ = _layer_flops(layer, tuple(layer.input.shape))
-        total += flops
-    return total
+# FLOPs are counted by the zoo's counter, so cards and this table agree.
+from keras_branch.zoo.measure import count_flops  # noqa: E402
 
 
 # === Models and data ===

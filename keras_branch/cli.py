@@ -49,6 +49,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _recipe_args(args: argparse.Namespace) -> dict:
+    """The recipe flags of `train` as keyword arguments of `fit_spec` / `fit_soft_ordering`."""
+    import json
+
+    from keras_branch.augment import check_config
+    from keras_branch.errors import DataError
+
+    augment = None
+    if args.augment is not None:
+        try:
+            augment = json.loads(args.augment)
+        except json.JSONDecodeError as err:
+            raise DataError(
+                f"--augment must be a JSON object such as "
+                f"'{{\"shift\": 0.1, \"rotation\": 10, \"zoom\": 0.1}}' ({err}). "
+                f"Received: {args.augment!r}"
+            ) from None
+        augment = check_config(augment)
+    return {"augment": augment, "schedule": args.schedule, "weight_decay": args.weight_decay,
+            "warmup_epochs": args.warmup_epochs, "tensorboard": args.tensorboard}
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     import shutil
 
@@ -59,8 +81,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from keras_branch.training import EpochLogger, fit_spec, format_metrics, save_run, spec_tasks
 
     _refuse_existing_out(args)
+    recipe = _recipe_args(args)
     if args.model != "tree":
-        return _train_soft_ordering(args)
+        return _train_soft_ordering(args, recipe)
     if not args.spec:
         raise SpecError("--spec is required with --model tree.")
     strategy = distribute.get_strategy(args.strategy)
@@ -76,6 +99,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         verbose={"keras": "auto", "short": 0, "none": 0}[args.progress],
         callbacks=[EpochLogger(data.tasks)] if args.progress == "short" else [],
         strategy=strategy, checkpoint_dir=checkpoint_dir, mixed_precision=args.mixed_precision,
+        **recipe,
     )
     if not distribute.is_chief(strategy):
         return 0  # the chief alone writes the run
@@ -87,6 +111,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "epochs": args.epochs, "batch_size": args.batch_size,
         "learning_rate": args.learning_rate, "seed": args.seed, "strategy": args.strategy,
         "replicas": strategy.num_replicas_in_sync, "mixed_precision": args.mixed_precision,
+        **{k: v for k, v in recipe.items() if k != "tensorboard"},
     }
     save_run(args.out, result, config, overwrite=args.overwrite)
     # The run folder is complete: the crash-recovery state is no longer needed.
@@ -100,7 +125,7 @@ def _parse_budget(text: str):
     return int(text) if text.isdigit() else text
 
 
-def _train_soft_ordering(args: argparse.Namespace) -> int:
+def _train_soft_ordering(args: argparse.Namespace, recipe: dict) -> int:
     from keras_branch.data import load_data
     from keras_branch.soft_ordering_model import fit_soft_ordering, format_mixing_weights
     from keras_branch.training import EpochLogger, format_metrics, save_run
@@ -112,6 +137,7 @@ def _train_soft_ordering(args: argparse.Namespace) -> int:
         learning_rate=args.learning_rate, seed=args.seed,
         verbose={"keras": "auto", "short": 0, "none": 0}[args.progress],
         callbacks=[EpochLogger(data.tasks)] if args.progress == "short" else [],
+        **recipe,
     )
     for split, metrics in result.metrics.items():
         print(format_metrics(metrics, split))
@@ -119,7 +145,8 @@ def _train_soft_ordering(args: argparse.Namespace) -> int:
         print(format_mixing_weights(result.model))
     config = {"command": "train", "model": args.model, "data": args.data,
               "image_size": args.image_size, "epochs": args.epochs, "batch_size": args.batch_size,
-              "learning_rate": args.learning_rate, "seed": args.seed}
+              "learning_rate": args.learning_rate, "seed": args.seed,
+              **{k: v for k, v in recipe.items() if k != "tensorboard"}}
     save_run(args.out, result, config, overwrite=args.overwrite)
     print(f"saved to {args.out}")
     return 0
@@ -244,6 +271,17 @@ def build_parser() -> argparse.ArgumentParser:
                             "the same command resumes from the last finished epoch")
     train.add_argument("--mixed-precision", choices=("float16", "bfloat16"),
                        help="mixed precision compute; heads stay float32")
+    train.add_argument("--augment", metavar="JSON",
+                       help='image augmentation, e.g. \'{"shift": 0.1, "rotation": 10, '
+                            '"zoom": 0.1}\' (keys: shift, rotation, zoom, shear, fill)')
+    train.add_argument("--schedule", choices=("constant", "cosine"), default="constant",
+                       help="learning-rate schedule (cosine: decay to 0 over the run)")
+    train.add_argument("--warmup-epochs", type=int, default=0,
+                       help="epochs of linear learning-rate warm-up")
+    train.add_argument("--weight-decay", type=float, default=0.0,
+                       help="decoupled weight decay (AdamW); 0: Adam")
+    train.add_argument("--tensorboard", metavar="DIR",
+                       help="write TensorBoard logs (per-task losses and metrics per epoch)")
     train.set_defaults(func=cmd_train)
 
     search = sub.add_parser("search", help="search a tree spec under a parameter budget")
@@ -274,9 +312,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", help="write the metrics as JSON here")
     ev.set_defaults(func=cmd_evaluate)
 
+    from keras_branch.search.evolve_cli import add_parser as add_evolve_parser
+
+    add_evolve_parser(sub)
+
     from keras_branch.export.cli import add_parser as add_export_parser
 
     add_export_parser(sub)
+    from keras_branch.zoo.cli import add_parser as add_zoo_parser
+    add_zoo_parser(sub)
     return parser
 
 

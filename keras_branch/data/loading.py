@@ -7,7 +7,8 @@ from typing import Any
 from keras_branch.data.multitask import MultiTaskData
 from keras_branch.errors import DataError
 
-_FORMS = "'planted', 'planted:seed=1,kind=binary', 'omniglot:PATH' or 'npz:PATH'"
+_FORMS = ("'planted', 'planted:seed=1,kind=binary', 'omniglot:PATH', "
+          "'celeba[:data_dir=DIR,train=N,validation=N,test=N,download=1]' or 'npz:PATH'")
 
 
 def _parse_options(text: str, allowed: dict[str, type]) -> dict[str, Any]:
@@ -36,6 +37,8 @@ def load_data(source: str, image_size: int = 32, **kwargs: Any) -> MultiTaskData
         source: `"planted"` (options after a colon: `seed`, `kind`,
             `groups` as dash-separated sizes, `train`, `dim`), or
             `"omniglot:PATH"` (a zip or folder in the Omniglot layout), or
+            `"celeba"` (TFDS' `celeb_a`; options `data_dir`, `train`,
+            `validation`, `test` (first N of a split) and `download=1`), or
             `"npz:PATH"` (your own arrays, see `keras_branch.data.arrays`).
         image_size: image side for image data sets.
         **kwargs: further arguments of the loader.
@@ -63,6 +66,16 @@ def load_data(source: str, image_size: int = 32, **kwargs: Any) -> MultiTaskData
         if not rest:
             raise DataError("--data omniglot needs a path: 'omniglot:PATH'.")
         return load_omniglot(rest, image_size=image_size, **kwargs)
+    if name == "celeba":
+        from keras_branch.data.celeba import load_celeba
+
+        options = _parse_options(
+            rest, {"data_dir": str, "train": int, "validation": int, "test": int, "download": int},
+        )
+        renames = {"train": "num_train", "validation": "num_validation", "test": "num_test"}
+        options = {renames.get(k, k): v for k, v in options.items()}
+        options["download"] = bool(options.get("download", 0))
+        return load_celeba(image_size=image_size, **options, **kwargs)
     if name == "npz":
         from keras_branch.data.arrays import load_npz
 

@@ -259,3 +259,43 @@ def merge_tasks(
     if not xs:
         raise DataError("`per_task` holds no data.")
     return Split(np.concatenate(xs), {name: np.concatenate(v) for name, v in ys.items()})
+
+
+def pool_tasks(data: MultiTaskData, names: Sequence[str], pooled: str = "pooled") -> MultiTaskData:
+    """One multiclass task over the classes of several (a root's pretraining set).
+
+    Task `names[i]`'s class `c` becomes class `offset_i + c` of the pooled
+    task; samples labelled for none of `names` are dropped.
+
+    Args:
+        data: multi-task data with multiclass tasks `names`.
+        names: the tasks to pool, in class-offset order.
+        pooled: the pooled task's name.
+
+    Returns:
+        `MultiTaskData` with the single task `pooled`.
+
+    Example:
+    >>> root_data = pool_tasks(omniglot, ["Balinese", "Greek"])
+    >>> root_data.tasks[0].classes   # 24 + 24
+    48
+    """
+    from keras_branch.tasks import MULTICLASS
+
+    subset = data.select_tasks(list(names))
+    by_name = {t.name: t for t in subset.tasks}
+    bad = [n for n in names if by_name[n].kind != MULTICLASS]
+    if bad:
+        raise DataError(f"Only multiclass tasks can be pooled. Received: {bad}")
+    offsets, total = {}, 0
+    for name in names:
+        offsets[name], total = total, total + by_name[name].classes
+    splits = {}
+    for split_name, split in subset.splits.items():
+        y = np.full(len(split), -1, dtype="int32")
+        for name in names:
+            labels = np.asarray(split.y[name])
+            y = np.where(labels >= 0, labels + offsets[name], y)
+        splits[split_name] = Split(split.x, {pooled: y})
+    task = Task(pooled, MULTICLASS, classes=total)
+    return MultiTaskData([task], splits, {**data.info, "pooled": list(names)}, data.name)

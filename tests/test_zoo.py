@@ -1,0 +1,207 @@
+"""The model zoo: entries build with their cards' parameter counts, cards match
+their results, the CLI lists/shows/trains/evaluates, and a card's number reproduces."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from keras_branch import zoo
+from keras_branch.cli import main
+from keras_branch.zoo.registry import ZooEntry, ZooError
+
+ENTRIES = ["celeba-affinity", "planted-affinity", "planted-ltb"]
+PLANTED = ["planted-affinity", "planted-ltb"]
+SMALL = "planted:train=200"
+
+
+def test_list_has_every_entry():
+    assert set(ENTRIES) <= set(zoo.list())
+    assert zoo.list() == sorted(zoo.list())
+
+
+@pytest.mark.parametrize("name", ENTRIES)
+def test_get_builds_with_the_cards_parameter_count(name):
+    entry = zoo.entry(name)
+    model = zoo.get(name)
+    assert model.count_params() == entry.count_params()
+    assert model.count_params() == entry.make_spec().count_params(
+        entry.make_backbone(), entry.make_tasks())
+    results = entry.results()
+    if results is not None:
+        assert model.count_params() == results["params"]
+        assert f"| parameters | {results['params']:,} |" in entry.card()
+
+
+@pytest.mark.parametrize("name", ENTRIES)
+def test_card_is_generated_from_results(name):
+    entry = zoo.entry(name)
+    assert entry.card() == zoo.render_card(entry, entry.results())
+    assert entry.reproduce in entry.card()
+
+
+@pytest.mark.parametrize("name", PLANTED)
+def test_planted_entries_are_measured(name):
+    results = zoo.entry(name).results()
+    assert results is not None and results["seeds"] == [0, 1, 2]
+    means = [results["per_seed"][str(s)]["mean"] for s in (0, 1, 2)]
+    assert results["mean"] == pytest.approx(np.mean(means))
+    assert results["std"] == pytest.approx(np.std(means, ddof=1))
+    assert set(results["tflite_bytes"]) == {"tflite", "tflite-fp16", "tflite-int8"}
+    assert results["litert_ms"] > 0 and results["flops"] > 0
+    assert {"cpu", "cpu_cores", "gpu", "tensorflow", "keras", "date"} <= set(results["machine"])
+
+
+def test_cli_list_shows_headline_numbers(capsys):
+    assert main(["zoo", "list"]) == 0
+    out = capsys.readouterr().out
+    for name in ENTRIES:
+        entry = zoo.entry(name)
+        line = next(l for l in out.splitlines() if l.startswith(name + " "))
+        assert zoo.headline(entry.results()) in line
+    assert "not measured" in next(l for l in out.splitlines() if l.startswith("celeba-affinity"))
+    assert "0.1379 +- 0.0025 mse" in out  # planted-affinity's measured headline
+
+
+def test_cli_show_prints_the_card(capsys):
+    assert main(["zoo", "show", "planted-affinity"]) == 0
+    assert capsys.readouterr().out == zoo.entry("planted-affinity").card()
+
+
+def test_unknown_name_lists_the_known_ones(capsys):
+    with pytest.raises(ZooError, match="planted-affinity"):
+        zoo.get("no-such-model")
+    assert main(["zoo", "show", "no-such-model"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "no-such-model" in err and "planted-ltb" in err
+
+
+def test_recipe_with_unknown_key_is_refused(capsys):
+    with pytest.raises(ZooError, match=r"unknown recipe key\(s\) \['epoch'\].*'epochs'"):
+        zoo.train("planted-ltb", SMALL, recipe={"epoch": 1}, log=None)
+    assert main(["zoo", "train", "planted-ltb", "--data", SMALL, "--recipe", "warmup=3"]) == 2
+    assert "warmup" in capsys.readouterr().err
+    config = {**zoo.entry("planted-ltb").to_dict(), "recipe": {"epochs": 1, "momentum": 0.9}}
+    with pytest.raises(ZooError, match="momentum"):
+        ZooEntry.from_dict(config)
+
+
+def test_malformed_entries_are_refused():
+    good = zoo.entry("planted-ltb").to_dict()
+    with pytest.raises(ZooError, match="missing field.*recipe"):
+        ZooEntry.from_dict({k: v for k, v in good.items() if k != "recipe"})
+    with pytest.raises(ZooError, match="unknown `kind` 'forest'"):
+        ZooEntry.from_dict({**good, "kind": "forest"})
+    with pytest.raises(ZooError, match=r"unknown field\(s\) \['colour'\]"):
+        ZooEntry.from_dict({**good, "colour": "red"})
+
+
+def test_data_of_another_kind_is_refused():
+    with pytest.raises(ZooError, match="omniglot:x"):
+        zoo.train("planted-ltb", "omniglot:x", log=None)
+    with pytest.raises(ZooError, match="needs data"):
+        zoo.train("celeba-affinity", None, log=None)
+
+
+def test_bad_weights_are_refused(tmp_path):
+    with pytest.raises(ZooError, match="does not exist"):
+        zoo.get("planted-ltb", weights=tmp_path / "missing.weights.h5")
+    with pytest.raises(ZooError, match="must be a .weights.h5 or .keras"):
+        zoo.get("planted-ltb", weights=tmp_path / "model.bin")
+    other = zoo.get("planted-affinity")
+    path = str(tmp_path / "other.weights.h5")
+    other.save_weights(path)
+    with pytest.raises(ZooError, match="do not fit entry 'planted-ltb'"):
+        zoo.get("planted-ltb", weights=path)
+
+
+def test_train_save_reload_evaluate(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["zoo", "train", "planted-ltb", "--data", SMALL, "--epochs", "1",
+                 "--out", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["recipe"]["epochs"] == 1 and config["entry"] == "planted-ltb"
+    trained = zoo.get("planted-ltb", weights=out / "model.keras")
+    x = np.random.default_rng(0).standard_normal((4, 100)).astype("float32")
+    import keras
+
+    saved = keras.saving.load_model(out / "model.keras")
+    for key, value in saved(x).items():
+        np.testing.assert_allclose(trained(x)[key], value, atol=1e-6)
+    # a URL is fetched only when given explicitly; a file:// URL needs no network
+    by_url = zoo.get("planted-ltb", weights=(out / "model.keras").as_uri())
+    np.testing.assert_allclose(by_url(x)["g0_t0"], saved(x)["g0_t0"], atol=1e-6)
+
+    capsys.readouterr()
+    assert main(["zoo", "evaluate", "planted-ltb", "--model", str(out / "model.keras"),
+                 "--data", SMALL]) == 0
+    text = capsys.readouterr().out
+    result = zoo.evaluate("planted-ltb", out / "model.keras", SMALL)
+    assert f"this model: mean test mse {result['mean']:.4f}" in text
+    assert "card (planted-ltb): mean test mse 0.3167" in text
+
+
+def test_measure_writes_results_and_card(tmp_path):
+    results = zoo.measure("planted-ltb", SMALL, seeds=(0, 1), out=tmp_path,
+                          recipe={"epochs": 1}, runs=5, log=None)
+    written = json.loads((tmp_path / "results.json").read_text())
+    assert written == json.loads(json.dumps(results))
+    entry = zoo.entry("planted-ltb")
+    assert (tmp_path / "README.md").read_text() == zoo.render_card(entry, written)
+    assert written["params"] == entry.count_params()
+    assert written["recipe"]["epochs"] == 1 and written["recipe_overrides"] == {"epochs": 1}
+    assert "recipe overrides" in (tmp_path / "README.md").read_text()
+    # the entry's own card is untouched by a measurement written elsewhere
+    assert entry.card() == zoo.render_card(entry, entry.results())
+
+
+def test_count_flops_matches_the_mlp_by_hand():
+    model = zoo.get("planted-ltb")
+    # stage 1: 2 blocks 100->32; stage 2: 3 blocks 32->4; stage 3: 8 blocks 4->8; 8 heads 8->1
+    dense = lambda i, o: 2 * i * o + o  # noqa: E731
+    expected = 2 * dense(100, 32) + 3 * dense(32, 4) + 8 * dense(4, 8) + 8 * dense(8, 1)
+    assert zoo.count_flops(model) == expected
+    assert zoo.entry("planted-ltb").results()["flops"] == expected
+
+
+def _reproduces(name, tmp_path):
+    """`zoo train` (seed 0, the card's recipe), saved, reloaded and exported to TFLite:
+    each scores within 0.01 (one point) of the card's seed-0 mean test metric."""
+    from keras_branch.data import load_data
+    from keras_branch.export import export_model, litert_runner
+
+    entry = zoo.entry(name)
+    card = entry.results()["per_seed"]["0"]["mean"]
+    run = zoo.train(name, entry.data_default, seed=0, out=tmp_path / "run", log=None)
+    trained = np.mean([run.metrics["test"][t.name]["mse"] for t in entry.make_tasks()])
+    reloaded = zoo.evaluate(name, tmp_path / "run" / "model.keras")["mean"]
+    data = load_data(entry.data_default)
+    test = data.split("test")
+    exported = export_model(run.model, tmp_path / "export", formats=("tflite",))
+    outputs = litert_runner.run_signature(
+        litert_runner.load(exported.files["tflite"]), "serving_default", test.x)
+    lite = np.mean([np.mean((outputs[t.key][:, 0] - test.y[t.name]) ** 2)
+                    for t in entry.make_tasks()])
+    for value in (trained, reloaded, lite):
+        assert abs(value - card) <= 0.01, (trained, reloaded, lite, card)
+
+
+def test_planted_ltb_card_reproduces_within_one_point(tmp_path):
+    _reproduces("planted-ltb", tmp_path)
+
+
+@pytest.mark.slow
+def test_planted_affinity_card_reproduces_within_one_point(tmp_path):
+    _reproduces("planted-affinity", tmp_path)
+
+
+def test_entries_are_shipped_as_package_data():
+    import configparser
+
+    cfg = configparser.ConfigParser()
+    cfg.read(os.path.join(os.path.dirname(__file__), "..", "setup.cfg"))
+    patterns = cfg["options.package_data"]["keras_branch.zoo"]
+    for pattern in ("*/entry.json", "*/results.json", "*/README.md"):
+        assert pattern in patterns
