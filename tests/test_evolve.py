@@ -303,3 +303,42 @@ def test_cli_add_task_and_errors(evolved, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert "\n" not in err and err.startswith("keras-branch evolve: error: ")
         assert message in err
+
+
+def test_a_plain_keras_model_cut_into_stages_is_a_root():
+    inputs = keras.Input((6,))
+    x = keras.layers.Dense(8, activation="relu", name="s1")(inputs)
+    x = keras.layers.Dense(4, activation="relu", name="s2")(x)
+    net = keras.Model(inputs, keras.layers.Dense(2, name="top")(x))
+    system = EvolvedSystem.from_root(backbones.from_keras_model(net, ["s1", "s2"]))
+    assert system.root_params == 6 * 8 + 8 + 8 * 4 + 4
+    np.testing.assert_array_equal(system.weights["stage1_block0"][0], net.get_layer("s1").kernel)
+    np.testing.assert_array_equal(system.weights["stage2_block0"][1], net.get_layer("s2").bias)
+
+
+def test_pool_tasks_offsets_classes_and_drops_other_samples():
+    from keras_branch.data import MultiTaskData, merge_tasks, pool_tasks
+
+    tasks = [Task("a", "multiclass", classes=3), Task("b", "multiclass", classes=2),
+             Task("c", "multiclass", classes=4)]
+    x = np.arange(6, dtype="float32").reshape(6, 1)
+    split = merge_tasks(tasks, {"a": (x[:2], [0, 2]), "b": (x[2:4], [1, 0]), "c": (x[4:], [3, 1])})
+    pooled = pool_tasks(MultiTaskData(tasks, {"train": split}), ["a", "b"])
+    assert pooled.tasks == [Task("pooled", "multiclass", classes=5)]
+    np.testing.assert_array_equal(pooled.split("train").y["pooled"], [0, 2, 4, 3])
+    np.testing.assert_array_equal(pooled.split("train").x[:, 0], [0, 1, 2, 3])
+
+
+def test_a_second_pass_starts_from_the_tasks_own_path(evolved):
+    data, root, _, _ = evolved
+    result = evolve(root, data.task_names[:1], data, scale=0.9, passes=2, candidates=2,
+                    candidate_epochs=1, log=None)
+    history = result.history
+    assert [r["pass"] for r in history] == [0, 0, 1, 1]
+    assert {r["parent"] for r in history[2:]} <= {"root", f"task:{data.task_names[0]}",
+                                                   "p1c0"}
+    # Pass 2 starts from the installed path, scored as before (no other task
+    # shares its blocks); the installed path is the best of it and the kept children.
+    first_best = max(r["score"] for r in history[:2] if r["accepted"])
+    kept = [r["score"] for r in history[2:] if r["accepted"]]
+    assert result.system.scores[data.task_names[0]]["score"] == max([first_best, *kept])

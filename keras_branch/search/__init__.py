@@ -1,7 +1,14 @@
 """Searches that produce TreeSpecs: task affinity, Learning to Branch, evolution."""
 
 from keras_branch.search.affinity import TaskAffinity, rdm, rdm_affinity, spearman, task_affinity
-from keras_branch.search.evolve import EvolvedSystem, EvolveResult, Path, evolve, mutate
+from keras_branch.search.evolve import (
+    EvolvedSystem,
+    EvolveResult,
+    Path,
+    evolve,
+    mutate,
+    pretrain_and_evolve,
+)
 from keras_branch.search.learn_to_branch import (
     BranchingSupernet,
     build_supernet,
@@ -40,6 +47,7 @@ __all__ = [
     "mutate",
     "partition_ari",
     "pareto_front",
+    "pretrain_and_evolve",
     "rdm",
     "rdm_affinity",
     "save_search",

@@ -397,7 +397,9 @@ def _quality(task: Task, metrics: Mapping[str, float]) -> float:
 
 
 def _select_parent(population: list[dict], rng: np.random.Generator) -> dict:
-    ranked = sorted(population, key=lambda e: -math.inf if e["score"] is None else e["score"],
+    # Best score first; entries not scored on this task yet last, in random order.
+    shuffled = [population[i] for i in rng.permutation(len(population))]
+    ranked = sorted(shuffled, key=lambda e: -math.inf if e["score"] is None else e["score"],
                     reverse=True)
     for entry in ranked:
         if rng.random() < 0.5 ** entry["children"]:
@@ -416,6 +418,7 @@ class EvolveResult:
     metrics: dict[str, dict[str, dict[str, float]]]
     history: list[dict[str, Any]]
     model: keras.Model
+    root_metrics: dict[str, Any] | None = None
 
 
 def evolve(
@@ -428,6 +431,7 @@ def evolve(
     candidate_epochs: int = 3,
     mutation_prob: float = 0.2,
     seed: int = 0,
+    augment: Mapping[str, float] | None = None,
     root_task: str | None = None,
     state_dir: str | os.PathLike | None = None,
     out_dir: str | os.PathLike | None = None,
@@ -453,6 +457,9 @@ def evolve(
         mutation_prob: probability of each mutation.
         seed: everything random derives from it (a resumed run makes the
             same candidates).
+        augment: image augmentation of candidates' training batches (a
+            `keras_branch.augment` config such as `{"shift": 0.1,
+            "rotation": 10, "zoom": 0.1}`).
         root_task: see `root`.
         state_dir: where the search state is written after every candidate;
             rerunning with the same arguments resumes from it.
@@ -470,6 +477,7 @@ def evolve(
     Reference:
         Gesmundo & Dean, arXiv 2205.10937 (muNet).
     """
+    from keras_branch.augment import make_augment
     from keras_branch.training import compile_model, evaluate
 
     _check_args(scale, passes, candidates, candidate_epochs, mutation_prob)
@@ -486,6 +494,12 @@ def evolve(
             f"`tasks` must name tasks of the data; unknown: {unknown or tasks}. "
             f"Data tasks: {data.task_names}."
         )
+    missing = [split for split in ("train", "validation") if split not in data.splits]
+    if missing:
+        raise SearchError(
+            f"Evolution trains candidates on `train` and judges them on `validation`; "
+            f"data {data.name!r} lacks {missing} (splits: {sorted(data.splits)})."
+        )
     if tuple(data.input_shape) != tuple(system.backbone.input_shape):
         raise SearchError(
             f"The data's input shape {data.input_shape} differs from the root's "
@@ -493,7 +507,8 @@ def evolve(
         )
     config = {"tasks": tasks, "scale": scale, "passes": passes, "candidates": candidates,
               "candidate_epochs": candidate_epochs, "mutation_prob": mutation_prob,
-              "seed": seed, "data": data.name, "start_tasks": system.task_names}
+              "seed": seed, "augment": dict(augment) if augment else None,
+              "data": data.name, "start_tasks": system.task_names}
     state = _State(state_dir, config, system, say)
     system = state.system
     splits = {name: data.select_tasks([name]) for name in tasks}
@@ -519,9 +534,11 @@ def evolve(
                 model, path = _candidate_model(system, task, path, owned)
                 compile_model(model, learning_rate=float(path.hparams["learning_rate"]))
                 task_data = splits[name]
+                order_seed = int(rng.integers(2**31))
                 model.fit(
-                    task_data.epoch_dataset("train", int(path.hparams["batch_size"]),
-                                            int(rng.integers(2**31)), 0, candidate_epochs),
+                    task_data.epoch_dataset("train", int(path.hparams["batch_size"]), order_seed,
+                                            0, candidate_epochs,
+                                            make_augment(augment, seed=order_seed)),
                     epochs=candidate_epochs,
                     steps_per_epoch=task_data.steps("train", int(path.hparams["batch_size"])),
                     verbose=0, shuffle=False,
@@ -550,8 +567,8 @@ def evolve(
                     f"params/task {params:,.0f}, score {score:.4f}"
                     f"{' (kept)' if better else ''}")
                 keras.backend.clear_session()
-            best = max((e for e in population if e.get("trained")), key=lambda e: e["score"],
-                       default=None)
+            best = max((e for e in population if e["score"] is not None),
+                       key=lambda e: e["score"], default=None)
             if best is None:
                 raise SearchError(f"No candidate of task {name!r} was trained; candidates={candidates}.")
             path = Path.from_dict(best["path"])
@@ -571,6 +588,63 @@ def evolve(
     if out_dir is not None:
         system.save(out_dir, metrics, history, config, overwrite=overwrite)
     return EvolveResult(system, metrics, history, model)
+
+
+def pretrain_and_evolve(
+    data: MultiTaskData,
+    backbone: Backbone,
+    root_tasks: Sequence[str] | None = None,
+    root_epochs: int = 30,
+    root_learning_rate: float = 1e-3,
+    root_schedule: str = "constant",
+    batch_size: int = 32,
+    scale: float = 0.9,
+    passes: int = 2,
+    candidates: int = 16,
+    candidate_epochs: int = 3,
+    mutation_prob: float = 0.2,
+    seed: int = 0,
+    augment: Mapping[str, float] | None = None,
+    state_dir: str | os.PathLike | None = None,
+    log: Callable[[str], None] | None = print,
+) -> EvolveResult:
+    """The whole recipe from scratch: a root trained on some tasks pooled, then evolution.
+
+    Args:
+        data: multi-task data with multiclass `root_tasks`.
+        backbone: the root's architecture (fresh weights; the root trains them).
+        root_tasks: tasks pooled into the root's one classification task
+            (default: all but the last task).
+        root_epochs, root_learning_rate, root_schedule, batch_size: the
+            root's training (`schedule` as in `fit_spec`).
+        scale, passes, candidates, candidate_epochs, mutation_prob, seed,
+            augment, state_dir, log: as in `evolve`, which then grows the
+            root to every task of `data` (`augment` serves the root too).
+
+    Returns:
+        `EvolveResult` of the evolution; `root_metrics` holds the root's.
+
+    Example:
+    >>> result = pretrain_and_evolve(omniglot, backbones.convnet4((28, 28, 1)), scale=0.5)
+    """
+    from keras_branch.data.multitask import pool_tasks
+    from keras_branch.training import fit_spec
+
+    root_tasks = list(root_tasks) if root_tasks is not None else data.task_names[:-1]
+    if not root_tasks:
+        raise SearchError("`root_tasks` must name at least one task to pretrain the root on.")
+    pooled = pool_tasks(data, root_tasks)
+    root = fit_spec(TreeSpec.shared(["pooled"], backbone.num_stages), backbone, pooled,
+                    epochs=root_epochs, batch_size=batch_size, learning_rate=root_learning_rate,
+                    schedule=root_schedule, augment=augment, seed=seed, verbose=0, log=None)
+    if log:
+        log(f"root on {root_tasks} pooled: test error {root.metrics['test']['pooled']['error']:.4f}")
+    result = evolve(root.model, data.task_names, data, scale=scale, passes=passes,
+                    candidates=candidates, candidate_epochs=candidate_epochs,
+                    mutation_prob=mutation_prob, seed=seed, augment=augment,
+                    state_dir=state_dir, log=log)
+    result.root_metrics = root.metrics
+    return result
 
 
 def _check_args(scale, passes, candidates, candidate_epochs, mutation_prob) -> None:
@@ -707,11 +781,15 @@ class _State:
                 entry = {"id": f"task:{other}", "path": system.path(other).to_dict(),
                          "score": None, "children": 0, "trained": own}
                 if own:
-                    # Its adapters and head carry over; rescored as sharing changed.
+                    # Its adapters and head carry over; its quality stands, its
+                    # size term is recomputed as other tasks may share its blocks now.
                     self._memory[f"{key}/{entry['id']}"] = {
                         n: w for n, w in system.weights.items() if _owned_by(n, task)
                     }
-                    entry["score"] = None
+                    quality = system.scores[other]["quality"]
+                    params = system.accounted_params(task, system.path(other))
+                    entry.update(quality=quality, params=params,
+                                 score=quality * self.config["scale"] ** (params / system.root_params))
                 seeds.append(entry)
             self.visits[key] = {"population": seeds, "done": 0, "finished": False, "ids": {}}
             if self.dir is not None:
