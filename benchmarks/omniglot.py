@@ -1,0 +1,521 @@
+"""Every Omniglot method under one recipe: one table and one Pareto plot.
+
+For each seed, every requested method is trained under the same recipe
+(convnet4 backbone, resolution, epochs, augmentation, learning-rate
+schedule) and scored on the test drawers; then one table is printed:
+parameters, FLOPs per image, mean test error +/- std over seeds, per-task
+errors, LiteRT batch-1 latency (float32 tflite, seed-0 model, median) and
+wall time per method. Written to `OUT/omniglot.json` (all numbers, the
+specs found per seed, the recipe) and `OUT/omniglot_pareto.png`
+(parameters vs mean test error, one labelled point per method).
+
+Methods (`METHODS`, each `method(data, backbone, recipe, seed) ->
+(model, spec_or_None, extra)`; add one in a few lines):
+
+* `independent`: one network per task, each trained on its own task's
+  samples only (equivalent to the joint model with separate blocks, whose
+  every sample would run through every network: 1/T of the cost);
+  parameters are the sum, latency and FLOPs are those of the joint
+  independent model (every task from one image).
+* `shared`: one trunk, one head per task.
+* `soft_ordering`: Meyerson & Miikkulainen's soft layer ordering (the
+  library's default image parts at `soft_width` filters).
+* `ltb`: Learning to Branch supernet search (`ltb_epochs`, no augmentation),
+  the extracted tree retrained from scratch under the recipe.
+* `affinity_<budget>` (one per `--budgets` entry, e.g. `affinity_1.5x`):
+  affinity search (probes `probe_epochs` long, shared by all budgets of a
+  seed), the cheapest tree in budget retrained under the recipe.
+
+Usage:
+    python benchmarks/omniglot.py --data ../shared/data/omniglot/images_background_small1.zip \\
+        --seeds 0,1,2 --out benchmarks/results
+    python benchmarks/omniglot.py --data omniglot.zip --alphabets Korean,Greek --methods shared,ltb \\
+        --epochs 5 --seeds 0 --out /tmp/omni
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from keras_branch import TreeSpec, backbones, build_model  # noqa: E402
+from keras_branch.augment import check_config  # noqa: E402
+from keras_branch.data import MultiTaskData, load_omniglot  # noqa: E402
+from keras_branch.search import learn_to_branch, task_affinity  # noqa: E402
+from keras_branch.search.tree_search import branch  # noqa: E402
+from keras_branch.soft_ordering_model import fit_soft_ordering  # noqa: E402
+from keras_branch.training import check_recipe, evaluate, fit_spec, mean_metric  # noqa: E402
+
+from keras_branch.zoo.measure import _layer_flops  # noqa: E402
+
+#: The recipe every method trains under (JSON-able; `--epochs` etc. override).
+DEFAULT_RECIPE: dict[str, Any] = {
+    "image_size": 32,
+    "filters": 64,
+    "epochs": 40,
+    "batch_size": 32,
+    "learning_rate": 3e-3,
+    "schedule": "cosine",
+    "warmup_epochs": 0,
+    "weight_decay": 0.0,
+    "augment": {"shift": 0.1, "rotation": 10, "zoom": 0.1},
+    "probe_epochs": 20,
+    "num_inputs": 256,
+    "ltb_epochs": 20,
+    "budgets": ["1.5x", "2x"],
+    "soft_width": 32,
+    "evolve_scale": 0.5,
+    "evolve_passes": 2,
+    "evolve_candidates": 6,
+    "evolve_candidate_epochs": 4,
+}
+
+DEFAULT_METHODS = ("independent", "shared", "soft_ordering", "ltb", "affinity", "evolved")
+
+Method = Callable[[MultiTaskData, Any, dict, int], tuple[keras.Model, TreeSpec | None, dict]]
+
+
+def _fit_kwargs(recipe: dict) -> dict[str, Any]:
+    """The `fit_spec` keyword arguments of a recipe."""
+    keys = ("epochs", "batch_size", "learning_rate", "schedule", "warmup_epochs",
+            "weight_decay", "augment")
+    return {k: recipe[k] for k in keys}
+
+
+def _fit_tree(spec: TreeSpec, data, backbone, recipe, seed) -> tuple[keras.Model, dict]:
+    run = fit_spec(spec, backbone, data, seed=seed, verbose=0, log=None, **_fit_kwargs(recipe))
+    return run.model, run.metrics["test"]
+
+
+# === Methods ===
+
+
+def method_shared(data, backbone, recipe, seed):
+    """Fully shared trunk, one head per task."""
+    spec = TreeSpec.shared(data.task_names, backbone.num_stages)
+    model, test = _fit_tree(spec, data, backbone, recipe, seed)
+    return model, spec, {"metrics": test}
+
+
+def method_independent(data, backbone, recipe, seed):
+    """One network per task, trained on that task's samples only."""
+    metrics = {}
+    for name in data.task_names:
+        single = data.select_tasks([name])
+        _, test = _fit_tree(TreeSpec.shared([name], backbone.num_stages), single, backbone,
+                            recipe, seed)
+        metrics.update(test)
+    spec = TreeSpec.independent(data.task_names, backbone.num_stages)
+    # The joint independent model (untrained) stands for the T networks in
+    # parameter, FLOPs and latency accounting: the same blocks, run on one image.
+    keras.utils.set_random_seed(seed)
+    model = build_model(spec, backbone, data.tasks)
+    return model, spec, {"metrics": metrics, "cost_model": "untrained joint independent model"}
+
+
+def method_soft_ordering(data, backbone, recipe, seed):
+    """Soft layer ordering (Meyerson & Miikkulainen 2018), default image parts."""
+    kwargs = _fit_kwargs(recipe)
+    run = fit_soft_ordering(data, "soft", depth=backbone.num_stages, width=recipe["soft_width"],
+                            seed=seed, verbose=0, **kwargs)
+    return run.model, None, {"metrics": run.metrics["test"]}
+
+
+def method_ltb(data, backbone, recipe, seed):
+    """Learning to Branch search, then the extracted tree retrained under the recipe."""
+    start = time.perf_counter()
+    spec, _ = learn_to_branch(data, backbone, epochs=recipe["ltb_epochs"], seed=seed,
+                              batch_size=recipe["batch_size"],
+                              learning_rate=recipe["learning_rate"])
+    search = time.perf_counter() - start
+    model, test = _fit_tree(spec, data, backbone, recipe, seed)
+    return model, spec, {"metrics": test, "search_seconds": search}
+
+
+_AFFINITY_CACHE: dict[tuple, tuple[Any, float]] = {}
+
+
+def _affinity(data, backbone, recipe, seed):
+    """Task affinity of one seed, computed once for all budgets."""
+    key = (id(data), id(backbone), seed, json.dumps(recipe, sort_keys=True))
+    if key not in _AFFINITY_CACHE:
+        start = time.perf_counter()
+        num_inputs = min(recipe["num_inputs"], len(data.split("validation")))
+        affinity = task_affinity(data, backbone, probe_epochs=recipe["probe_epochs"], seed=seed,
+                                 num_inputs=num_inputs, batch_size=recipe["batch_size"],
+                                 learning_rate=recipe["learning_rate"], log=None)
+        _AFFINITY_CACHE.clear()
+        _AFFINITY_CACHE[key] = (affinity, time.perf_counter() - start)
+    return _AFFINITY_CACHE[key]
+
+
+def affinity_method(budget: str) -> Method:
+    """The affinity-search method at one budget (a parameter count or `"2x"`)."""
+
+    def method(data, backbone, recipe, seed):
+        affinity, probe_seconds = _affinity(data, backbone, recipe, seed)
+        start = time.perf_counter()
+        result = branch(affinity, backbone, data.tasks, budget)
+        model, test = _fit_tree(result.spec, data, backbone, recipe, seed)
+        return model, result.spec, {
+            "metrics": test, "budget": budget, "budget_params": result.budget,
+            "probe_seconds": probe_seconds, "search_seconds": time.perf_counter() - start,
+        }
+
+    method.__doc__ = f"Affinity search at budget {budget}, the found tree retrained."
+    return method
+
+
+def method_evolved(data, backbone, recipe, seed):
+    """muNet: a root pretrained on all but the last alphabet pooled, evolved to every task."""
+    from keras_branch.search.evolve import pretrain_and_evolve
+
+    result = pretrain_and_evolve(
+        data, backbone, root_epochs=recipe["epochs"], root_learning_rate=recipe["learning_rate"],
+        root_schedule=recipe["schedule"], batch_size=recipe["batch_size"],
+        augment=recipe["augment"], scale=recipe["evolve_scale"], passes=recipe["evolve_passes"],
+        candidates=recipe["evolve_candidates"], candidate_epochs=recipe["evolve_candidate_epochs"],
+        seed=seed, log=None,
+    )
+    return result.model, result.system.spec, {"metrics": result.metrics["test"]}
+
+
+METHODS: dict[str, Method] = {
+    "independent": method_independent,
+    "shared": method_shared,
+    "soft_ordering": method_soft_ordering,
+    "ltb": method_ltb,
+    "evolved": method_evolved,
+}
+
+
+def resolve_methods(names: Sequence[str], budgets: Sequence[str]) -> dict[str, Method]:
+    """Method name -> function; `affinity` expands to one method per budget."""
+    methods: dict[str, Method] = {}
+    for name in names:
+        if name == "affinity":
+            for budget in budgets:
+                methods[f"affinity_{budget}"] = affinity_method(budget)
+        elif name.startswith("affinity_"):
+            methods[name] = affinity_method(name[len("affinity_"):])
+        elif name in METHODS:
+            methods[name] = METHODS[name]
+        else:
+            raise SystemExit(
+                f"--methods: unknown method {name!r}; known: {sorted(METHODS)} and "
+                "affinity / affinity_<budget>"
+            )
+    return methods
+
+
+# === Cost: parameters, FLOPs, LiteRT latency ===
+
+
+def model_flops(model: keras.Model) -> int:
+    """Per-image FLOPs (2 x multiply-adds + bias adds, batch norm folded).
+
+    Every layer of a tree runs once on the tensor it is called on. A
+    `SoftOrdering` layer runs each of its D pool layers at each of its D
+    depths for each of its T tasks (T x D x D applications).
+    """
+    from keras_branch.layers.soft_ordering import SoftOrdering
+
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        inputs = layer.input if not isinstance(layer.input, (list, tuple)) else layer.input[0]
+        shape = tuple(inputs.shape)
+        if isinstance(layer, SoftOrdering):
+            pool = sum(_layer_flops(p, shape)[0] for p in layer.pool)
+            total += layer.num_tasks * layer.depth * pool
+            continue
+        if isinstance(layer, keras.Model) and not isinstance(layer, keras.Sequential):
+            total += model_flops(layer)
+            continue
+        total += _layer_flops(layer, shape)[0]
+    return total
+
+
+def round_robin(calls: dict[str, Callable[[], Any]], runs: int, warmup: int = 10) -> dict[str, float]:
+    """Median seconds per call of each function, measured in interleaved rounds."""
+    import statistics
+
+    for fn in calls.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in calls}
+    for _ in range(runs):
+        for label, fn in calls.items():
+            start = time.perf_counter()
+            fn()
+            times[label].append(time.perf_counter() - start)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def to_tflite(model: keras.Model, input_shape: Sequence[int], path: str) -> str:
+    """Float32, builtins-only TFLite of any dict-output model (one endpoint, "predict").
+
+    The same route for every method (BranchedModel or SoftOrderingModel):
+    `keras.export.ExportArchive` -> SavedModel -> `TFLiteConverter`.
+    """
+    import tensorflow as tf
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        "predict", lambda inputs: model(inputs, training=False),
+        input_signature=[keras.InputSpec(shape=(None, *input_shape), dtype="float32")],
+    )
+    saved = path + ".saved_model"
+    archive.write_out(saved, verbose=False)
+    converter = tf.lite.TFLiteConverter.from_saved_model(saved, signature_keys=["predict"])
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    with open(path, "wb") as f:
+        f.write(converter.convert())
+    return path
+
+
+def litert_latency(models: dict[str, keras.Model], x: np.ndarray, runs: int = 200,
+                   threads: int = 1) -> dict[str, float]:
+    """Median ms of one batch-1 call of each model's float32 tflite, measured round robin."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    calls = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, model in models.items():
+            path = to_tflite(model, x.shape[1:], os.path.join(tmp, f"{label}.tflite"))
+            interpreter = Interpreter(model_path=path, num_threads=threads)
+            runner = interpreter.get_signature_runner("predict")
+            calls[label] = (lambda r: lambda: r(inputs=x))(runner)
+        medians = round_robin(calls, runs)
+    return {k: 1000 * v for k, v in medians.items()}
+
+
+# === The run ===
+
+
+def make_recipe(**overrides: Any) -> dict[str, Any]:
+    """`DEFAULT_RECIPE` with overrides (None values ignored), validated."""
+    recipe = copy.deepcopy(DEFAULT_RECIPE)
+    recipe.update({k: v for k, v in overrides.items() if v is not None})
+    check_recipe(recipe["schedule"], recipe["weight_decay"], recipe["warmup_epochs"],
+                 recipe["epochs"])
+    recipe["augment"] = check_config(recipe["augment"] or {})
+    return recipe
+
+
+def run(
+    data_path: str,
+    seeds: Sequence[int] = (0, 1, 2),
+    methods: Sequence[str] = DEFAULT_METHODS,
+    alphabets: Sequence[str] | None = None,
+    recipe: dict[str, Any] | None = None,
+    out: str | None = None,
+    latency_runs: int = 200,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Trains every method for every seed; returns (and writes) the results.
+
+    Args:
+        data_path: an Omniglot zip or folder (any alphabets in its layout).
+        seeds: training seeds.
+        methods: method names (see `METHODS`; `affinity` = every budget).
+        alphabets: the alphabets (tasks) to use (default: all).
+        recipe: see `DEFAULT_RECIPE` (`make_recipe` fills the defaults).
+        out: a folder for `omniglot.json` and `omniglot_pareto.png`.
+        latency_runs: LiteRT calls timed per model (0: no latency).
+        log: progress lines.
+
+    Returns:
+        `{"recipe", "tasks", "seeds", "methods": {name: {...}}}`.
+    """
+    recipe = make_recipe(**(recipe or {}))
+    size = recipe["image_size"]
+    data = load_omniglot(data_path, image_size=size, alphabets=alphabets)
+    backbone = backbones.convnet4((size, size, 1), filters=recipe["filters"])
+    chosen = resolve_methods(methods, recipe["budgets"])
+    log(f"Omniglot: {len(data.tasks)} alphabets {data.task_names}, {data}")
+    log(f"recipe: {json.dumps(recipe)}")
+    rows: dict[str, dict[str, Any]] = {
+        name: {"errors": [], "task_errors": [], "seconds": [], "specs": [], "extra": []}
+        for name in chosen
+    }
+    cost_models: dict[str, keras.Model] = {}
+    for seed in seeds:
+        for name, method in chosen.items():
+            start = time.perf_counter()
+            model, spec, extra = method(data, backbone, recipe, seed)
+            seconds = time.perf_counter() - start
+            test = extra.pop("metrics", None)
+            if test is None:
+                test = evaluate(model, data, "test")
+            error = mean_metric(test, "error")
+            row = rows[name]
+            row["errors"].append(error)
+            row["task_errors"].append({t: test[t]["error"] for t in data.task_names})
+            row["seconds"].append(seconds)
+            row["specs"].append(spec.to_dict() if spec is not None else None)
+            row.setdefault("params_per_seed", []).append(int(model.count_params()))
+            row["extra"].append(extra)
+            if "params" not in row:  # seed 0's (searched trees may differ per seed)
+                row["params"] = int(model.count_params())
+                row["flops"] = int(model_flops(model))
+            if seed == seeds[0]:
+                cost_models[name] = model
+            shape = f"  blocks per stage {spec.blocks_per_stage()}" if spec is not None else ""
+            log(f"seed {seed} {name:<16} test error {error:.4f}  params {model.count_params():,}  "
+                f"({seconds:.0f} s){shape}")
+    if latency_runs > 0 and cost_models:
+        x1 = data.split("test").x[:1]
+        for name, ms in litert_latency(cost_models, x1, runs=latency_runs).items():
+            rows[name]["litert_ms"] = ms
+    for row in rows.values():
+        row["mean_error"] = float(np.mean(row["errors"]))
+        row["std_error"] = float(np.std(row["errors"]))
+        row["mean_task_errors"] = {
+            t: float(np.mean([e[t] for e in row["task_errors"]])) for t in data.task_names
+        }
+        row["mean_seconds"] = float(np.mean(row["seconds"]))
+    result = {"recipe": recipe, "tasks": data.task_names, "seeds": list(seeds),
+              "data": os.path.basename(os.fspath(data_path)), "methods": rows}
+    log("")
+    log(format_table(result))
+    if out:
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, "omniglot.json"), "w") as f:
+            json.dump(result, f, indent=1)
+        plot_pareto(result, os.path.join(out, "omniglot_pareto.png"))
+        log(f"wrote {os.path.join(out, 'omniglot.json')} and omniglot_pareto.png")
+    return result
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The Markdown table of a result: one row per method."""
+    tasks = result["tasks"]
+    short = [t[:10] for t in tasks]
+    recipe = result["recipe"]
+    lines = [
+        f"Omniglot ({len(tasks)} alphabets), convnet4 {recipe['filters']} filters at "
+        f"{recipe['image_size']}x{recipe['image_size']}, {recipe['epochs']} epochs, batch "
+        f"{recipe['batch_size']}, Adam{'W' if recipe['weight_decay'] else ''} "
+        f"{recipe['learning_rate']:g} {recipe['schedule']}, augment {recipe['augment']}; "
+        f"seeds {result['seeds']}",
+        "",
+        "| method | parameters | MFLOPs | mean test error | std | "
+        + " | ".join(short) + " | LiteRT ms | wall s/seed |",
+        "|---|---:|---:|---:|---:|" + "---:|" * len(tasks) + "---:|---:|",
+    ]
+    for name, row in result["methods"].items():
+        latency = f"{row['litert_ms']:.3f}" if "litert_ms" in row else "-"
+        lines.append(
+            f"| {name} | {row['params']:,} | {row['flops'] / 1e6:.1f} | {row['mean_error']:.4f} | "
+            f"{row['std_error']:.4f} | "
+            + " | ".join(f"{row['mean_task_errors'][t]:.3f}" for t in tasks)
+            + f" | {latency} | {row['mean_seconds']:.0f} |"
+        )
+    lines.append("")
+    lines.append("parameters, MFLOPs and latency: the seed-0 model.")
+    for name, row in result["methods"].items():
+        per_seed = row.get("params_per_seed", [])
+        if len(set(per_seed)) > 1:
+            lines.append(f"{name}: parameters per seed " + ", ".join(f"{p:,}" for p in per_seed))
+    return "\n".join(lines)
+
+
+def plot_pareto(result: dict[str, Any], path: str) -> str:
+    """Parameters vs mean test error (error bars: std over seeds), one labelled point per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    rows = result["methods"]
+    errors = sorted(r["mean_error"] for r in rows.values())
+    median = errors[len(errors) // 2]
+    # A method far off (e.g. one that diverged) would flatten the others:
+    # draw it at the top edge, labelled with its value.
+    top = max((r["mean_error"] + r["std_error"] for r in rows.values()
+               if r["mean_error"] <= 3 * median), default=1.0) * 1.15
+    for name, row in rows.items():
+        if row["mean_error"] > top:
+            ax.plot(row["params"], top * 0.97, "^", color="gray")
+            ax.annotate(f"{name} {row['mean_error']:.3f} (off scale)", (row["params"], top * 0.97),
+                        textcoords="offset points", xytext=(5, -10), fontsize=8)
+            continue
+        ax.errorbar(row["params"], row["mean_error"], yerr=row["std_error"], fmt="o", capsize=3)
+        ax.annotate(name, (row["params"], row["mean_error"]), textcoords="offset points",
+                    xytext=(5, 5), fontsize=8)
+    ax.set_ylim(0, top)
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters")
+    ax.set_ylabel("mean test error")
+    ax.set_title(f"Omniglot, {len(result['tasks'])} alphabets, seeds {result['seeds']}")
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help="Omniglot zip or folder")
+    parser.add_argument("--alphabets", help="comma-separated alphabets (default: all)")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                        help="comma-separated; 'affinity' runs every --budgets entry")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--image-size", type=int)
+    parser.add_argument("--filters", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--learning-rate", type=float)
+    parser.add_argument("--schedule", choices=["constant", "cosine"])
+    parser.add_argument("--warmup-epochs", type=int)
+    parser.add_argument("--weight-decay", type=float)
+    parser.add_argument("--augment", type=json.loads,
+                        help='JSON, e.g. \'{"shift": 0.1, "rotation": 10, "zoom": 0.1}\'; {} for none')
+    parser.add_argument("--probe-epochs", type=int)
+    parser.add_argument("--ltb-epochs", type=int)
+    parser.add_argument("--budgets", help="comma-separated, e.g. 1.5x,2x")
+    parser.add_argument("--soft-width", type=int)
+    parser.add_argument("--latency-runs", type=int, default=200)
+    parser.add_argument("--out", help="folder for omniglot.json and omniglot_pareto.png")
+    args = parser.parse_args(argv)
+    recipe = {
+        "epochs": args.epochs, "image_size": args.image_size, "filters": args.filters,
+        "batch_size": args.batch_size, "learning_rate": args.learning_rate,
+        "schedule": args.schedule, "warmup_epochs": args.warmup_epochs,
+        "weight_decay": args.weight_decay, "augment": args.augment,
+        "probe_epochs": args.probe_epochs, "ltb_epochs": args.ltb_epochs,
+        "budgets": args.budgets.split(",") if args.budgets else None,
+        "soft_width": args.soft_width,
+    }
+    run(
+        args.data,
+        seeds=[int(s) for s in args.seeds.split(",")],
+        methods=args.methods.split(","),
+        alphabets=args.alphabets.split(",") if args.alphabets else None,
+        recipe=recipe,
+        out=args.out,
+        latency_runs=args.latency_runs,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

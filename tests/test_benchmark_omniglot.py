@@ -1,0 +1,68 @@
+"""Smoke test of benchmarks/omniglot.py on a 2-alphabet subset with tiny epochs."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "omniglot.py"
+
+
+@pytest.fixture(scope="module")
+def omniglot_benchmark():
+    spec = importlib.util.spec_from_file_location("omniglot_benchmark", BENCHMARK)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_runs_every_method_on_two_alphabets(omniglot_benchmark, omniglot_zip, tmp_path,
+                                                      capsys):
+    rc = omniglot_benchmark.main([
+        "--data", str(omniglot_zip), "--alphabets", "Greek,Latin", "--seeds", "0",
+        "--methods", "independent,shared,soft_ordering,ltb,affinity",
+        "--epochs", "1", "--probe-epochs", "1", "--ltb-epochs", "1", "--image-size", "16",
+        "--filters", "4", "--soft-width", "4", "--latency-runs", "3", "--out", str(tmp_path),
+    ])
+    assert rc == 0
+    out = capsys.readouterr().out
+    result = json.loads((tmp_path / "omniglot.json").read_text())
+    assert (tmp_path / "omniglot_pareto.png").stat().st_size > 1000
+    methods = result["methods"]
+    assert list(methods) == ["independent", "shared", "soft_ordering", "ltb",
+                             "affinity_1.5x", "affinity_2x"]
+    assert result["tasks"] == ["Greek", "Latin"]
+    assert result["recipe"]["augment"] == {"shift": 0.1, "rotation": 10.0, "zoom": 0.1}
+    for name, row in methods.items():
+        assert 0.0 <= row["mean_error"] <= 1.0
+        assert set(row["mean_task_errors"]) == {"Greek", "Latin"}
+        assert row["params"] > 0 and row["flops"] > 0 and row["litert_ms"] > 0
+        assert f"| {name} |" in out
+    # Independent networks: each task's own network, parameters summed.
+    assert methods["independent"]["params"] > methods["shared"]["params"]
+    assert methods["independent"]["flops"] > methods["shared"]["flops"]
+    for name in ("ltb", "affinity_1.5x", "affinity_2x"):
+        spec = methods[name]["specs"][0]
+        assert sorted(spec["tasks"]) == ["Greek", "Latin"]
+    assert methods["affinity_1.5x"]["params"] <= 1.5 * methods["shared"]["params"]
+
+
+def test_benchmark_refuses_unknown_method(omniglot_benchmark):
+    with pytest.raises(SystemExit, match="evolvd"):
+        omniglot_benchmark.resolve_methods(["evolvd"], ["2x"])
+
+
+def test_evolved_method_grows_a_pooled_root_to_every_alphabet(omniglot_benchmark, omniglot_zip):
+    from keras_branch import backbones
+    from keras_branch.data import load_omniglot
+
+    data = load_omniglot(omniglot_zip, image_size=16, alphabets=["Greek", "Latin"])
+    recipe = dict(omniglot_benchmark.DEFAULT_RECIPE, epochs=1, evolve_passes=1,
+                  evolve_candidates=1, evolve_candidate_epochs=1)
+    model, spec, extra = omniglot_benchmark.METHODS["evolved"](
+        data, backbones.convnet4((16, 16, 1), filters=4), recipe, 0)
+    assert spec.tasks == ["Greek", "Latin"]
+    assert model.count_params() == spec.count_params(backbones.convnet4((16, 16, 1), filters=4),
+                                                     data.tasks)
+    assert set(extra["metrics"]) == {"Greek", "Latin"}
