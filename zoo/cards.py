@@ -9,6 +9,7 @@ byte for byte. Regenerate after editing an entry with
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 METRIC_WORDS = {
@@ -30,11 +31,20 @@ def headline(results: dict[str, Any] | None) -> str:
 
 
 def _spec_lines(entry) -> list[str]:
-    if entry.kind != "tree":
+    if entry.spec is None:
         return [f"Model: `{entry.kind}` with `{json.dumps(entry.model_args or {})}`."]
     spec = entry.make_spec()
     lines = ["```", str(spec), "```"]
     return lines
+
+
+def _parity_text(results: Mapping[str, Any]) -> str:
+    if results["parity_passed"]:
+        return "all formats within tolerance"
+    rows = (results.get("parity") or {}).get("rows", [])
+    failed = [f"{r['format']} {r['task']} ({r['statistic']} {r['value']:.3g} > {r['tolerance']:.3g})"
+              for r in rows if not r["passed"]]
+    return "out of tolerance: " + ("; ".join(failed) if failed else "per-format detail not recorded in this measurement")
 
 
 def render_card(entry, results: dict[str, Any] | None) -> str:
@@ -127,7 +137,7 @@ def _results_lines(entry, results: dict[str, Any]) -> list[str]:
         *[f"| `{fmt}` size | {size:,} bytes |" for fmt, size in results["tflite_bytes"].items()],
         f"| LiteRT latency, batch 1 | {results['litert_ms']:.4f} ms (float32 file, "
         f"{results['litert_threads']} thread, median of {results['latency_runs']}) |",
-        f"| TFLite parity with Keras | {'all formats within tolerance' if results['parity_passed'] else 'FAILED'} |",
+        f"| TFLite parity with Keras | {_parity_text(results)} |",
         f"| training time per seed | {', '.join(f'{s:.1f}' for s in results['train_seconds'])} s |",
         f"| data source | `{results['data']}` |",
         "",

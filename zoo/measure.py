@@ -285,6 +285,8 @@ def measure(
         "flops": int(count_flops(model0)),
         "tflite_bytes": {f: int(exported.sizes[f]) for f in TFLITE_FORMATS},
         "parity_passed": bool(exported.passed),
+        # Which format missed its tolerance, and by how much (export.json's rows).
+        "parity": exported.parity.to_dict() if exported.parity is not None else None,
         "litert_ms": round(latency, 4),
         "litert_threads": threads,
         "latency_runs": runs,
