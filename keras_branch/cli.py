@@ -14,19 +14,30 @@ import sys
 from collections.abc import Sequence
 
 
-def _backbone_args(items: Sequence[str]) -> dict:
-    from keras_branch.errors import BackboneError
+def key_values(items: Sequence[str], flag: str, error: type[Exception]) -> dict:
+    """`KEY=VALUE` flags as a dict, each VALUE parsed as JSON when it is JSON.
 
+    Args:
+        items: the flag's values.
+        flag: the flag's name, for the error message.
+        error: the exception type raised for an item without `=`.
+    """
     result = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise BackboneError(f"--backbone-arg must be KEY=VALUE. Received: {item!r}")
+            raise error(f"{flag} must be KEY=VALUE. Received: {item!r}")
         try:
             result[key] = json.loads(value)
         except json.JSONDecodeError:
             result[key] = value
     return result
+
+
+def _backbone_args(items: Sequence[str]) -> dict:
+    from keras_branch.errors import BackboneError
+
+    return key_values(items, "--backbone-arg", BackboneError)
 
 
 def _make_backbone(name: str, input_shape, args: dict):

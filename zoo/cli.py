@@ -14,7 +14,6 @@ Input errors raise `KerasBranchError` (the main CLI prints one line, exit 2).
 from __future__ import annotations
 
 import argparse
-import json
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -84,15 +83,9 @@ def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
 def _recipe(args: argparse.Namespace) -> dict:
     from keras_branch.zoo.registry import ZooError
 
-    recipe = {}
-    for item in args.recipe:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ZooError(f"--recipe must be KEY=JSON. Received: {item!r}")
-        try:
-            recipe[key] = json.loads(value)
-        except json.JSONDecodeError:
-            recipe[key] = value
+    from keras_branch.cli import key_values
+
+    recipe = key_values(args.recipe, "--recipe", ZooError)
     for key in ("epochs", "batch_size", "learning_rate"):
         if getattr(args, key) is not None:
             recipe[key] = getattr(args, key)
