@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import os
+import random
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -179,7 +180,19 @@ class Backbone:
     # === Shapes and parameter counts ===
 
     def _analyze(self) -> dict[str, Any]:
-        # Builds one throwaway copy of every part on symbolic inputs.
+        # Builds one throwaway copy of every part on symbolic inputs. Keras
+        # draws unseeded initialisers' seeds from Python's `random`: its state
+        # is restored, so whether the analysis ran before does not change the
+        # weights a seeded build gets.
+        if self._analysis is None:
+            state = random.getstate()
+            try:
+                return self._analyze_once()
+            finally:
+                random.setstate(state)
+        return self._analysis
+
+    def _analyze_once(self) -> dict[str, Any]:
         if self._analysis is None:
             try:
                 x = keras.Input(self.input_shape)

@@ -529,10 +529,6 @@ def fit_spec(
             learning_rate=learning_rate, seed=seed, checkpoint_dir=checkpoint_dir,
             mixed_precision=mixed_precision, callbacks=callbacks, log=log,
         )
-    # The backbone's first shape analysis builds throwaway layers whose
-    # initialisers draw random numbers: done before seeding, a seed gives the
-    # same weights on the first call as on every later one.
-    backbone.output_shape()
     keras.utils.set_random_seed(seed)
     with strategy.scope(), distribute.dtype_policy(mixed_precision):
         model = build_model(spec, backbone, tasks)
