@@ -84,3 +84,20 @@ def test_bad_backbones(call, fragment):
     with pytest.raises(BackboneError) as err:
         call()
     assert fragment in str(err.value)
+
+
+def test_a_seed_gives_the_same_weights_on_the_first_build_as_later():
+    # The backbone's first shape analysis builds throwaway layers; it must not
+    # move the random state a seeded build draws from.
+    from keras_branch import Task, TreeSpec, build_model
+
+    tasks = [Task("a", "regression"), Task("b", "binary")]
+
+    def weights(bb):
+        keras.utils.set_random_seed(3)
+        return build_model(TreeSpec.shared(["a", "b"], 2), bb, tasks).get_weights()
+
+    bb = backbones.mlp(6, widths=(5, 4))
+    first, second = weights(bb), weights(bb)
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(a, b)
