@@ -36,11 +36,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -57,7 +56,7 @@ FORMATS = ("saved_model", "tflite", "tflite-fp16", "tflite-int8")
 TOLERANCE = 1.15
 
 # FLOPs are counted by the zoo's counter, so cards and this table agree.
-from keras_branch.zoo.measure import count_flops  # noqa: E402
+from keras_branch.zoo.measure import count_flops, round_robin  # noqa: E402
 
 
 # === Models and data ===
@@ -96,22 +95,6 @@ def make_backbone(name: str, image_size: int, filters: int, width: int):
 
 
 # === Timing ===
-
-
-def round_robin(
-    calls: dict[str, Callable[[], Any]], runs: int, warmup: int = 10
-) -> dict[str, float]:
-    """Median seconds per call of each function, measured in interleaved rounds."""
-    for fn in calls.values():
-        for _ in range(warmup):
-            fn()
-    times: dict[str, list[float]] = {k: [] for k in calls}
-    for _ in range(runs):
-        for label, fn in calls.items():
-            start = time.perf_counter()
-            fn()
-            times[label].append(time.perf_counter() - start)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def run_benchmark(

@@ -58,7 +58,7 @@ from keras_branch.search.tree_search import branch  # noqa: E402
 from keras_branch.soft_ordering_model import fit_soft_ordering  # noqa: E402
 from keras_branch.training import check_recipe, evaluate, fit_spec, mean_metric  # noqa: E402
 
-from keras_branch.zoo.measure import _layer_flops  # noqa: E402
+from keras_branch.zoo.measure import count_flops, round_robin  # noqa: E402
 
 #: The recipe every method trains under (JSON-able; `--epochs` etc. override).
 DEFAULT_RECIPE: dict[str, Any] = {
@@ -223,48 +223,6 @@ def resolve_methods(names: Sequence[str], budgets: Sequence[str]) -> dict[str, M
 # === Cost: parameters, FLOPs, LiteRT latency ===
 
 
-def model_flops(model: keras.Model) -> int:
-    """Per-image FLOPs (2 x multiply-adds + bias adds, batch norm folded).
-
-    Every layer of a tree runs once on the tensor it is called on. A
-    `SoftOrdering` layer runs each of its D pool layers at each of its D
-    depths for each of its T tasks (T x D x D applications).
-    """
-    from keras_branch.layers.soft_ordering import SoftOrdering
-
-    total = 0
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.InputLayer):
-            continue
-        inputs = layer.input if not isinstance(layer.input, (list, tuple)) else layer.input[0]
-        shape = tuple(inputs.shape)
-        if isinstance(layer, SoftOrdering):
-            pool = sum(_layer_flops(p, shape)[0] for p in layer.pool)
-            total += layer.num_tasks * layer.depth * pool
-            continue
-        if isinstance(layer, keras.Model) and not isinstance(layer, keras.Sequential):
-            total += model_flops(layer)
-            continue
-        total += _layer_flops(layer, shape)[0]
-    return total
-
-
-def round_robin(calls: dict[str, Callable[[], Any]], runs: int, warmup: int = 10) -> dict[str, float]:
-    """Median seconds per call of each function, measured in interleaved rounds."""
-    import statistics
-
-    for fn in calls.values():
-        for _ in range(warmup):
-            fn()
-    times: dict[str, list[float]] = {k: [] for k in calls}
-    for _ in range(runs):
-        for label, fn in calls.items():
-            start = time.perf_counter()
-            fn()
-            times[label].append(time.perf_counter() - start)
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
 def to_tflite(model: keras.Model, input_shape: Sequence[int], path: str) -> str:
     """Float32, builtins-only TFLite of any dict-output model (one endpoint, "predict").
 
@@ -372,7 +330,7 @@ def run(
             row["extra"].append(extra)
             if "params" not in row:  # seed 0's (searched trees may differ per seed)
                 row["params"] = int(model.count_params())
-                row["flops"] = int(model_flops(model))
+                row["flops"] = int(count_flops(model))
             if seed == seeds[0]:
                 cost_models[name] = model
             shape = f"  blocks per stage {spec.blocks_per_stage()}" if spec is not None else ""

@@ -36,12 +36,18 @@ def _layer_flops(layer, input_shape: tuple) -> tuple[int, tuple]:
     """FLOPs of one layer call per sample, and its output shape (batch axis kept)."""
     import keras
 
+    from keras_branch.layers.soft_ordering import SoftOrdering
+
     if isinstance(layer, keras.Sequential):
         total, shape = 0, input_shape
         for sub in layer.layers:
             flops, shape = _layer_flops(sub, shape)
             total += flops
         return total, shape
+    if isinstance(layer, SoftOrdering):
+        # Each of the T tasks applies every pool layer at each of the D depths.
+        pool = sum(_layer_flops(p, input_shape)[0] for p in layer.pool)
+        return layer.num_tasks * layer.depth * pool, tuple(input_shape)
     if isinstance(layer, keras.Model) and hasattr(layer, "_operations"):
         # A functional sub-model: every inner layer runs once on its own graph tensor.
         total = 0
@@ -102,6 +108,28 @@ def count_flops(model) -> int:
 
 
 # === Latency ===
+
+
+def round_robin(calls: dict[str, Callable[[], Any]], runs: int, warmup: int = 10) -> dict[str, float]:
+    """Median seconds per call of each function, measured in interleaved rounds.
+
+    Interleaving spreads a noisy machine's slow moments over every function,
+    so their ratios are fair.
+
+    Example:
+    >>> round_robin({"a": lambda: None, "b": lambda: None}, runs=5)
+    {'a': ..., 'b': ...}
+    """
+    for fn in calls.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in calls}
+    for _ in range(runs):
+        for label, fn in calls.items():
+            start = time.perf_counter()
+            fn()
+            times[label].append(time.perf_counter() - start)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def litert_latency_ms(path: str, x: np.ndarray, runs: int = 300, warmup: int = 10,
