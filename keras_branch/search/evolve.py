@@ -580,8 +580,9 @@ def evolve(
 
     model = system.build()
     compile_model(model)
+    system_data = data.select_tasks(system.task_names)
     metrics = {
-        split: evaluate(model, data.select_tasks(system.task_names), split)
+        split: evaluate(model, system_data, split)
         for split in ("validation", "test") if split in data.splits
     }
     history = state.history
@@ -666,8 +667,8 @@ def _child_weights(system: EvolvedSystem, task: Task, parent: dict, path: Path,
     get new block ids here, copied from their source.
     """
     inherited = state.load_weights(parent["id"], state.current) if parent.get("trained") else {}
+    parent_path = Path.from_dict(parent["path"])
     owned: dict[str, list[np.ndarray]] = {}
-    taken: dict[int, set[int]] = {}
     for d in range(path.depth):
         block = path.route[d]
         if block < 0 and block_name(d, -1 - block) in inherited:
@@ -676,8 +677,9 @@ def _child_weights(system: EvolvedSystem, task: Task, parent: dict, path: Path,
         if block < 0:
             source = block_name(d, -1 - block)
             weights = system.weights[source]
-            new_id = system.next_block_id(d, state.taken_ids(d) | taken.setdefault(d, set()))
-            taken[d].add(new_id)
+            # One block per stage: the ids other candidates of this visit took
+            # are all a new clone must avoid.
+            new_id = system.next_block_id(d, state.taken_ids(d))
             path.route[d] = new_id
             owned[block_name(d, new_id)] = weights
         elif block_name(d, block) in inherited:  # a clone the parent trained
@@ -685,11 +687,9 @@ def _child_weights(system: EvolvedSystem, task: Task, parent: dict, path: Path,
     for d, dim in enumerate(path.adapters[: path.depth]):
         if dim:
             name = adapter_name(d, task.key)
-            parent_path = Path.from_dict(parent["path"])
-            same = parent.get("trained") and parent_path.adapters[d] == dim and name in inherited
+            same = parent_path.adapters[d] == dim and name in inherited
             owned[name] = inherited[name] if same else None
     head = f"head_{task.key}"
-    parent_path = Path.from_dict(parent["path"])
     owned[head] = inherited.get(head) if parent_path.depth == path.depth else None
     state.claim_ids(path)
     return owned
