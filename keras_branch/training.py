@@ -11,10 +11,11 @@ import dataclasses
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from keras_branch.augment import make_augment
@@ -175,6 +176,56 @@ def evaluate(
     tasks = list(tasks if tasks is not None else model.tasks)
     data = _check_tasks(tasks, data)
     logs = model.evaluate(data.dataset(split, batch_size), return_dict=True, verbose=0)
+    result = task_metrics(logs, tasks)
+    counts = data.labelled_counts(split)
+    for task in tasks:
+        result[task.name]["n"] = counts[task.name]
+    return result
+
+
+def score_outputs(
+    outputs: Mapping[str, Any],
+    data: MultiTaskData,
+    split: str = "test",
+    tasks: Sequence[Task] | None = None,
+) -> dict[str, dict[str, float]]:
+    """Scores predictions made outside Keras (a LiteRT file, a server) like `evaluate`.
+
+    The same masked loss and metrics as a compiled model's, on the whole
+    split at once, so an exported model's numbers compare with the Keras ones.
+    The metrics equal `evaluate`'s; the loss is the mean over the split,
+    where Keras' `evaluate` reports the mean of its batches' means.
+
+    Args:
+        outputs: `{task key: predictions}` for every sample of `split`, in order.
+        data: the labels.
+        split: the split the predictions are of.
+        tasks: the tasks scored (default: all of `data`'s).
+
+    Returns:
+        As `evaluate`: `{task name: {"loss", "accuracy" | "mse", ..., "n"}}`.
+
+    Example:
+    >>> outputs = litert_runner.run_signature(interpreter, "serving_default", data.split("test").x)
+    >>> score_outputs(outputs, data)["a"]["accuracy"]
+    """
+    tasks = list(tasks if tasks is not None else data.tasks)
+    data = _check_tasks(tasks, data)
+    x, labels = data.arrays(split)
+    logs: dict[str, float] = {}
+    for task in tasks:
+        if task.key not in outputs:
+            raise DataError(f"No predictions for task {task.name!r} (key {task.key!r}). "
+                            f"Received keys: {sorted(outputs)}")
+        y_pred = np.asarray(outputs[task.key], dtype="float32")
+        if len(y_pred) != len(x):
+            raise DataError(f"Task {task.name!r} has {len(y_pred)} predictions for the "
+                            f"{len(x)} samples of split {split!r}.")
+        y_true = labels[task.key]
+        logs[f"{task.key}_loss"] = float(task.make_loss()(y_true, y_pred))
+        for metric in task.make_metrics():
+            metric.update_state(y_true, y_pred)
+            logs[f"{task.key}_{metric.name}"] = float(metric.result())
     result = task_metrics(logs, tasks)
     counts = data.labelled_counts(split)
     for task in tasks:

@@ -17,8 +17,8 @@ def list_entries() -> list[str]:
 
     Example:
     >>> from keras_branch import zoo
-    >>> zoo.list()
-    ['celeba-affinity', 'planted-affinity', 'planted-ltb']
+    >>> zoo.list()[:3]
+    ['celeba-affinity', 'omniglot-affinity-1.5x', 'omniglot-affinity-2x']
     """
     return names()
 
@@ -229,7 +229,10 @@ def evaluate(
 
     Args:
         name: the entry's name.
-        model: a trained model or the path of its `.keras` file.
+        model: a trained model, the path of its `.keras` file, or the path
+            of a `.tflite` file exported from one (scored through LiteRT,
+            all tasks from its default signature, so a phone model's
+            accuracy compares with the card's).
         data: as in `train`.
         split: the split scored.
         batch_size: evaluation batch size.
@@ -246,16 +249,19 @@ def evaluate(
     from keras_branch.zoo.measure import headline_metric, task_values
 
     e = load_entry(name)
-    if isinstance(model, (str, os.PathLike)):
-        from keras_branch.saving import load_task_model
-
-        model = load_task_model(model)
-    if not model.compiled:
-        compile_model(model)
-    shape = tuple(model.input_shape[1:])
-    _, data = resolve_data(e, data, image_size=shape[0] if len(shape) == 3 else None)
-    metrics = evaluate_model(model, data, split, batch_size=batch_size)
     tasks = e.make_tasks()
+    if isinstance(model, (str, os.PathLike)) and os.fspath(model).endswith(".tflite"):
+        metrics = _evaluate_tflite(e, os.fspath(model), data, split, batch_size)
+    else:
+        if isinstance(model, (str, os.PathLike)):
+            from keras_branch.saving import load_task_model
+
+            model = load_task_model(model)
+        if not model.compiled:
+            compile_model(model)
+        shape = tuple(model.input_shape[1:])
+        _, data = resolve_data(e, data, image_size=shape[0] if len(shape) == 3 else None)
+        metrics = evaluate_model(model, data, split, batch_size=batch_size)
     metric = headline_metric(tasks)
     values = task_values(metrics, tasks, metric)
     results = e.results()
@@ -265,3 +271,29 @@ def evaluate(
                 "seeds": {s: v["mean"] for s, v in results["per_seed"].items()}}
     return {"metric": metric, "tasks": values, "mean": sum(values.values()) / len(values),
             "card": card, "metrics": metrics}
+
+
+def _evaluate_tflite(e: ZooEntry, path: str, data: Any, split: str, batch_size: int):
+    """Per-task metrics of a `.tflite` file of entry `e` on `split` (LiteRT, default signature)."""
+    import numpy as np
+
+    from keras_branch.export import litert_runner
+    from keras_branch.export.saved_model import DEFAULT_SIGNATURE
+    from keras_branch.training import score_outputs
+
+    if not os.path.isfile(path):
+        raise ZooError(f"No TFLite file at --model {path!r}.")
+    interpreter = litert_runner.load(path)
+    if DEFAULT_SIGNATURE not in litert_runner.signature_names(interpreter):
+        raise ZooError(f"{path!r} has no {DEFAULT_SIGNATURE!r} signature (one with every task); "
+                       f"its signatures are {litert_runner.signature_names(interpreter)}.")
+    runner = interpreter.get_signature_runner(DEFAULT_SIGNATURE)
+    shape = tuple(int(d) for d in next(iter(runner.get_input_details().values()))["shape"][1:])
+    _, data = resolve_data(e, data, image_size=shape[0] if len(shape) == 3 else None)
+    x = data.split(split).x
+    if tuple(x.shape[1:]) != shape:
+        raise ZooError(f"{path!r} takes inputs of shape {shape}; the data's are {tuple(x.shape[1:])}.")
+    chunks = [litert_runner.run_signature(interpreter, DEFAULT_SIGNATURE, x[i:i + batch_size])
+              for i in range(0, len(x), batch_size)]
+    outputs = {key: np.concatenate([c[key] for c in chunks]) for key in chunks[0]}
+    return score_outputs(outputs, data, split, e.make_tasks())

@@ -9,6 +9,7 @@ byte for byte. Regenerate after editing an entry with
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -64,6 +65,9 @@ def render_card(entry, results: dict[str, Any] | None) -> str:
     True
     """
     lines = [f"# {entry.name}", "", entry.description, ""]
+    # the source the card's own measuring command names, for the one-seed commands
+    named = re.search(r"--data (\S+)", entry.reproduce)
+    data = (results or {}).get("data") or (named and named.group(1)) or entry.data_default or "SOURCE"
     backbone_args = json.dumps(entry.backbone.get("args") or {}, sort_keys=True)
     lines += [
         "| | |",
@@ -111,8 +115,16 @@ def render_card(entry, results: dict[str, Any] | None) -> str:
         "This trains every seed with the recipe above, evaluates on the test split, "
         "exports seed 0's model to TFLite and times it, then rewrites `results.json` and "
         "this card. Load the model in Python with `keras_branch.zoo.get("
-        f"\"{entry.name}\", weights=PATH_OR_URL)`; train one seed with "
-        f"`keras-branch zoo train {entry.name} --data ... --out RUN`.",
+        f"\"{entry.name}\", weights=PATH_OR_URL)`.",
+        "",
+        "One seed, trained, exported and scored as a phone would run it (compare with "
+        "the seed-0 column above):",
+        "",
+        "```",
+        f"keras-branch zoo train {entry.name} --data {data} --seed 0 --out run",
+        "keras-branch export run/model.keras --out run/export --formats tflite",
+        f"keras-branch zoo evaluate {entry.name} --model run/export/model.tflite --data {data}",
+        "```",
         "",
     ]
     return "\n".join(lines)

@@ -4,7 +4,7 @@
     keras-branch zoo show NAME
     keras-branch zoo train NAME [--data SOURCE] [--seed 0] [--out DIR] [--overwrite]
                                [--epochs N] [--batch-size N] [--learning-rate LR] [--recipe KEY=JSON ...]
-    keras-branch zoo evaluate NAME --model MODEL.keras [--data SOURCE] [--split test]
+    keras-branch zoo evaluate NAME --model MODEL.keras|MODEL.tflite [--data SOURCE] [--split test]
     keras-branch zoo measure NAME [--data SOURCE] [--seeds 0,1,2] [--out DIR] [--runs 300]
     keras-branch zoo card NAME      # regenerate README.md from entry.json + results.json
 
@@ -49,7 +49,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
     ev = zsub.add_parser("evaluate", help="score a trained model and compare with the card")
     ev.add_argument("name")
-    ev.add_argument("--model", required=True, help="the trained model's .keras file")
+    ev.add_argument("--model", required=True, help="the trained model's .keras file, or a .tflite file exported from it")
     ev.add_argument("--data", default=None, help=data_help)
     ev.add_argument("--split", default="test")
     ev.add_argument("--batch-size", type=int, default=256)
