@@ -111,21 +111,30 @@ def folder_size(path: str | os.PathLike) -> int:
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
 
 
-def _load(model_or_path: Any) -> BranchedModel:
-    if isinstance(model_or_path, (str, os.PathLike)):
-        from keras_branch.saving import load_branched_model
+def _load(model_or_path: Any) -> keras.Model:
+    """The model to export: a `BranchedModel` or a `SoftOrderingModel`, float32."""
+    from keras_branch.soft_ordering_model import SoftOrderingModel
 
-        model = load_branched_model(model_or_path)
-    elif isinstance(model_or_path, BranchedModel):
+    if isinstance(model_or_path, (str, os.PathLike)):
+        from keras_branch.saving import load_task_model
+
+        model = load_task_model(model_or_path)
+    elif isinstance(model_or_path, (BranchedModel, SoftOrderingModel)):
         model = model_or_path
     else:
         raise ExportError(
-            f"`model` must be a keras_branch BranchedModel or the path of its .keras "
-            f"file. Received: {type(model_or_path).__name__}"
+            f"`model` must be a keras_branch BranchedModel or SoftOrderingModel, or the path "
+            f"of its .keras file. Received: {type(model_or_path).__name__}"
         )
     if any(layer.dtype_policy.compute_dtype != "float32" for layer in model.layers):
         # Mixed precision trains faster on accelerators; float16 compute in a
         # converted model needs ops LiteRT's builtins lack, so export float32.
+        if not isinstance(model, BranchedModel):
+            raise ExportError(
+                f"Export of a mixed-precision {type(model).__name__} is not supported; "
+                f"train it in float32. Received: compute dtypes "
+                f"{sorted({layer.dtype_policy.compute_dtype for layer in model.layers})}"
+            )
         from keras_branch.distribute import as_float32
 
         model = as_float32(model)
@@ -176,7 +185,8 @@ def export_model(
     """Exports a multi-task model to SavedModel and TFLite, atomically.
 
     Args:
-        model_or_path: a `BranchedModel` or the path of its `.keras` file.
+        model_or_path: a `BranchedModel` or `SoftOrderingModel`, or the path
+            of its `.keras` file.
         out_dir: the export folder to create.
         formats: any of `FORMATS` (a list or `"saved_model,tflite"`).
         tasks: export only these tasks (names or keys); blocks serving no
@@ -259,7 +269,9 @@ def export_model(
             "input": {"name": _saved_model.INPUT_NAME, "shape": [None, *input_shape],
                       "dtype": "float32"},
             "tasks": [{**t.get_config(), "key": t.key} for t in model.tasks],
-            "spec": model.spec.to_dict(),
+            "model_class": type(model).__name__,
+            # a soft-ordering model has no TreeSpec: every task mixes the whole pool
+            "spec": model.spec.to_dict() if isinstance(model, BranchedModel) else None,
             "signatures": keys,
             "formats": {fmt: {"path": rel[fmt], "bytes": sizes[fmt]} for fmt in written},
             "int8": None if scales is None else {

@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     from keras_branch.data import load_data
     from keras_branch.errors import ExportError
     from keras_branch.export.api import export_model, parse_formats
-    from keras_branch.saving import load_branched_model
+    from keras_branch.saving import load_task_model
 
     formats = parse_formats(args.formats)
     if "tflite-int8" in formats and not args.data:
@@ -77,10 +77,10 @@ def run(args: argparse.Namespace) -> int:
             "--formats includes tflite-int8, which is calibrated on training data: "
             "pass --data (e.g. 'planted' or 'omniglot:PATH'), or leave tflite-int8 out."
         )
-    model = load_branched_model(args.model)
+    model = load_task_model(args.model)
     data = None
     if args.data:
-        shape = model.backbone.input_shape
+        shape = tuple(model.inputs[0].shape[1:])
         data = load_data(args.data, image_size=shape[0] if len(shape) == 3 else 32)
     result = export_model(
         model, args.out, formats=formats, tasks=args.tasks, data=data, check=args.check,

@@ -297,6 +297,38 @@ def test_soft_ordered_model_exports_to_tflite_with_float32_parity(tmp_path):
     assert got["Japanese__katakana_"].shape == (5, 3)
 
 
+def test_soft_ordered_model_goes_through_export_model_and_its_cli(tmp_path, capsys):
+    import json
+
+    from keras_branch.cli import main
+    from keras_branch.export import export_model
+
+    data = planted_groups(seed=0, num_train=300)
+    model = build_soft_ordering_model(data.tasks, data.input_shape, "soft", depth=3, width=8, seed=1)
+    layer = model.get_layer("soft_ordering")
+    layer.logits.assign(np.random.default_rng(0).standard_normal(layer.logits.shape).astype("float32"))
+    result = export_model(model, tmp_path / "export", data=data, check=True)
+    rows = result.parity.rows
+    assert {row.format for row in rows} == {"saved_model", "tflite", "tflite-fp16", "tflite-int8"}
+    assert len(rows) == 4 * 8 and all(np.isfinite(row.value) for row in rows)
+    # float32 formats are exact up to float rounding; the quantized ones are measured
+    # and reported (this untrained pool mixes through 3 depths, each requantized)
+    assert all(row.passed for row in rows if row.format in ("saved_model", "tflite")), \
+        result.parity.format_table()
+    manifest = json.loads((tmp_path / "export" / "export.json").read_text())
+    assert manifest["model_class"] == "SoftOrderingModel" and manifest["spec"] is None
+    assert manifest["signatures"][0] == "serving_default" and len(manifest["signatures"]) == 9
+    # the CLI loads a saved soft-ordering model the same way
+    model.save(tmp_path / "so.keras")
+    assert main(["export", str(tmp_path / "so.keras"), "--out", str(tmp_path / "cli"),
+                 "--formats", "tflite", "--data", "planted", "--check"]) == 0
+    assert (tmp_path / "cli" / "model.tflite").is_file()
+    # a subset needs a tree: the error says so
+    with pytest.raises(KerasBranchError, match="BranchedModel"):
+        export_model(model, tmp_path / "subset", formats="tflite", tasks=["g0_t0"])
+    assert not (tmp_path / "subset").exists()
+
+
 # === The benchmark script ===
 
 
