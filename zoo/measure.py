@@ -267,7 +267,7 @@ def measure(
     from keras_branch.files import atomic_write_json, atomic_write_text
     from keras_branch.zoo import cards
     from keras_branch.zoo.api import resolve_data
-    from keras_branch.zoo.registry import RESULTS_FILE, CARD_FILE, ZooError, load_entry
+    from keras_branch.zoo.registry import CARD_FILE, ENTRY_FILE, RESULTS_FILE, ZooError, load_entry
 
     entry = load_entry(name)
     seeds = [int(s) for s in seeds]
@@ -326,6 +326,15 @@ def measure(
     }
     folder = os.fspath(out) if out is not None else entry.path
     os.makedirs(folder, exist_ok=True)
+    if entry.kind == "evolved" and results["spec"] != entry.spec:
+        # An evolved entry's sharing is an outcome of its recipe, and `get`
+        # builds the entry's spec: keep it seed 0's, so the weights `zoo
+        # train` writes (same seed) fit and the card shows what was measured.
+        if log:
+            log(f"seed {seeds[0]} evolved another spec than {name}'s; updating "
+                f"{os.path.join(folder, ENTRY_FILE)}")
+        entry.spec = results["spec"]
+        atomic_write_json(os.path.join(folder, ENTRY_FILE), entry.to_dict())
     atomic_write_json(os.path.join(folder, RESULTS_FILE), results)
     atomic_write_text(os.path.join(folder, CARD_FILE), cards.render_card(entry, results))
     if log:
