@@ -53,6 +53,7 @@ import numpy as np  # noqa: E402
 from keras_branch import TreeSpec, backbones, build_model  # noqa: E402
 from keras_branch.augment import check_config  # noqa: E402
 from keras_branch.data import MultiTaskData, load_omniglot  # noqa: E402
+from keras_branch.files import atomic_write_json  # noqa: E402
 from keras_branch.search import learn_to_branch, task_affinity  # noqa: E402
 from keras_branch.search.tree_search import branch  # noqa: E402
 from keras_branch.soft_ordering_model import fit_soft_ordering  # noqa: E402
@@ -342,7 +343,8 @@ def run(
             rows[name]["litert_ms"] = ms
     for row in rows.values():
         row["mean_error"] = float(np.mean(row["errors"]))
-        row["std_error"] = float(np.std(row["errors"]))
+        # sample std (n - 1), as the zoo cards report it
+        row["std_error"] = float(np.std(row["errors"], ddof=1)) if len(row["errors"]) > 1 else 0.0
         row["mean_task_errors"] = {
             t: float(np.mean([e[t] for e in row["task_errors"]])) for t in data.task_names
         }
@@ -353,8 +355,7 @@ def run(
     log(format_table(result))
     if out:
         os.makedirs(out, exist_ok=True)
-        with open(os.path.join(out, "omniglot.json"), "w") as f:
-            json.dump(result, f, indent=1)
+        atomic_write_json(os.path.join(out, "omniglot.json"), result)
         plot_pareto(result, os.path.join(out, "omniglot_pareto.png"))
         log(f"wrote {os.path.join(out, 'omniglot.json')} and omniglot_pareto.png")
     return result
