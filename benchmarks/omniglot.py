@@ -337,6 +337,10 @@ def run(
             shape = f"  blocks per stage {spec.blocks_per_stage()}" if spec is not None else ""
             log(f"seed {seed} {name:<16} test error {error:.4f}  params {model.count_params():,}  "
                 f"({seconds:.0f} s){shape}")
+            if out:  # finished runs survive a crash or an interrupted session
+                os.makedirs(out, exist_ok=True)
+                atomic_write_json(os.path.join(out, "omniglot.partial.json"),
+                                  {"recipe": recipe, "tasks": data.task_names, "runs": rows})
     if latency_runs > 0 and cost_models:
         x1 = data.split("test").x[:1]
         for name, ms in litert_latency(cost_models, x1, runs=latency_runs).items():
@@ -356,6 +360,9 @@ def run(
     if out:
         os.makedirs(out, exist_ok=True)
         atomic_write_json(os.path.join(out, "omniglot.json"), result)
+        partial = os.path.join(out, "omniglot.partial.json")
+        if os.path.exists(partial):
+            os.remove(partial)
         plot_pareto(result, os.path.join(out, "omniglot_pareto.png"))
         log(f"wrote {os.path.join(out, 'omniglot.json')} and omniglot_pareto.png")
     return result

@@ -29,6 +29,7 @@ def test_benchmark_runs_every_method_on_two_alphabets(omniglot_benchmark, omnigl
     out = capsys.readouterr().out
     result = json.loads((tmp_path / "omniglot.json").read_text())
     assert (tmp_path / "omniglot_pareto.png").stat().st_size > 1000
+    assert not (tmp_path / "omniglot.partial.json").exists()
     methods = result["methods"]
     assert list(methods) == ["independent", "shared", "soft_ordering", "ltb",
                              "affinity_1.5x", "affinity_2x"]
@@ -46,6 +47,26 @@ def test_benchmark_runs_every_method_on_two_alphabets(omniglot_benchmark, omnigl
         spec = methods[name]["specs"][0]
         assert sorted(spec["tasks"]) == ["Greek", "Latin"]
     assert methods["affinity_1.5x"]["params"] <= 1.5 * methods["shared"]["params"]
+
+
+def test_finished_runs_survive_a_crash_in_a_later_method(omniglot_benchmark, omniglot_zip,
+                                                        tmp_path, monkeypatch):
+    def crash(data, backbone, recipe, seed):
+        raise RuntimeError("out of memory in the next method")
+
+    real = omniglot_benchmark.resolve_methods
+    monkeypatch.setattr(omniglot_benchmark, "resolve_methods",
+                        lambda names, budgets: {**real(["shared"], budgets), "crash": crash})
+    with pytest.raises(RuntimeError, match="out of memory"):
+        omniglot_benchmark.run(str(omniglot_zip), seeds=[0], alphabets=["Greek", "Latin"],
+                               recipe={"epochs": 1, "image_size": 16, "filters": 4},
+                               out=str(tmp_path), latency_runs=0, log=lambda line: None)
+    assert not (tmp_path / "omniglot.json").exists()
+    partial = json.loads((tmp_path / "omniglot.partial.json").read_text())
+    assert partial["tasks"] == ["Greek", "Latin"]
+    assert len(partial["runs"]["shared"]["errors"]) == 1
+    assert 0.0 <= partial["runs"]["shared"]["errors"][0] <= 1.0
+    assert partial["runs"]["crash"]["errors"] == []
 
 
 def test_benchmark_refuses_unknown_method(omniglot_benchmark):
