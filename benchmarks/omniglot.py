@@ -59,7 +59,9 @@ from keras_branch.search.tree_search import branch  # noqa: E402
 from keras_branch.soft_ordering_model import fit_soft_ordering  # noqa: E402
 from keras_branch.training import check_recipe, evaluate, fit_spec, mean_metric  # noqa: E402
 
-from keras_branch.zoo.measure import count_flops, round_robin  # noqa: E402
+from keras_branch.zoo.cli import parse_seeds  # noqa: E402
+from keras_branch.zoo.measure import count_flops, mean_and_std, round_robin  # noqa: E402
+from keras_branch.zoo.registry import ZooError  # noqa: E402
 
 #: The recipe every method trains under (JSON-able; `--epochs` etc. override).
 DEFAULT_RECIPE: dict[str, Any] = {
@@ -301,6 +303,8 @@ def run(
     Returns:
         `{"recipe", "tasks", "seeds", "methods": {name: {...}}}`.
     """
+    if not seeds:
+        raise ValueError(f"`seeds` must name at least one seed. Received: seeds={seeds!r}")
     recipe = make_recipe(**(recipe or {}))
     size = recipe["image_size"]
     data = load_omniglot(data_path, image_size=size, alphabets=alphabets)
@@ -313,6 +317,9 @@ def run(
         for name in chosen
     }
     cost_models: dict[str, keras.Model] = {}
+    partial = os.path.join(out, "omniglot.partial.json") if out else None
+    if out:
+        os.makedirs(out, exist_ok=True)
     for seed in seeds:
         for name, method in chosen.items():
             start = time.perf_counter()
@@ -337,18 +344,14 @@ def run(
             shape = f"  blocks per stage {spec.blocks_per_stage()}" if spec is not None else ""
             log(f"seed {seed} {name:<16} test error {error:.4f}  params {model.count_params():,}  "
                 f"({seconds:.0f} s){shape}")
-            if out:  # finished runs survive a crash or an interrupted session
-                os.makedirs(out, exist_ok=True)
-                atomic_write_json(os.path.join(out, "omniglot.partial.json"),
-                                  {"recipe": recipe, "tasks": data.task_names, "runs": rows})
+            if partial:  # finished runs survive a crash or an interrupted session
+                atomic_write_json(partial, {"recipe": recipe, "tasks": data.task_names, "runs": rows})
     if latency_runs > 0 and cost_models:
         x1 = data.split("test").x[:1]
         for name, ms in litert_latency(cost_models, x1, runs=latency_runs).items():
             rows[name]["litert_ms"] = ms
     for row in rows.values():
-        row["mean_error"] = float(np.mean(row["errors"]))
-        # sample std (n - 1), as the zoo cards report it
-        row["std_error"] = float(np.std(row["errors"], ddof=1)) if len(row["errors"]) > 1 else 0.0
+        row["mean_error"], row["std_error"] = mean_and_std(row["errors"])
         row["mean_task_errors"] = {
             t: float(np.mean([e[t] for e in row["task_errors"]])) for t in data.task_names
         }
@@ -358,9 +361,7 @@ def run(
     log("")
     log(format_table(result))
     if out:
-        os.makedirs(out, exist_ok=True)
         atomic_write_json(os.path.join(out, "omniglot.json"), result)
-        partial = os.path.join(out, "omniglot.partial.json")
         if os.path.exists(partial):
             os.remove(partial)
         plot_pareto(result, os.path.join(out, "omniglot_pareto.png"))
@@ -462,6 +463,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--latency-runs", type=int, default=200)
     parser.add_argument("--out", help="folder for omniglot.json and omniglot_pareto.png")
     args = parser.parse_args(argv)
+    try:
+        seeds = parse_seeds(args.seeds)
+    except ZooError as error:
+        raise SystemExit(str(error)) from None
     recipe = {
         "epochs": args.epochs, "image_size": args.image_size, "filters": args.filters,
         "batch_size": args.batch_size, "learning_rate": args.learning_rate,
@@ -473,7 +478,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     run(
         args.data,
-        seeds=[int(s) for s in args.seeds.split(",")],
+        seeds=seeds,
         methods=args.methods.split(","),
         alphabets=args.alphabets.split(",") if args.alphabets else None,
         recipe=recipe,

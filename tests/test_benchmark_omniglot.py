@@ -4,6 +4,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "omniglot.py"
@@ -67,6 +68,23 @@ def test_finished_runs_survive_a_crash_in_a_later_method(omniglot_benchmark, omn
     assert len(partial["runs"]["shared"]["errors"]) == 1
     assert 0.0 <= partial["runs"]["shared"]["errors"][0] <= 1.0
     assert partial["runs"]["crash"]["errors"] == []
+
+
+def test_benchmark_refuses_bad_seeds_before_loading_anything(omniglot_benchmark, tmp_path):
+    missing = str(tmp_path / "no-such.zip")
+    with pytest.raises(SystemExit, match=r"--seeds must be comma-separated integers\. Received: '0,a'"):
+        omniglot_benchmark.main(["--data", missing, "--seeds", "0,a"])
+    with pytest.raises(ValueError, match=r"`seeds` must name at least one seed\. Received: seeds=\[\]"):
+        omniglot_benchmark.run(missing, seeds=[])
+
+
+def test_std_over_seeds_is_the_sample_std_the_cards_use():
+    from keras_branch.zoo.measure import mean_and_std, summarize
+
+    assert mean_and_std([0.1, 0.2, 0.6]) == pytest.approx((0.3, np.std([0.1, 0.2, 0.6], ddof=1)))
+    assert mean_and_std([0.25]) == (0.25, 0.0)
+    assert summarize({"0": {"mean": 0.1}, "1": {"mean": 0.2}, "2": {"mean": 0.6}}) == \
+        mean_and_std([0.1, 0.2, 0.6])
 
 
 def test_benchmark_refuses_unknown_method(omniglot_benchmark):

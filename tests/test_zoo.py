@@ -9,7 +9,7 @@ import pytest
 
 from keras_branch import zoo
 from keras_branch.cli import main
-from keras_branch.data.omniglot import load_omniglot
+from keras_branch.data import load_omniglot
 from keras_branch.zoo.registry import ZooEntry, ZooError
 
 ENTRIES = zoo.list()

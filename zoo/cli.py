@@ -92,7 +92,8 @@ def _recipe(args: argparse.Namespace) -> dict:
     return recipe
 
 
-def _seeds(text: str) -> list[int]:
+def parse_seeds(text: str) -> list[int]:
+    """`--seeds 0,1,2` as a list of ints; a `ZooError` naming the value otherwise."""
     from keras_branch.zoo.registry import ZooError
 
     try:
@@ -150,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if command == "measure":
         recipe = _recipe(args)
-        zoo.measure(args.name, args.data, seeds=_seeds(args.seeds), out=args.out,
+        zoo.measure(args.name, args.data, seeds=parse_seeds(args.seeds), out=args.out,
                     recipe=recipe or None, runs=args.runs, threads=args.threads)
         return 0
     raise AssertionError(command)  # argparse refuses other commands

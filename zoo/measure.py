@@ -221,12 +221,19 @@ def task_values(metrics: dict[str, dict[str, float]], tasks, metric: str) -> dic
     return result
 
 
+def mean_and_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (n - 1; 0.0 for a single value).
+
+    The zoo cards and `benchmarks/omniglot.py` both report seeds this way.
+    """
+    values = [float(v) for v in values]
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return sum(values) / len(values), std
+
+
 def summarize(per_seed: dict[str, dict[str, Any]]) -> tuple[float, float]:
     """Mean and sample standard deviation (n - 1) of the per-seed means."""
-    means = [v["mean"] for v in per_seed.values()]
-    mean = sum(means) / len(means)
-    std = statistics.stdev(means) if len(means) > 1 else 0.0
-    return mean, std
+    return mean_and_std([v["mean"] for v in per_seed.values()])
 
 
 def measure(
