@@ -11,19 +11,23 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 from typing import Any
 
 import keras
 import tensorflow as tf
 
+from keras_branch.files import claim_folder, remove_owned_folder
+
 
 class TrainingCheckpoint:
     """Saves and restores a model's training state at epoch boundaries.
 
     Args:
-        directory: where checkpoints live (created if needed).
+        directory: where checkpoints live. A missing folder is created (and
+            `cleanup` may remove it); a folder of this class's earlier run is
+            resumed; an empty folder is used and kept; a non-empty folder
+            keras_branch did not create is refused (`OutputExistsError`).
         model: the model; its optimizer must exist (compile first).
         optimizer: the optimizer, when it is not `model.optimizer`.
         is_chief: False on non-chief workers of a multi-worker run, which
@@ -47,7 +51,10 @@ class TrainingCheckpoint:
         self.optimizer = optimizer or model.optimizer
         if self.optimizer is None:
             raise ValueError("The model has no optimizer: compile it before checkpointing.")
-        self.directory = os.fspath(directory) if is_chief else tempfile.mkdtemp(prefix="kb_worker_ckpt_")
+        if is_chief:
+            self.directory = claim_folder(directory, "checkpoint folder")
+        else:
+            self.directory = tempfile.mkdtemp(prefix="kb_worker_ckpt_")
         self.is_chief = is_chief
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
         self.history = tf.Variable("{}", dtype=tf.string, trainable=False)
@@ -77,8 +84,8 @@ class TrainingCheckpoint:
         self._manager.save(checkpoint_number=finished_epochs)
 
     def cleanup(self) -> None:
-        """Removes the checkpoints (after the final model is safely written)."""
-        shutil.rmtree(self.directory, ignore_errors=True)
+        """Removes the checkpoint folder if this class created it (after the final model is written)."""
+        remove_owned_folder(self.directory)
 
 
 class CheckpointCallback(keras.callbacks.Callback):

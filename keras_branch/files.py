@@ -1,4 +1,11 @@
-"""Atomic file and folder writing: nothing half-written is ever left behind."""
+"""Atomic file and folder writing, and the rule for deleting: only what we made.
+
+Nothing half-written is ever left behind (a temporary name, then a rename),
+and keras_branch removes or replaces a folder only when the folder carries
+its marker file (`OWNER_MARKER`), which it writes into every folder it
+creates: a user's own folder given as an output, checkpoint or state path
+is refused or left in place, never deleted.
+"""
 
 from __future__ import annotations
 
@@ -12,19 +19,112 @@ from typing import Any
 
 from keras_branch.errors import OutputExistsError
 
+# Written into every folder keras_branch creates; only such folders are ever removed.
+OWNER_MARKER = ".keras-branch"
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Writes `text` to `path` through a temporary file and a rename."""
+
+_CREATED, _BORROWED = "created", "borrowed"
+
+
+def _marker(path: str) -> str | None:
+    """The marker's state in folder `path` ("created" or "borrowed"), or None."""
+    if not os.path.isdir(path) or os.path.islink(path):
+        return None
+    try:
+        with open(os.path.join(path, OWNER_MARKER), encoding="utf-8") as f:
+            state = f.readline().strip()
+    except OSError:
+        return None
+    return _BORROWED if state == _BORROWED else _CREATED
+
+
+def _mark(path: str, state: str = _CREATED) -> None:
+    with open(os.path.join(path, OWNER_MARKER), "w", encoding="utf-8") as f:
+        f.write(f"{state}\nwritten by keras_branch, which removes only folders it marked\n")
+
+
+def is_owned_folder(path: str | os.PathLike) -> bool:
+    """True when `path` is a folder (not a link) that keras_branch created."""
+    return _marker(os.fspath(path)) == _CREATED
+
+
+def claim_folder(path: str | os.PathLike, field: str = "folder") -> str:
+    """Makes `path` a working folder (checkpoints, search state) without taking a user's folder.
+
+    A missing path is created and marked as keras_branch's own, so
+    `remove_owned_folder` deletes it later. A folder claimed before is
+    reused (that is how a killed run resumes). An existing empty folder is
+    borrowed: used, and emptied again by `remove_owned_folder`, but never
+    deleted. Anything else (a file, a folder with someone else's files) is
+    refused.
+
+    Args:
+        path: the folder.
+        field: how the error message names it (e.g. "--checkpoint-dir").
+
+    Returns:
+        `path` as a string.
+
+    Raises:
+        OutputExistsError: `path` is a file, or a non-empty folder that
+            keras_branch did not claim.
+    """
     path = os.fspath(path)
-    with atomic_path(path) as tmp:
+    if not path:
+        raise OutputExistsError(f"{field} must be a folder path. Received: {path!r}")
+    if _marker(path) is not None:
+        return path
+    if os.path.lexists(path):
+        if not os.path.isdir(path) or os.path.islink(path):
+            raise OutputExistsError(f"{field} exists and is not a folder: {path!r}")
+        if os.listdir(path):
+            raise OutputExistsError(
+                f"{field} is a folder keras-branch did not create and it is not empty: "
+                f"{path!r}; give a new or empty folder."
+            )
+        _mark(path, _BORROWED)
+        return path
+    os.makedirs(path)
+    _mark(path)
+    return path
+
+
+def remove_owned_folder(path: str | os.PathLike) -> bool:
+    """Undoes `claim_folder`: deletes a folder keras_branch created, empties one it borrowed.
+
+    Any other path is left as it is.
+
+    Returns:
+        True when something was removed.
+    """
+    path = os.fspath(path)
+    state = _marker(path)
+    if state == _CREATED:
+        shutil.rmtree(path, ignore_errors=True)
+    elif state == _BORROWED:
+        # The folder was empty when it was claimed: everything in it is ours.
+        for name in os.listdir(path):
+            entry = os.path.join(path, name)
+            if os.path.isdir(entry) and not os.path.islink(entry):
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                os.remove(entry)
+    return state is not None
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, overwrite: bool = True) -> None:
+    """Writes `text` to `path` through a temporary file and a rename (see `atomic_path`)."""
+    path = os.fspath(path)
+    with atomic_path(path, overwrite=overwrite) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
 
 
-def atomic_write_json(path: str | os.PathLike, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+def atomic_write_json(path: str | os.PathLike, data: Any, overwrite: bool = True) -> None:
+    """Writes `data` as indented JSON to `path`, atomically (see `atomic_path`)."""
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n", overwrite=overwrite)
 
 
 @contextlib.contextmanager
@@ -32,16 +132,28 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = True) -> Iterator[str
     """Yields a temporary path beside `path`; renames it to `path` on success.
 
     The temporary name keeps the final suffix (Keras checks that a model file
-    ends in `.keras`). On an exception the temporary file or folder is removed
+    ends in `.keras`). A folder written there gets keras_branch's marker
+    (`OWNER_MARKER`). On an exception the temporary file or folder is removed
     and `path` is left as it was.
+
+    With `overwrite`, an existing file at `path` is replaced, and so is an
+    existing folder that keras_branch created; any other folder is refused.
     """
     path = os.fspath(path)
+    if not path:
+        raise OutputExistsError(f"The output path is empty. Received: {path!r}")
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
-    if not overwrite and os.path.lexists(path):
-        raise OutputExistsError(
-            f"Output path exists: {path!r}; choose another or ask to overwrite it."
-        )
+    if os.path.lexists(path):
+        if not overwrite:
+            raise OutputExistsError(
+                f"Output path exists: {path!r}; choose another or ask to overwrite it."
+            )
+        if os.path.isdir(path) and not os.path.islink(path) and not is_owned_folder(path):
+            raise OutputExistsError(
+                f"Output path is a folder keras-branch did not create: {path!r}; it is "
+                f"never replaced, even with overwrite. Choose another path."
+            )
     base = os.path.basename(path)
     stem, suffix = os.path.splitext(base)
     fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=f".tmp{suffix}", dir=parent)
@@ -49,8 +161,12 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = True) -> Iterator[str
     os.remove(tmp)  # the writer creates it (a file or a folder)
     try:
         yield tmp
-        if os.path.isdir(path) and not os.path.islink(path):
+        if os.path.isdir(tmp) and not os.path.islink(tmp):
+            _mark(tmp)
+        if is_owned_folder(path):
             shutil.rmtree(path)
+        elif os.path.lexists(path) and os.path.isdir(tmp):
+            os.remove(path)  # a file (or link) replaced by a folder: overwrite was asked for
         os.replace(tmp, path)
     except BaseException:
         if os.path.isdir(tmp) and not os.path.islink(tmp):

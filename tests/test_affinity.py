@@ -110,7 +110,7 @@ def test_search_cli_writes_a_spec_that_train_accepts(tmp_path, capsys):
                "--num-inputs", "64", "--out", str(tmp_path / "search")])
     assert rc == 0
     files = sorted(p.name for p in (tmp_path / "search").iterdir())
-    assert files == ["affinity.json", "affinity.png", "pareto.png", "search.json", "tree.json", "tree.png"]
+    assert files == [".keras-branch", "affinity.json", "affinity.png", "pareto.png", "search.json", "tree.json", "tree.png"]
     summary = json.loads((tmp_path / "search" / "search.json").read_text())
     assert summary["params"] <= summary["budget"] == 2 * summary["shared_params"]
     assert "probe 4/4" in capsys.readouterr().out

@@ -288,6 +288,9 @@ def test_cli_add_task_and_errors(evolved, tmp_path, capsys):
                  "--out", str(out)]) == 0
     assert EvolvedSystem.load(out).task_names == data.task_names[:2] + [data.task_names[3]]
     assert "parameters per task" in capsys.readouterr().out
+    mine = tmp_path / "mine"  # a user's folder given as --state is refused, never removed
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
     for args, message in [
         (("--system", system_dir, "--data", DATA, "--out", tmp_path / "x"), "--add-task"),
         (("--system", system_dir, "--add-task", data.task_names[0], "--data", DATA,
@@ -298,11 +301,14 @@ def test_cli_add_task_and_errors(evolved, tmp_path, capsys):
          "does not exist"),
         (("--system", system_dir, "--add-task", "t", "--data", DATA, "--out", out),
          "--out exists"),
+        (("--system", system_dir, "--add-task", data.task_names[3], "--data", DATA,
+          "--state", mine, "--out", tmp_path / "y"), "did not create"),
     ]:
         assert main(["evolve", *map(str, args)]) == 2, args
         err = capsys.readouterr().err.strip()
         assert "\n" not in err and err.startswith("keras-branch evolve: error: ")
         assert message in err
+    assert os.listdir(mine) == ["notes.txt"] and not (tmp_path / "y").exists()
 
 
 def test_a_plain_keras_model_cut_into_stages_is_a_root():

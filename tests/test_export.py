@@ -71,7 +71,7 @@ def keras_outputs(model, x):
 def test_export_folder_layout_and_manifest(exported):
     result, model, _, _, _ = exported
     assert sorted(os.listdir(result.out_dir)) == [
-        "export.json", "model.tflite", "model_fp16.tflite", "model_int8.tflite", "saved_model"]
+        ".keras-branch", "export.json", "model.tflite", "model_fp16.tflite", "model_int8.tflite", "saved_model"]
     manifest = json.loads(open(os.path.join(result.out_dir, "export.json")).read())
     keys = [t.key for t in model.tasks]
     assert manifest["signatures"] == ["serving_default", *keys]

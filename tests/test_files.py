@@ -5,7 +5,13 @@ import pytest
 from keras_branch import TreeSpec, backbones, build_model
 from keras_branch.data import planted_groups
 from keras_branch.errors import OutputExistsError
-from keras_branch.files import atomic_path, atomic_write_text
+from keras_branch.files import (
+    atomic_path,
+    atomic_write_text,
+    claim_folder,
+    is_owned_folder,
+    remove_owned_folder,
+)
 from keras_branch.training import TrainResult, save_run
 
 
@@ -43,3 +49,67 @@ def test_save_run_crash_leaves_no_folder(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         save_run(tmp_path / "run", result)
     assert os.listdir(tmp_path) == []
+
+
+# === Only what keras_branch created is ever removed ===
+
+
+def _user_folder(path):
+    path.mkdir()
+    (path / "notes.txt").write_text("mine")
+    return path
+
+
+def test_claimed_folder_is_marked_and_removable(tmp_path):
+    folder = tmp_path / "ckpt"
+    assert claim_folder(folder) == str(folder)
+    assert is_owned_folder(folder)
+    assert claim_folder(folder) == str(folder)  # ours: reused (a resume)
+    assert remove_owned_folder(folder) is True
+    assert not folder.exists()
+
+
+def test_a_users_folder_is_refused_and_never_removed(tmp_path):
+    folder = _user_folder(tmp_path / "mine")
+    with pytest.raises(OutputExistsError, match=r"--checkpoint-dir is a folder keras-branch did not create.*mine"):
+        claim_folder(folder, "--checkpoint-dir")
+    assert remove_owned_folder(folder) is False
+    assert (folder / "notes.txt").read_text() == "mine"
+
+
+def test_an_empty_users_folder_is_borrowed_emptied_and_kept(tmp_path):
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    claim_folder(folder)
+    assert not is_owned_folder(folder)
+    (folder / "ckpt-1.index").write_text("ours")
+    assert claim_folder(folder) == str(folder)  # a resume finds it again
+    assert remove_owned_folder(folder) is True
+    assert folder.is_dir() and os.listdir(folder) == []
+
+
+def test_a_file_is_not_a_folder_to_claim(tmp_path):
+    path = tmp_path / "file"
+    path.write_text("x")
+    with pytest.raises(OutputExistsError, match="exists and is not a folder"):
+        claim_folder(path, "--state")
+    with pytest.raises(OutputExistsError, match="must be a folder path"):
+        claim_folder("", "--state")
+
+
+def test_overwrite_replaces_our_folder_but_never_a_users(tmp_path):
+    ours = tmp_path / "run"
+    with atomic_path(ours) as tmp:
+        os.makedirs(tmp)
+    assert is_owned_folder(ours)
+    atomic_write_text(ours, "now a file")  # overwrite=True: our folder may go
+    assert ours.read_text() == "now a file"
+
+    mine = _user_folder(tmp_path / "mine")
+    with pytest.raises(OutputExistsError, match="did not create"):
+        atomic_write_text(mine, "clobber")
+    with pytest.raises(OutputExistsError, match="did not create"):
+        with atomic_path(mine, overwrite=True) as tmp:
+            os.makedirs(tmp)
+    assert sorted(os.listdir(mine)) == ["notes.txt"]
+    assert sorted(os.listdir(tmp_path)) == ["mine", "run"]  # no temporary left behind

@@ -52,7 +52,7 @@ from keras_branch.backbones import Backbone
 from keras_branch.build import BranchedModel, adapter_name, block_name
 from keras_branch.data.multitask import MultiTaskData
 from keras_branch.errors import SearchError
-from keras_branch.files import atomic_path, atomic_write_json
+from keras_branch.files import atomic_path, atomic_write_json, claim_folder
 from keras_branch.layers.adapter import adapter_params
 from keras_branch.spec import TreeSpec
 from keras_branch.tasks import REGRESSION, Task
@@ -726,7 +726,7 @@ class _State:
         if self.dir is not None and os.path.isfile(os.path.join(self.dir, STATE_FILE)):
             self._resume()
         elif self.dir is not None:
-            os.makedirs(self.dir, exist_ok=True)
+            claim_folder(self.dir, "evolution state folder")
             _save_npz(os.path.join(self.dir, "system.npz"), system.weights)
             self._write()
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -48,7 +47,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--candidate-epochs", type=int, default=3, help="training epochs per candidate")
     p.add_argument("--mutation-prob", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--state", help="search state folder (default: OUT.state)")
+    p.add_argument("--state", help="search state folder (default: OUT.state): a new or empty "
+                   "folder, or an interrupted search's to resume; one with other files is refused")
     p.add_argument("--out", required=True, help="system folder to write")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=run)
@@ -58,6 +58,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from keras_branch.data import load_data
     from keras_branch.errors import OutputExistsError, SearchError
+    from keras_branch.files import remove_owned_folder
     from keras_branch.search.evolve import EvolvedSystem, evolve
     from keras_branch.training import format_metrics
 
@@ -92,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         print(format_metrics(metrics, split))
     params = result.system.describe()["params_per_task"]
     print("parameters per task: " + ", ".join(f"{t} {p:,.0f}" for t, p in params.items()))
-    shutil.rmtree(state, ignore_errors=True)  # the system folder is complete
+    remove_owned_folder(state)  # the system folder is complete (only a folder we created)
     print(f"saved to {args.out}")
     return 0
 
