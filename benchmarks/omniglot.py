@@ -21,7 +21,9 @@ Methods (`METHODS`, each `method(data, backbone, recipe, seed) ->
 * `soft_ordering`: Meyerson & Miikkulainen's soft layer ordering (the
   library's default image parts at `soft_width` filters).
 * `ltb`: Learning to Branch supernet search (`ltb_epochs`, no augmentation),
-  the extracted tree retrained from scratch under the recipe.
+  the extracted tree retrained from scratch under the recipe; with it
+  `ltb_<budget>` (one per `--budgets` entry), the same search with supernet
+  widths sized so every tree it can return fits the budget.
 * `affinity_<budget>` (one per `--budgets` entry, e.g. `affinity_1.5x`):
   affinity search (probes `probe_epochs` long, shared by all budgets of a
   seed), the cheapest tree in budget retrained under the recipe.
@@ -136,15 +138,26 @@ def method_soft_ordering(data, backbone, recipe, seed):
     return run.model, None, {"metrics": run.metrics["test"]}
 
 
-def method_ltb(data, backbone, recipe, seed):
-    """Learning to Branch search, then the extracted tree retrained under the recipe."""
-    start = time.perf_counter()
-    spec, _ = learn_to_branch(data, backbone, epochs=recipe["ltb_epochs"], seed=seed,
-                              batch_size=recipe["batch_size"],
-                              learning_rate=recipe["learning_rate"])
-    search = time.perf_counter() - start
-    model, test = _fit_tree(spec, data, backbone, recipe, seed)
-    return model, spec, {"metrics": test, "search_seconds": search}
+def ltb_method(budget: str | None = None) -> Method:
+    """Learning to Branch (unconstrained, or with supernet widths sized for `budget`)."""
+
+    def method(data, backbone, recipe, seed):
+        start = time.perf_counter()
+        result = learn_to_branch(data, backbone, epochs=recipe["ltb_epochs"], seed=seed,
+                                 batch_size=recipe["batch_size"],
+                                 learning_rate=recipe["learning_rate"], budget=budget)
+        search = time.perf_counter() - start
+        model, test = _fit_tree(result.spec, data, backbone, recipe, seed)
+        return model, result.spec, {
+            "metrics": test, "search_seconds": search, "budget": budget,
+            "widths": result.settings["widths"], "undecided": result.undecided(),
+        }
+
+    method.__doc__ = (
+        "Learning to Branch search, then the extracted tree retrained under the recipe"
+        + ("." if budget is None else f"; supernet widths sized for budget {budget}.")
+    )
+    return method
 
 
 _AFFINITY_CACHE: dict[tuple, tuple[Any, float]] = {}
@@ -199,7 +212,7 @@ METHODS: dict[str, Method] = {
     "independent": method_independent,
     "shared": method_shared,
     "soft_ordering": method_soft_ordering,
-    "ltb": method_ltb,
+    "ltb": ltb_method(),
     "evolved": method_evolved,
 }
 
@@ -213,12 +226,18 @@ def resolve_methods(names: Sequence[str], budgets: Sequence[str]) -> dict[str, M
                 methods[f"affinity_{budget}"] = affinity_method(budget)
         elif name.startswith("affinity_"):
             methods[name] = affinity_method(name[len("affinity_"):])
+        elif name == "ltb":
+            methods["ltb"] = METHODS["ltb"]
+            for budget in budgets:
+                methods[f"ltb_{budget}"] = ltb_method(budget)
+        elif name.startswith("ltb_"):
+            methods[name] = ltb_method(name[len("ltb_"):])
         elif name in METHODS:
             methods[name] = METHODS[name]
         else:
             raise SystemExit(
                 f"--methods: unknown method {name!r}; known: {sorted(METHODS)} and "
-                "affinity / affinity_<budget>"
+                "affinity / affinity_<budget>, ltb / ltb_<budget>"
             )
     return methods
 

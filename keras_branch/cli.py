@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -83,11 +84,10 @@ def _recipe_args(args: argparse.Namespace) -> dict:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import shutil
-
     from keras_branch import distribute
     from keras_branch.data import load_data
     from keras_branch.errors import SpecError
+    from keras_branch.files import remove_owned_folder
     from keras_branch.spec import TreeSpec
     from keras_branch.training import EpochLogger, fit_spec, format_metrics, save_run, spec_tasks
 
@@ -125,8 +125,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         **{k: v for k, v in recipe.items() if k != "tensorboard"},
     }
     save_run(args.out, result, config, overwrite=args.overwrite)
-    # The run folder is complete: the crash-recovery state is no longer needed.
-    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    # The run folder is complete: the crash-recovery state is no longer needed
+    # (removed only if this program created the folder).
+    remove_owned_folder(checkpoint_dir)
     print(f"saved to {args.out}")
     return 0
 
@@ -188,24 +189,53 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def _search_ltb(args: argparse.Namespace, data, backbone) -> int:
-    from keras_branch.files import atomic_path, atomic_write_json
-    from keras_branch.search.learn_to_branch import learn_to_branch
-
-    widths = [int(w) for w in args.widths.split(",")] if args.widths else None
-    spec, history = learn_to_branch(
-        data, backbone, widths=widths, epochs=args.epochs, seed=args.seed,
-        batch_size=args.batch_size, verbose=2,
+    from keras_branch.errors import SearchError
+    from keras_branch.search.learn_to_branch import (
+        MIN_MARGIN,
+        check_widths,
+        format_branching,
+        learn_to_branch,
     )
-    print(str(spec))
-    with atomic_path(args.out, overwrite=args.overwrite) as tmp:
-        os.makedirs(tmp)
-        spec.save(os.path.join(tmp, "tree.json"))
-        atomic_write_json(os.path.join(tmp, "search.json"), {
-            "method": "ltb", "widths": widths, "epochs": args.epochs, "seed": args.seed,
-            "spec": spec.to_dict(), "history": history,
-        })
-    print(f"saved to {args.out} (tree.json, search.json); retrain it from scratch with: "
-          f"keras-branch train --spec {os.path.join(args.out, 'tree.json')} --data {args.data} --out RUN_DIR")
+
+    if args.budget is not None and args.widths:
+        raise SearchError(
+            f"--method ltb takes --widths or --budget, not both. "
+            f"Received: --widths {args.widths!r} --budget {args.budget!r}"
+        )
+    widths = None
+    if args.widths:
+        try:
+            widths = [int(w) for w in args.widths.split(",")]
+        except ValueError:
+            raise SearchError(
+                f"--widths must be integers separated by commas (e.g. 1,3,8). "
+                f"Received: --widths {args.widths!r}"
+            ) from None
+    for flag, value in (("--learning-rate", args.learning_rate),
+                        ("--logits-learning-rate", args.logits_learning_rate)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise SearchError(f"{flag} must be a finite number > 0. Received: {flag} {value!r}")
+    options = {} if args.balance is None else {"balance": args.balance}
+    if args.budget is not None:
+        options["budget"] = _parse_budget(args.budget)
+    if args.balance is not None and not (math.isfinite(args.balance) and args.balance >= 0):
+        raise SearchError(f"--balance must be a finite number >= 0. Received: --balance {args.balance!r}")
+    if widths is not None:
+        check_widths(widths, backbone.num_stages, len(data.tasks), field="--widths")
+    result = learn_to_branch(
+        data, backbone, widths=widths, epochs=args.epochs, seed=args.seed,
+        batch_size=args.batch_size, learning_rate=args.learning_rate,
+        logits_learning_rate=args.logits_learning_rate, warmup_epochs=args.warmup_epochs,
+        per_example=args.per_example, verbose=2, **options,
+    )
+    print(format_branching(result.supernet))
+    for line in result.undecided():
+        print(f"warning: undecided choice (margin below {MIN_MARGIN}): {line}")
+    print(str(result.spec))
+    result.save(args.out, overwrite=args.overwrite)
+    print(f"saved to {args.out} (tree.json, branching.json, search.json); retrain it from scratch "
+          f"with: keras-branch train --spec {os.path.join(args.out, 'tree.json')} --data {args.data} "
+          f"--out RUN_DIR")
     return 0
 
 
@@ -215,6 +245,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from keras_branch.saving import load_task_model
     from keras_branch.training import evaluate, format_metrics
 
+    if args.out:
+        _refuse_existing_out(args)
     model = load_task_model(args.model)
     shape = tuple(model.input_shape[1:])
     image_size = shape[0] if len(shape) == 3 else 32
@@ -222,7 +254,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     metrics = evaluate(model, data, args.split, batch_size=args.batch_size)
     print(format_metrics(metrics, args.split))
     if args.out:
-        atomic_write_json(args.out, {args.split: metrics})
+        atomic_write_json(args.out, {args.split: metrics}, overwrite=args.overwrite)
     return 0
 
 
@@ -279,7 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
                        default="auto", help="tf.distribute strategy (multiworker reads TF_CONFIG)")
     train.add_argument("--checkpoint-dir",
                        help="crash-recovery checkpoints (default: OUT.checkpoint); rerunning "
-                            "the same command resumes from the last finished epoch")
+                            "the same command resumes from the last finished epoch. A new or "
+                            "empty folder; one with other files is refused, never deleted")
     train.add_argument("--mixed-precision", choices=("float16", "bfloat16"),
                        help="mixed precision compute; heads stay float32")
     train.add_argument("--augment", metavar="JSON",
@@ -301,7 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "ltb: Learning to Branch (a supernet of BranchPoints)")
     _add_data_arguments(search)
     search.add_argument("--budget", help="parameters (e.g. 150000) or a multiple of the "
-                        "fully shared model (e.g. 2x)")
+                        "fully shared model (e.g. 2x); ltb: sizes the supernet so every tree "
+                        "it can return fits (instead of --widths)")
     search.add_argument("--probe-epochs", type=int, default=5)
     search.add_argument("--num-inputs", type=int, default=256,
                         help="held-out inputs compared across probes (K)")
@@ -309,8 +343,22 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--search", default="auto", choices=("auto", "exhaustive", "beam"),
                         help="tree search: exact up to 8 tasks (auto), beam beyond")
     search.add_argument("--seed", type=int, default=0)
-    search.add_argument("--widths", help="ltb: nodes per stage, e.g. 2,4,8 (default: grows to one per task)")
+    search.add_argument("--widths", help="ltb: nodes per stage, e.g. 1,3,8 for 8 tasks (default: "
+                        "2, 4, ... growing to one per task); a last stage narrower than the "
+                        "task count makes the heads choose too")
     search.add_argument("--epochs", type=int, default=30, help="ltb: supernet training epochs")
+    search.add_argument("--learning-rate", type=float, default=1e-3,
+                        help="ltb: Adam learning rate of the supernet's weights")
+    search.add_argument("--logits-learning-rate", type=float,
+                        help="ltb: learning rate of the branching logits (default: 10x --learning-rate)")
+    search.add_argument("--warmup-epochs", type=int,
+                        help="ltb: epochs of uniform mixing before the logits learn "
+                             "(default: about 1%% of --epochs, at least 1)")
+    search.add_argument("--per-example", action="store_true",
+                        help="ltb: one Gumbel sample per example instead of per batch")
+    search.add_argument("--balance", type=float,
+                        help="ltb: strength of the penalty on parents no child uses "
+                             "(0: off; default 0.1)")
     search.add_argument("--out", required=True, help="folder to write")
     search.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     search.set_defaults(func=cmd_search)
@@ -320,7 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", required=True, help="'planted[:opts]' or 'omniglot:PATH'")
     ev.add_argument("--split", default="test")
     ev.add_argument("--batch-size", type=int, default=256)
-    ev.add_argument("--out", help="write the metrics as JSON here")
+    ev.add_argument("--out", help="write the metrics as JSON here (refused if it exists)")
+    ev.add_argument("--overwrite", action="store_true",
+                    help="replace an existing --out file (never a folder keras-branch did not write)")
     ev.set_defaults(func=cmd_evaluate)
 
     from keras_branch.search.evolve_cli import add_parser as add_evolve_parser

@@ -32,8 +32,8 @@ def test_benchmark_runs_every_method_on_two_alphabets(omniglot_benchmark, omnigl
     assert (tmp_path / "omniglot_pareto.png").stat().st_size > 1000
     assert not (tmp_path / "omniglot.partial.json").exists()
     methods = result["methods"]
-    assert list(methods) == ["independent", "shared", "soft_ordering", "ltb",
-                             "affinity_1.5x", "affinity_2x"]
+    assert list(methods) == ["independent", "shared", "soft_ordering", "ltb", "ltb_1.5x",
+                             "ltb_2x", "affinity_1.5x", "affinity_2x"]
     assert result["tasks"] == ["Greek", "Latin"]
     assert result["recipe"]["augment"] == {"shift": 0.1, "rotation": 10.0, "zoom": 0.1}
     for name, row in methods.items():
@@ -44,10 +44,12 @@ def test_benchmark_runs_every_method_on_two_alphabets(omniglot_benchmark, omnigl
     # Independent networks: each task's own network, parameters summed.
     assert methods["independent"]["params"] > methods["shared"]["params"]
     assert methods["independent"]["flops"] > methods["shared"]["flops"]
-    for name in ("ltb", "affinity_1.5x", "affinity_2x"):
+    for name in ("ltb", "ltb_1.5x", "ltb_2x", "affinity_1.5x", "affinity_2x"):
         spec = methods[name]["specs"][0]
         assert sorted(spec["tasks"]) == ["Greek", "Latin"]
-    assert methods["affinity_1.5x"]["params"] <= 1.5 * methods["shared"]["params"]
+    for budget in (1.5, 2):
+        for method in ("affinity", "ltb"):
+            assert methods[f"{method}_{budget}x"]["params"] <= budget * methods["shared"]["params"]
 
 
 def test_finished_runs_survive_a_crash_in_a_later_method(omniglot_benchmark, omniglot_zip,

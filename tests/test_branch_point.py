@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from keras_branch.callbacks import TemperatureScheduler, find_branch_points, sqrt_decay
-from keras_branch.layers.branch_point import BranchPoint
+from keras_branch.layers.branch_point import BranchPoint, UsageBalance
 from keras_branch.testing import run_layer_test
 
 
@@ -52,18 +52,69 @@ def test_passes_shared_layer_test(children, parents_, shape, hard, per_example):
 def test_config_round_trips_every_argument():
     layer = BranchPoint(
         4, 3, temperature=2.5, hard=True, seed=11, logit_scale=10.0, per_example=True,
-        logits_initializer=keras.initializers.RandomNormal(stddev=0.1, seed=1), name="bp",
+        balance=0.2, shared_noise=True, logits_initializer=keras.initializers.RandomNormal(stddev=0.1, seed=1),
+        name="bp",
     )
     config = layer.get_config()
-    fields = ("num_children", "num_parents", "temperature", "hard", "seed", "logit_scale", "per_example")
+    fields = ("num_children", "num_parents", "temperature", "hard", "seed", "logit_scale",
+              "per_example", "balance", "shared_noise")
     assert {k: config[k] for k in fields} == {
         "num_children": 4, "num_parents": 3, "temperature": 2.5, "hard": True, "seed": 11,
-        "logit_scale": 10.0, "per_example": True,
+        "logit_scale": 10.0, "per_example": True, "balance": 0.2, "shared_noise": True,
     }
     clone = BranchPoint.from_config(config)
     assert clone.get_config() == config
     # The registered name lets `.keras` files find the class under safe mode.
     assert keras.saving.get_registered_name(BranchPoint) == "keras_branch>BranchPoint"
+
+
+@pytest.mark.parametrize("batch_size", [None, 5])
+def test_shared_noise_gives_children_with_equal_logits_equal_samples(batch_size):
+    layer = BranchPoint(num_children=4, num_parents=3, seed=3, shared_noise=True)
+    layer.build([(None, 2)] * 3)
+    layer.logits.assign(np.array([[0, 0, 0], [0, 0, 0], [1, 0, 0], [0, 0, 0]], "float32"))
+    d = np.asarray(layer.routing(training=True, batch_size=batch_size))
+    rows = d if batch_size is None else d[2]
+    np.testing.assert_array_equal(rows[0], rows[1])
+    np.testing.assert_array_equal(rows[0], rows[3])
+    assert not np.allclose(rows[0], rows[2])  # other logits, other sample from the same draw
+    # The draw: softmax((log_softmax(theta_j) + g) / tau) with one g for every child, so
+    # child 2's sample follows from child 0's: g + const = tau * log(d_0) for uniform logits.
+    g = np.log(rows[0])
+    logp2 = np.log(np.exp([1.0, 0, 0]) / np.exp([1.0, 0, 0]).sum())
+    want = np.exp(logp2 + g) / np.exp(logp2 + g).sum()
+    np.testing.assert_allclose(rows[2], want, rtol=1e-5)
+    independent = BranchPoint(num_children=4, num_parents=3, seed=3)
+    independent.build([(None, 2)] * 3)
+    d = np.asarray(independent.routing(training=True))
+    assert not np.allclose(d[0], d[1])
+
+
+def test_usage_balance_is_zero_for_uniform_use_and_matches_a_hand_count():
+    balance = UsageBalance(strength=2.0, scale=1.0)
+    assert float(balance(np.zeros((3, 2), "float32"))) == pytest.approx(0.0, abs=1e-7)
+    # Both children: softmax([0, ln 3]) = [1/4, 3/4], so the mean use is [1/4, 3/4].
+    logits = np.array([[0.0, np.log(3.0)]] * 2, "float32")
+    entropy = -(0.25 * np.log(0.25) + 0.75 * np.log(0.75))
+    assert float(balance(logits)) == pytest.approx(2.0 * (np.log(2.0) - entropy), rel=1e-5)
+    # Children that disagree use both parents evenly: no penalty, however decided each is.
+    assert float(balance(np.array([[9.0, 0.0], [0.0, 9.0]], "float32"))) == pytest.approx(0.0, abs=1e-6)
+    # The scale multiplies the logits first.
+    assert float(UsageBalance(2.0, scale=np.log(3.0))(np.array([[0.0, 1.0]] * 2, "float32"))) == (
+        pytest.approx(float(balance(logits)), rel=1e-5))
+
+
+def test_balance_adds_its_penalty_to_the_losses_and_survives_saving(tmp_path):
+    a, b = keras.Input((4,)), keras.Input((4,))
+    layer = BranchPoint(num_children=2, num_parents=2, balance=0.5, logit_scale=3.0, name="bp")
+    model = keras.Model([a, b], layer([a, b]))
+    layer.logits.assign([[1.0, 0.0], [2.0, 0.0]])
+    expected = float(UsageBalance(0.5, 3.0)(layer.logits))
+    assert expected > 0 and [float(v) for v in model.losses] == pytest.approx([expected], rel=1e-6)
+    model.save(tmp_path / "m.keras")
+    restored = keras.saving.load_model(tmp_path / "m.keras")
+    assert [float(v) for v in restored.losses] == pytest.approx([expected], rel=1e-6)
+    assert BranchPoint(num_children=2, num_parents=2).get_config()["balance"] == 0.0
 
 
 # === Misuse ===
@@ -83,6 +134,9 @@ def test_config_round_trips_every_argument():
         ({"num_children": 2, "num_parents": 2, "seed": 1.5}, "seed"),
         ({"num_children": 2, "num_parents": 2, "logit_scale": -1.0}, "logit_scale"),
         ({"num_children": 2, "num_parents": 2, "per_example": 1}, "per_example"),
+        ({"num_children": 2, "num_parents": 2, "balance": -0.1}, "balance"),
+        ({"num_children": 2, "num_parents": 2, "shared_noise": "yes"}, "shared_noise"),
+        ({"num_children": 2, "num_parents": 2, "balance": float("nan")}, "balance"),
     ],
 )
 def test_invalid_arguments_name_the_field_and_value(kwargs, field):

@@ -41,7 +41,7 @@ def trained_run(tmp_path_factory):
 
 def test_train_writes_a_complete_run(trained_run):
     assert sorted(os.listdir(trained_run)) == [
-        "config.json", "history.json", "metrics.json", "model.keras", "spec.json"]
+        ".keras-branch", "config.json", "history.json", "metrics.json", "model.keras", "spec.json"]
     metrics = json.loads((trained_run / "metrics.json").read_text())
     assert set(metrics) == {"validation", "test"}
     assert set(metrics["test"]) == {"g0_t0", "g0_t1", "g1_t0", "g1_t1"}
@@ -188,6 +188,91 @@ def test_missing_spec_file_and_existing_out(tmp_path, capsys):
     assert "--out exists" in capsys.readouterr().err
 
 
+def _user_folder(path):
+    path.mkdir()
+    (path / "notes.txt").write_text("mine")
+    return path
+
+
+def test_a_users_checkpoint_folder_is_refused_and_kept(tmp_path, capsys):
+    mine = _user_folder(tmp_path / "mine")
+    assert main(["train", "--spec", _spec_file(tmp_path, ONE_TASK), "--data", PLANTED,
+                 "--epochs", "1", "--progress", "none", "--checkpoint-dir", str(mine),
+                 "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "checkpoint folder is a folder keras-branch did not create" in err
+    assert os.listdir(mine) == ["notes.txt"] and not (tmp_path / "o").exists()
+
+
+def test_an_empty_checkpoint_folder_is_used_and_kept(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["train", "--spec", _spec_file(tmp_path, ONE_TASK), "--data", PLANTED,
+                 "--epochs", "1", "--progress", "none", "--checkpoint-dir", str(empty),
+                 "--out", str(tmp_path / "o")]) == 0
+    assert empty.is_dir() and (tmp_path / "o" / "model.keras").is_file()
+    # The default checkpoint folder is the program's own: gone once the run is saved.
+    assert main(["train", "--spec", _spec_file(tmp_path, ONE_TASK), "--data", PLANTED,
+                 "--epochs", "1", "--progress", "none", "--out", str(tmp_path / "p")]) == 0
+    assert not (tmp_path / "p.checkpoint").exists()
+
+
+def test_evaluate_out_never_replaces_a_users_path(trained_run, tmp_path, capsys):
+    model = str(trained_run / "model.keras")
+    existing = tmp_path / "m.json"
+    existing.write_text("keep")
+    assert main(["evaluate", "--model", model, "--data", PLANTED, "--out", str(existing)]) == 2
+    assert "--out exists" in capsys.readouterr().err
+    assert existing.read_text() == "keep"
+    mine = _user_folder(tmp_path / "mine")
+    assert main(["evaluate", "--model", model, "--data", PLANTED, "--out", str(mine),
+                 "--overwrite"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "did not create" in err
+    assert os.listdir(mine) == ["notes.txt"]
+    assert main(["evaluate", "--model", model, "--data", PLANTED, "--out", str(existing),
+                 "--overwrite"]) == 0
+    assert set(json.loads(existing.read_text())) == {"test"}
+
+
+def test_ltb_search_under_a_budget_through_the_cli(tmp_path, capsys):
+    data = "planted:groups=2-1,train=100,seed=0"
+    assert main(["search", "--method", "ltb", "--data", data, "--backbone", "mlp",
+                 "--backbone-arg", "widths=[8,4,4]", "--budget", "1.03x", "--epochs", "1",
+                 "--out", str(tmp_path / "s")]) == 0
+    summary = json.loads((tmp_path / "s" / "search.json").read_text())
+    # shared: 808 + 36 + 20 + 3 heads * 5 = 879; 3% more buys one 20-parameter leaf: heads choose.
+    assert summary["budget"] == "1.03x" and summary["widths"] == [1, 1, 2]
+    spec = TreeSpec.load(tmp_path / "s" / "tree.json")
+    bb = backbones.mlp(100, (8, 4, 4))
+    tasks = load_data(data).tasks
+    assert spec.count_params(bb, tasks) <= 1.03 * TreeSpec.shared(spec.tasks, 3).count_params(bb, tasks)
+    assert "head 2 <- parents [" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flags, fragment", [
+    (["--widths", "1,2"], "--widths` needs one entry per backbone stage (3). Received: --widths=[1, 2]"),
+    (["--widths", "1,2,4"], "must end with at most one node per task (3). Received: --widths=[1, 2, 4]"),
+    (["--widths", "1,0,3"], "entry 1 is not. Received: --widths=[1, 0, 3]"),
+    (["--widths", "a"], "--widths must be integers separated by commas (e.g. 1,3,8). Received: --widths 'a'"),
+    (["--logits-learning-rate", "0"], "--logits-learning-rate must be a finite number > 0. Received: --logits-learning-rate 0.0"),
+    (["--logits-learning-rate", "nan"], "Received: --logits-learning-rate nan"),
+    (["--learning-rate", "-1"], "--learning-rate must be a finite number > 0. Received: --learning-rate -1.0"),
+    (["--balance", "-1"], "--balance must be a finite number >= 0. Received: --balance -1.0"),
+    (["--budget", "0.5x"], "No tree fits `budget`='0.5x'"),
+    (["--budget", "2x", "--widths", "1,2,3"], "takes --widths or --budget, not both. Received: --widths '1,2,3' --budget '2x'"),
+])
+def test_ltb_search_bad_input_exits_2_with_one_line(tmp_path, capsys, flags, fragment):
+    rc = main(["search", "--method", "ltb", "--data", "planted:groups=2-1,train=50,seed=0",
+               "--backbone", "mlp", "--backbone-arg", "widths=[4,4,4]", "--epochs", "1", *flags,
+               "--out", str(tmp_path / "s")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert "\n" not in err and err.startswith("keras-branch search: error: ")
+    assert fragment in err
+    assert not (tmp_path / "s").exists()
+
+
 def test_evaluate_bad_model_path(tmp_path, capsys):
     assert main(["evaluate", "--model", str(tmp_path / "m.keras"), "--data", PLANTED]) == 2
     assert "--model file does not exist" in capsys.readouterr().err
@@ -211,6 +296,12 @@ def test_ltb_search_and_soft_ordering_training_through_the_cli(tmp_path):
                  "--out", str(tmp_path / "ltb")]) == 0
     spec = TreeSpec.load(tmp_path / "ltb" / "tree.json")
     assert sorted(spec.tasks) == ["g0_t0", "g0_t1", "g1_t0"] and spec.num_stages == 3
+    branching = json.loads((tmp_path / "ltb" / "branching.json").read_text())
+    assert [s["stage"] for s in branching["stages"]] == [2, 3]
+    assert [len(s["nodes"]) for s in branching["stages"]] == [2, 3]
+    for node in branching["stages"][1]["nodes"]:
+        assert sum(node["probabilities"]) == pytest.approx(1.0, abs=1e-5)
+        assert 0.0 <= node["margin"] <= 1.0 and node["used"]
     assert main(["train", "--spec", str(tmp_path / "ltb" / "tree.json"), "--data", data,
                  "--backbone", "mlp", "--backbone-arg", "widths=[16,16,8]", "--epochs", "1",
                  "--out", str(tmp_path / "retrained"), "--progress", "none"]) == 0

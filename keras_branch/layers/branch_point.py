@@ -35,6 +35,43 @@ def _positive_float(value: Any, field: str) -> float:
 
 
 @keras.saving.register_keras_serializable(package="keras_branch")
+class UsageBalance(keras.regularizers.Regularizer):
+    """Penalises parents that no child uses: `strength * (log P - H(mean_j softmax(scale * theta_j)))`.
+
+    The penalty is 0 when the children's expected use of the P parents is
+    uniform and grows as choices pile onto few parents. Without it a
+    routing search collapses the way mixtures of experts do: the parent
+    that happens to train first serves every child best, so every child
+    picks it, and the other parents are left untrained. It acts on the
+    children's average distribution only, so it never asks one child to
+    stay undecided.
+
+    Args:
+        strength: weight of the penalty (>= 0).
+        scale: the logits' multiplier (`BranchPoint.logit_scale`).
+
+    Reference:
+        Shazeer et al., "Outrageously Large Neural Networks: The
+        Sparsely-Gated Mixture-of-Experts Layer", ICLR 2017 (importance
+        loss).
+    """
+
+    def __init__(self, strength: float = 0.0, scale: float = 1.0):
+        self.strength = float(strength)
+        self.scale = float(scale)
+
+    def __call__(self, logits):
+        num_parents = logits.shape[-1]
+        probs = ops.softmax(ops.cast(logits, "float32") * self.scale, axis=-1)
+        usage = ops.mean(probs, axis=0)
+        entropy = -ops.sum(usage * ops.log(ops.maximum(usage, 1e-12)))
+        return self.strength * (float(np.log(num_parents)) - entropy)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"strength": self.strength, "scale": self.scale}
+
+
+@keras.saving.register_keras_serializable(package="keras_branch")
 class BranchPoint(keras.layers.Layer):
     """Routes P parent tensors to C children through learned parent choices.
 
@@ -66,6 +103,13 @@ class BranchPoint(keras.layers.Layer):
             while the network weights keep theirs: the search needs the
             branching logits to move much faster than one shared learning
             rate allows.
+        balance: strength of `UsageBalance` on the logits (0: none): a
+            penalty on parents left unused by every child, against the
+            collapse of all children onto the parent that trained first.
+        shared_noise: every child uses the same Gumbel draw per parent
+            (common random numbers). Each child's sample keeps its
+            distribution; children with equal logits then route alike, so
+            children differ only where their logits do.
         per_example: draw an independent sample for every example of the
             batch (routing [batch, C, P]) instead of one per batch (as the
             public reference implementation does). Lower-variance
@@ -102,6 +146,8 @@ class BranchPoint(keras.layers.Layer):
         logits_initializer: Any = "zeros",
         logit_scale: float = 1.0,
         per_example: bool = False,
+        balance: float = 0.0,
+        shared_noise: bool = False,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
@@ -121,6 +167,16 @@ class BranchPoint(keras.layers.Layer):
                 f"`per_example` must be a bool. Received: per_example={per_example!r}"
             )
         self.per_example = bool(per_example)
+        if isinstance(balance, bool) or not isinstance(balance, (int, float, np.floating)) or not (
+            np.isfinite(balance) and balance >= 0
+        ):
+            raise ValueError(f"`balance` must be a finite number >= 0. Received: balance={balance!r}")
+        self.balance = float(balance)
+        if not isinstance(shared_noise, (bool, np.bool_)):
+            raise ValueError(
+                f"`shared_noise` must be a bool. Received: shared_noise={shared_noise!r}"
+            )
+        self.shared_noise = bool(shared_noise)
         # Keras' own pattern (Dropout, GaussianNoise): the generator lives in
         # the layer, so seeded layers repeat their noise sequence exactly.
         self.seed_generator = keras.random.SeedGenerator(self.seed)
@@ -142,6 +198,10 @@ class BranchPoint(keras.layers.Layer):
             # With one parent there is no choice to learn (the softmax of one
             # logit is 1 and its gradient 0), so the logits are not trainable.
             trainable=self.num_parents > 1,
+            regularizer=(
+                UsageBalance(self.balance, self.logit_scale)
+                if self.balance > 0 and self.num_parents > 1 else None
+            ),
             dtype=self.variable_dtype,
         )
         self.temperature = self.add_weight(
@@ -205,6 +265,8 @@ class BranchPoint(keras.layers.Layer):
         if not training:
             return ops.one_hot(ops.argmax(logits, axis=-1), self.num_parents, dtype="float32")
         shape = ops.shape(logits) if batch_size is None else (batch_size, *ops.shape(logits))
+        if self.shared_noise:  # one draw per parent, the same for every child
+            shape = (*shape[:-2], 1, shape[-1])
         u = keras.random.uniform(
             shape, minval=_EPS, maxval=1.0 - _EPS, seed=self.seed_generator
         )
@@ -261,6 +323,8 @@ class BranchPoint(keras.layers.Layer):
                 "logits_initializer": keras.initializers.serialize(self.logits_initializer),
                 "logit_scale": self.logit_scale,
                 "per_example": self.per_example,
+                "balance": self.balance,
+                "shared_noise": self.shared_noise,
             }
         )
         return config

@@ -10,12 +10,14 @@ from keras_branch.search.evolve import (
     pretrain_and_evolve,
 )
 from keras_branch.search.learn_to_branch import (
+    BranchingResult,
     BranchingSupernet,
     build_supernet,
     extract_model,
     extract_spec,
     learn_to_branch,
     partition_ari,
+    partition_is_pure,
 )
 from keras_branch.search.partitions import adjusted_rand_index
 from keras_branch.search.tree_search import BranchResult, Tree, branch, pareto_front, tree_cost
@@ -28,6 +30,7 @@ from keras_branch.search.workflow import (
 
 __all__ = [
     "AffinitySearchResult",
+    "BranchingResult",
     "BranchingSupernet",
     "BranchResult",
     "EvolveResult",
@@ -46,6 +49,7 @@ __all__ = [
     "learn_to_branch",
     "mutate",
     "partition_ari",
+    "partition_is_pure",
     "pareto_front",
     "pretrain_and_evolve",
     "rdm",
