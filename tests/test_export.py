@@ -339,16 +339,22 @@ def test_refuses_to_overwrite_unless_asked(exported, tmp_path):
     with pytest.raises(OutputExistsError, match="exists"):
         export_model(model, target, ["saved_model"])
     assert _entries(target) == ["keep.txt"]
-    result = export_model(model, target, ["saved_model"], overwrite=True)
-    assert _entries(target) == ["export.json", "saved_model"]
-    assert result.files == {"saved_model": os.path.join(str(target), "saved_model")}
-    assert _entries(tmp_path) == ["out"]
+    # A folder keras-branch did not write is never replaced, even with overwrite.
+    with pytest.raises(OutputExistsError, match="did not create"):
+        export_model(model, target, ["saved_model"], overwrite=True)
+    assert _entries(target) == ["keep.txt"]
+    ours = tmp_path / "ours"
+    export_model(model, ours, ["tflite"])
+    result = export_model(model, ours, ["saved_model"], overwrite=True)
+    assert _entries(ours) == [".keras-branch", "export.json", "saved_model"]
+    assert result.files == {"saved_model": os.path.join(str(ours), "saved_model")}
+    assert _entries(tmp_path) == ["ours", "out"]
 
 
 def test_tflite_only_export_drops_the_intermediate_saved_model(exported, tmp_path):
     _, model, _, x, _ = exported
     result = export_model(model, tmp_path / "out", "tflite", check=True)
-    assert _entries(tmp_path / "out") == ["export.json", "model.tflite"]
+    assert _entries(tmp_path / "out") == [".keras-branch", "export.json", "model.tflite"]
     assert result.parity.passed and result.parity.num_samples == 64
 
 

@@ -371,10 +371,12 @@ def test_planted_benchmark_runs_and_prints_its_table(capsys):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     report = bench.main(["--seeds", "0", "--groups", "2-1", "--middle", "groups,3",
-                         "--epochs", "2", "--retrain-epochs", "1", "--num-train", "200"])
+                         "--stages", "16,8,4", "--epochs", "1", "--retrain-epochs", "1",
+                         "--num-train", "100", "--search-arg", "balance=0.5"])
     out = capsys.readouterr().out
     assert "| groups | middle width | seed | ARI | pure | min margin | search s |" in out
     assert "| groups | middle width | ARI 1.0 | pure | seeds |" in out
+    assert "learn_to_branch defaults, balance=0.5, epochs=1" in out
     assert set(report["summary"]) == {("2-1", 2), ("2-1", 3)}
     for row in report["rows"]:
         assert -1.0 <= row["ari"] <= 1.0 and 0.0 <= row["min_margin"] <= 1.0
