@@ -388,7 +388,11 @@ def extract_spec(model: BranchingSupernet) -> TreeSpec:
         A `TreeSpec` over the backbone's stages; always a tree.
 
     Example:
-    >>> spec = extract_spec(net)
+    >>> net = build_supernet(backbones.mlp(10, (8, 8)), [Task("a", "regression"),
+    ...                      Task("b", "regression")], widths=(1, 2))
+    >>> spec = extract_spec(net)       # untrained: every tie picks parent 0
+    >>> spec.partition(1)
+    [['a'], ['b']]
     >>> model = build_model(spec, net.backbone, net.tasks)   # retrain from scratch
     """
     routes = _node_routes(model)
