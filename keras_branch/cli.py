@@ -215,11 +215,12 @@ def _search_ltb(args: argparse.Namespace, data, backbone) -> int:
                         ("--logits-learning-rate", args.logits_learning_rate)):
         if value is not None and not (math.isfinite(value) and value > 0):
             raise SearchError(f"{flag} must be a finite number > 0. Received: {flag} {value!r}")
+    if args.balance is not None and not (math.isfinite(args.balance) and args.balance >= 0):
+        raise SearchError(f"--balance must be a finite number >= 0. Received: --balance {args.balance!r}")
+    # Unset flags keep learn_to_branch's defaults.
     options = {} if args.balance is None else {"balance": args.balance}
     if args.budget is not None:
         options["budget"] = _parse_budget(args.budget)
-    if args.balance is not None and not (math.isfinite(args.balance) and args.balance >= 0):
-        raise SearchError(f"--balance must be a finite number >= 0. Received: --balance {args.balance!r}")
     if widths is not None:
         check_widths(widths, backbone.num_stages, len(data.tasks), field="--widths")
     result = learn_to_branch(

@@ -259,6 +259,7 @@ def test_ltb_search_under_a_budget_through_the_cli(tmp_path, capsys):
     (["--logits-learning-rate", "nan"], "Received: --logits-learning-rate nan"),
     (["--learning-rate", "-1"], "--learning-rate must be a finite number > 0. Received: --learning-rate -1.0"),
     (["--balance", "-1"], "--balance must be a finite number >= 0. Received: --balance -1.0"),
+    (["--warmup-epochs", "-1"], "`warmup_epochs` must be an int >= 0. Received: warmup_epochs=-1"),
     (["--budget", "0.5x"], "No tree fits `budget`='0.5x'"),
     (["--budget", "2x", "--widths", "1,2,3"], "takes --widths or --budget, not both. Received: --widths '1,2,3' --budget '2x'"),
 ])

@@ -260,6 +260,8 @@ def test_search_settings_are_checked():
         train_supernet(net, data, epochs=2, warmup_epochs=2)
     with pytest.raises(SearchError, match="Received: epochs=0"):
         train_supernet(net, data, epochs=0)
+    with pytest.raises(SearchError, match="Received: warmup_epochs=-1"):
+        train_supernet(net, data, epochs=2, warmup_epochs=-1)
     other = build_supernet(backbones.mlp(12, (4, 4)), [Task("zzz", "regression")], widths=(1, 1))
     with pytest.raises(SearchError, match=r"lacks the supernet's task\(s\) \['zzz'\]"):
         train_supernet(other, data, epochs=1)

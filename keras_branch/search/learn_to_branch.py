@@ -473,6 +473,10 @@ def train_supernet(
     if warmup_epochs is None:
         # About 1% of the epochs, at least one, but never the whole run.
         warmup_epochs = min(max(1, math.ceil(0.01 * epochs)), epochs - 1)
+    if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) or warmup_epochs < 0:
+        raise SearchError(
+            f"`warmup_epochs` must be an int >= 0. Received: warmup_epochs={warmup_epochs!r}"
+        )
     if warmup_epochs >= epochs:
         raise SearchError(
             f"`warmup_epochs` must be smaller than `epochs` ({epochs}). "
