@@ -127,6 +127,41 @@ def atomic_write_json(path: str | os.PathLike, data: Any, overwrite: bool = True
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n", overwrite=overwrite)
 
 
+def _temp_prefix(stem: str) -> str:
+    # The writer's pid is part of the name, so a later run can tell a
+    # temporary left by a killed process from one still being written.
+    return f".{stem}.kbtmp-"
+
+
+def _remove_stale_temporaries(parent: str, stem: str, suffix: str) -> None:
+    """Removes temporaries of `atomic_path` for the same target whose writer is gone."""
+    prefix, end = _temp_prefix(stem), f".tmp{suffix}"
+    for name in os.listdir(parent):
+        if not (name.startswith(prefix) and name.endswith(end)):
+            continue
+        pid_text = name[len(prefix):].split("-", 1)[0]
+        if not pid_text.isdigit() or _process_alive(int(pid_text)):
+            continue
+        entry = os.path.join(parent, name)
+        if os.path.isdir(entry) and not os.path.islink(entry):
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(entry)
+
+
+def _process_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:
+        return True  # it exists, owned by another user
+    return True
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, overwrite: bool = True) -> Iterator[str]:
     """Yields a temporary path beside `path`; renames it to `path` on success.
@@ -134,7 +169,8 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = True) -> Iterator[str
     The temporary name keeps the final suffix (Keras checks that a model file
     ends in `.keras`). A folder written there gets keras_branch's marker
     (`OWNER_MARKER`). On an exception the temporary file or folder is removed
-    and `path` is left as it was.
+    and `path` is left as it was. Temporaries for the same `path` left by a
+    process that was killed mid-write are removed first.
 
     With `overwrite`, an existing file at `path` is replaced, and so is an
     existing folder that keras_branch created; any other folder is refused.
@@ -156,7 +192,9 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = True) -> Iterator[str
             )
     base = os.path.basename(path)
     stem, suffix = os.path.splitext(base)
-    fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=f".tmp{suffix}", dir=parent)
+    _remove_stale_temporaries(parent, stem, suffix)
+    fd, tmp = tempfile.mkstemp(prefix=f"{_temp_prefix(stem)}{os.getpid()}-",
+                               suffix=f".tmp{suffix}", dir=parent)
     os.close(fd)
     os.remove(tmp)  # the writer creates it (a file or a folder)
     try:

@@ -113,3 +113,21 @@ def test_overwrite_replaces_our_folder_but_never_a_users(tmp_path):
             os.makedirs(tmp)
     assert sorted(os.listdir(mine)) == ["notes.txt"]
     assert sorted(os.listdir(tmp_path)) == ["mine", "run"]  # no temporary left behind
+
+
+def test_temporaries_of_a_killed_writer_are_cleaned_on_the_next_write(tmp_path):
+    # A pid no process can have (beyond Linux's pid_max of 2**22): its writer is gone.
+    dead_file = tmp_path / ".out.kbtmp-99999999-abc.tmp.json"
+    dead_file.write_text("half")
+    dead_dir = tmp_path / ".out.kbtmp-99999999-def.tmp.json"
+    dead_dir.mkdir()
+    (dead_dir / "part").write_text("half")
+    live = tmp_path / f".out.kbtmp-{os.getpid()}-ghi.tmp.json"  # still being written
+    live.write_text("busy")
+    other = tmp_path / ".other.kbtmp-99999999-jkl.tmp.json"  # another target's
+    other.write_text("not ours to judge")
+    user = tmp_path / ".out.backup.tmp.json"  # not our pattern
+    user.write_text("mine")
+    atomic_write_text(tmp_path / "out.json", "{}")
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        [live.name, other.name, user.name, "out.json"])
