@@ -62,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
     from keras_branch.search.evolve import EvolvedSystem, evolve
     from keras_branch.training import format_metrics
 
+    if args.passes is not None and args.passes < 1:
+        raise SearchError(f"--passes must be an integer >= 1. Received: --passes {args.passes}")
     if os.path.lexists(args.out) and not args.overwrite:
         raise OutputExistsError(f"--out exists: {args.out!r}; pass --overwrite to replace it.")
     if args.system:
@@ -72,13 +74,13 @@ def run(args: argparse.Namespace) -> int:
         known = [t for t in tasks if t in root.task_names]
         if known:
             raise SearchError(f"--add-task {known} already in the system {args.system!r}.")
-        passes = args.passes or 1
+        passes = 1 if args.passes is None else args.passes
     else:
         if args.add_task:
             raise SearchError("--add-task goes with --system DIR, not --root.")
         root = _load_root(args.root, args.stages)
         tasks = args.tasks.split(",") if args.tasks else None
-        passes = args.passes or 2
+        passes = 2 if args.passes is None else args.passes
     shape = root.backbone.input_shape if isinstance(root, EvolvedSystem) else _input_shape(root)
     data = load_data(args.data, image_size=shape[0] if len(shape) == 3 else 32)
     state = args.state or f"{os.path.normpath(args.out)}.state"
