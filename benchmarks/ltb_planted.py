@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from keras_branch import backbones
+    from keras_branch.cli import key_values
     from keras_branch.data import planted_groups
     from keras_branch.search.learn_to_branch import (
         learn_to_branch,
@@ -74,8 +75,6 @@ def main(argv: list[str] | None = None) -> dict:
     seeds = _int_list(args.seeds, "--seeds")
     layouts = [tuple(_int_list(g, "--groups", "-")) for g in args.groups.split(",")]
     stages = _int_list(args.stages, "--stages")
-    from keras_branch.cli import key_values
-
     search_kwargs = key_values(args.search_arg, "--search-arg", SystemExit)
     if args.epochs is not None:
         search_kwargs["epochs"] = args.epochs

@@ -104,12 +104,17 @@ def remove_owned_folder(path: str | os.PathLike) -> bool:
     elif state == _BORROWED:
         # The folder was empty when it was claimed: everything in it is ours.
         for name in os.listdir(path):
-            entry = os.path.join(path, name)
-            if os.path.isdir(entry) and not os.path.islink(entry):
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                os.remove(entry)
+            _remove(os.path.join(path, name))
     return state is not None
+
+
+def _remove(entry: str) -> None:
+    """Deletes a file, link or folder (a folder with everything in it); a missing one is fine."""
+    if os.path.isdir(entry) and not os.path.islink(entry):
+        shutil.rmtree(entry, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(entry)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str, overwrite: bool = True) -> None:
@@ -142,12 +147,7 @@ def _remove_stale_temporaries(parent: str, stem: str, suffix: str) -> None:
         pid_text = name[len(prefix):].split("-", 1)[0]
         if not pid_text.isdigit() or _process_alive(int(pid_text)):
             continue
-        entry = os.path.join(parent, name)
-        if os.path.isdir(entry) and not os.path.islink(entry):
-            shutil.rmtree(entry, ignore_errors=True)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(entry)
+        _remove(os.path.join(parent, name))
 
 
 def _process_alive(pid: int) -> bool:
@@ -207,8 +207,5 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = True) -> Iterator[str
             os.remove(path)  # a file (or link) replaced by a folder: overwrite was asked for
         os.replace(tmp, path)
     except BaseException:
-        if os.path.isdir(tmp) and not os.path.islink(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
-        elif os.path.lexists(tmp):
-            os.remove(tmp)
+        _remove(tmp)
         raise

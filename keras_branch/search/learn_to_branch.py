@@ -784,11 +784,7 @@ def partition_ari(a: Sequence[Sequence[str]], b: Sequence[Sequence[str]]) -> flo
     >>> partition_ari([["a", "b"], ["c"]], [["c"], ["b", "a"]])
     1.0
     """
-    names_a = sorted(n for group in a for n in group)
-    names_b = sorted(n for group in b for n in group)
-    if names_a != names_b:
-        raise SearchError(f"Partitions cover different items: {names_a} vs {names_b}.")
-    return adjusted_rand_index(labels_from_groups(names_a, a), labels_from_groups(names_a, b))
+    return adjusted_rand_index(*_partition_labels(a, b))
 
 
 def partition_is_pure(found: Sequence[Sequence[str]], planted: Sequence[Sequence[str]]) -> bool:
@@ -800,7 +796,13 @@ def partition_is_pure(found: Sequence[Sequence[str]], planted: Sequence[Sequence
     >>> partition_is_pure([["a", "c"], ["b", "d"]], [["a", "b"], ["c", "d"]])
     False
     """
-    names = sorted(n for group in found for n in group)
-    if names != sorted(n for group in planted for n in group):
-        raise SearchError(f"Partitions cover different items: {found} vs {planted}.")
-    return refines(labels_from_groups(names, found), labels_from_groups(names, planted))
+    return refines(*_partition_labels(found, planted))
+
+
+def _partition_labels(a: Sequence[Sequence[str]], b: Sequence[Sequence[str]]) -> tuple[list[int], list[int]]:
+    """Group labels of two partitions of the same names, over the names in sorted order."""
+    names_a = sorted(n for group in a for n in group)
+    names_b = sorted(n for group in b for n in group)
+    if names_a != names_b:
+        raise SearchError(f"Partitions cover different items: {names_a} vs {names_b}.")
+    return labels_from_groups(names_a, a), labels_from_groups(names_a, b)
