@@ -6,8 +6,10 @@ schedule) and scored on the test drawers; then one table is printed:
 parameters, FLOPs per image, mean test error +/- std over seeds, per-task
 errors, LiteRT batch-1 latency (float32 tflite, seed-0 model, median) and
 wall time per method. Written to `OUT/omniglot.json` (all numbers, the
-specs found per seed, the recipe) and `OUT/omniglot_pareto.png`
-(parameters vs mean test error, one labelled point per method).
+specs found per seed, the recipe), `OUT/omniglot_pareto.png`
+(parameters vs mean test error, one labelled point per method) and, with
+`soft_ordering`, `OUT/omniglot_mixing.png` (the first seed's learned
+mixing weights per task).
 
 Methods (`METHODS`, each `method(data, backbone, recipe, seed) ->
 (model, spec_or_None, extra)`; add one in a few lines):
@@ -18,8 +20,13 @@ Methods (`METHODS`, each `method(data, backbone, recipe, seed) ->
   parameters are the sum, latency and FLOPs are those of the joint
   independent model (every task from one image).
 * `shared`: one trunk, one head per task.
-* `soft_ordering`: Meyerson & Miikkulainen's soft layer ordering (the
-  library's default image parts at `soft_width` filters).
+* `parallel_ordering`, `permuted_ordering`, `soft_ordering`: one pool of
+  three convnet4 blocks (`filters` filters, group normalisation) after a
+  conv-block encoder per task, applied in one order for every task, in a
+  random order per task, or mixed per task and depth by learned softmax
+  scales (Meyerson & Miikkulainen 2018). Trained with each sample routed
+  through its own alphabet's path; FLOPs and latency are those of the
+  served model, which computes every task's path.
 * `ltb`: Learning to Branch supernet search (`ltb_epochs`, no augmentation),
   the extracted tree retrained from scratch under the recipe; with it
   `ltb_<budget>` (one per `--budgets` entry), the same search with supernet
@@ -58,7 +65,7 @@ from keras_branch.data import MultiTaskData, load_omniglot  # noqa: E402
 from keras_branch.files import atomic_write_json  # noqa: E402
 from keras_branch.search import learn_to_branch, task_affinity  # noqa: E402
 from keras_branch.search.tree_search import branch  # noqa: E402
-from keras_branch.soft_ordering_model import fit_soft_ordering  # noqa: E402
+from keras_branch.soft_ordering_model import fit_soft_ordering, plot_mixing_weights  # noqa: E402
 from keras_branch.training import check_recipe, evaluate, fit_spec, mean_metric  # noqa: E402
 
 from keras_branch.zoo.cli import parse_seeds  # noqa: E402
@@ -80,7 +87,6 @@ DEFAULT_RECIPE: dict[str, Any] = {
     "num_inputs": 256,
     "ltb_epochs": 20,
     "budgets": ["1.5x", "2x"],
-    "soft_width": 32,
     "evolve_scale": 0.5,
     "evolve_passes": 2,
     "evolve_candidates": 6,
@@ -130,12 +136,29 @@ def method_independent(data, backbone, recipe, seed):
     return model, spec, {"metrics": metrics, "cost_model": "untrained joint independent model"}
 
 
-def method_soft_ordering(data, backbone, recipe, seed):
-    """Soft layer ordering (Meyerson & Miikkulainen 2018), default image parts."""
-    kwargs = _fit_kwargs(recipe)
-    run = fit_soft_ordering(data, "soft", depth=backbone.num_stages, width=recipe["soft_width"],
-                            seed=seed, verbose=0, **kwargs)
-    return run.model, None, {"metrics": run.metrics["test"]}
+def ordering_method(ordering: str) -> Method:
+    """One pool of convnet4 blocks (`recipe["filters"]` filters), mixed by `ordering`.
+
+    Each task's encoder is a conv block and the pool holds the other
+    `num_stages - 1` blocks, so a path is as deep as convnet4 and the
+    three orderings differ only in how the pool is mixed.
+    """
+
+    def method(data, backbone, recipe, seed):
+        run = fit_soft_ordering(data, ordering, depth=backbone.num_stages - 1,
+                                width=recipe["filters"], seed=seed, verbose=0,
+                                **_fit_kwargs(recipe))
+        extra = {"metrics": run.metrics["test"]}
+        if ordering == "soft":
+            extra["mixing_weights"] = {k: v.tolist() for k, v in run.model.mixing_weights().items()}
+        return run.model, None, extra
+
+    method.__doc__ = {
+        "soft": "Soft layer ordering (Meyerson & Miikkulainen 2018): learned mixing per task.",
+        "parallel": "Parallel ordering: the pool in one order for every task (hard sharing).",
+        "permuted": "Permuted ordering: the pool in a fixed random order per task.",
+    }[ordering]
+    return method
 
 
 def ltb_method(budget: str | None = None) -> Method:
@@ -211,7 +234,9 @@ def method_evolved(data, backbone, recipe, seed):
 METHODS: dict[str, Method] = {
     "independent": method_independent,
     "shared": method_shared,
-    "soft_ordering": method_soft_ordering,
+    "parallel_ordering": ordering_method("parallel"),
+    "permuted_ordering": ordering_method("permuted"),
+    "soft_ordering": ordering_method("soft"),
     "ltb": ltb_method(),
     "evolved": method_evolved,
 }
@@ -385,6 +410,10 @@ def run(
             os.remove(partial)
         plot_pareto(result, os.path.join(out, "omniglot_pareto.png"))
         log(f"wrote {os.path.join(out, 'omniglot.json')} and omniglot_pareto.png")
+        if "soft_ordering" in cost_models:
+            plot_mixing_weights(cost_models["soft_ordering"], os.path.join(out, "omniglot_mixing.png"),
+                                title=f"soft ordering, seed {seeds[0]}: mixing weights s[t, d, j]")
+            log("wrote omniglot_mixing.png (seed {}'s learned mixing weights)".format(seeds[0]))
     return result
 
 
@@ -478,7 +507,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--probe-epochs", type=int)
     parser.add_argument("--ltb-epochs", type=int)
     parser.add_argument("--budgets", help="comma-separated, e.g. 1.5x,2x")
-    parser.add_argument("--soft-width", type=int)
     parser.add_argument("--latency-runs", type=int, default=200)
     parser.add_argument("--out", help="folder for omniglot.json and omniglot_pareto.png")
     args = parser.parse_args(argv)
@@ -493,7 +521,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         "weight_decay": args.weight_decay, "augment": args.augment,
         "probe_epochs": args.probe_epochs, "ltb_epochs": args.ltb_epochs,
         "budgets": args.budgets.split(",") if args.budgets else None,
-        "soft_width": args.soft_width,
     }
     run(
         args.data,

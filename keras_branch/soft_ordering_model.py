@@ -23,7 +23,9 @@ Reference:
 from __future__ import annotations
 
 import copy
+import math
 import os
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -32,7 +34,9 @@ import numpy as np
 
 from keras_branch.data.multitask import MultiTaskData
 from keras_branch.errors import KerasBranchError
+from keras_branch.layers.conv_block import ConvBlock
 from keras_branch.layers.soft_ordering import ORDERINGS, SoftOrdering
+from keras_branch.masked import label_mask
 from keras_branch.tasks import Task, as_tasks
 from keras_branch.training import TrainResult, compile_model, make_optimizer, train
 
@@ -97,6 +101,13 @@ class SoftOrderingModel(keras.Model):
         pooling: how decoders read the pool's output: `"flatten"`,
             `"avg"`/`"max"` (global pooling) or `"none"`.
         seed: seed of the permuted orders.
+        route_training: in `fit` and `evaluate`, when every sample of a batch
+            is labelled for at most one task (Omniglot: one alphabet per
+            image), run each sample through its own task's path only: the
+            same losses and metrics at 1/T of the cost (exact when the pool
+            layers have no batch statistics, like the default parts). Batches
+            with a sample labelled for several tasks run every path.
+            `predict` and plain calls always compute every task.
         **kwargs: `keras.Model` arguments (`name`).
 
     Example:
@@ -121,9 +132,16 @@ class SoftOrderingModel(keras.Model):
         ordering: str = "soft",
         pooling: str = "flatten",
         seed: int = 0,
+        route_training: bool = True,
+        stem: keras.layers.Layer | Mapping[str, Any] | None = None,
+        logit_scale: float = 1.0,
         **kwargs: Any,
     ):
         task_list = as_tasks(tasks)
+        if not isinstance(route_training, bool):
+            raise KerasBranchError(
+                f"`route_training` must be a bool. Received: route_training={route_training!r}"
+            )
         ordering = normalize_ordering(ordering)
         if pooling not in POOLINGS:
             raise KerasBranchError(
@@ -143,6 +161,7 @@ class SoftOrderingModel(keras.Model):
             )
         pool_configs = [_serialize(p, f"`pool[{i}]`") for i, p in enumerate(pool)]
         encoder_config = None if encoder is None else _serialize(encoder, "`encoder`")
+        stem_config = None if stem is None else _serialize(stem, "`stem`")
 
         # === Layers ===
         encoders = (
@@ -165,19 +184,20 @@ class SoftOrderingModel(keras.Model):
         else:
             shared = SoftOrdering(
                 make_pool("pool"), num_tasks=len(task_list), ordering=ordering, seed=seed,
-                name="soft_ordering",
+                logit_scale=logit_scale, name="soft_ordering",
             )
 
         # === Functional Model ===
         inputs = keras.Input(shape=shape, name="inputs")
+        x = inputs if stem_config is None else _fresh(stem_config, "stem")(inputs)
         if encoders is not None:
-            starts = [encoders[t.key](inputs) for t in task_list]
+            starts = [encoders[t.key](x) for t in task_list]
         else:
-            starts = [inputs] * len(task_list)
+            starts = [x] * len(task_list)
         if ordering == SINGLE_TASK:
             features = [mixers[t.key]([s])[0] for t, s in zip(task_list, starts)]
         else:
-            features = shared(starts if encoders is not None else inputs)
+            features = shared(starts if encoders is not None else x)
         outputs = {}
         for task, feature in zip(task_list, features):
             if pooling != "none" and len(feature.shape) > 2:
@@ -195,9 +215,15 @@ class SoftOrderingModel(keras.Model):
         self.sample_shape = shape
         self.pool_configs = pool_configs
         self.encoder_config = encoder_config
+        self.stem_config = stem_config
+        self.logit_scale = float(logit_scale)
         self.ordering = ordering
         self.pooling = pooling
         self.seed = int(seed)
+        self.route_training = route_training
+        # The routing of the batch being traced. Thread-local: a
+        # MirroredStrategy traces its replicas' steps in parallel threads.
+        self._route = threading.local()
 
     @property
     def task_keys(self) -> dict[str, str]:
@@ -223,6 +249,72 @@ class SoftOrderingModel(keras.Model):
         weights = layer.mixing_weights()
         return {t.name: weights[i] for i, t in enumerate(self.tasks)}
 
+    # === Routed training: each sample through its own task's path ===
+
+    def routing(self, y: Mapping[str, Any]) -> Any:
+        """[batch, T] 0/1: which tasks label each sample of a `(x, y)` batch."""
+        return keras.ops.stack(
+            [label_mask(y[t.key], t.kind) for t in self.tasks], axis=1
+        )
+
+    def routed_call(self, x: Any, routing: Any, training: bool | None = None) -> dict[str, Any]:
+        """The outputs where sample i runs the path of the task `routing[i]` names.
+
+        Every head reads every sample (heads are cheap), so output t is
+        exact for the samples of task t and meaningless for the others,
+        whose labels are missing. Needs a soft, parallel or permuted model.
+        """
+        if self.ordering == SINGLE_TASK:
+            raise KerasBranchError("routed_call needs a shared pool; single_task has none.")
+        if self.stem_config is not None:
+            x = self.get_layer("stem")(x, training=training)
+        if self.encoder_config is not None:
+            starts = [self.get_layer(f"encoder_{t.key}")(x, training=training) for t in self.tasks]
+        else:
+            starts = x
+        feature = self.get_layer("soft_ordering")(starts, training=training, routing=routing)
+        outputs = {}
+        for task in self.tasks:
+            out = feature
+            if self.pooling != "none" and len(out.shape) > 2:
+                out = self.get_layer(f"features_{task.key}")(out)
+            out = self.get_layer(f"head_{task.key}")(out, training=training)
+            outputs[task.key] = self.get_layer(task.key)(out)
+        return outputs
+
+    def call(self, inputs, training=None, mask=None):
+        routing = getattr(self._route, "value", None)
+        if routing is None:
+            return super().call(inputs, training=training, mask=mask)
+
+        def routed():
+            return self.routed_call(inputs, routing, training)
+
+        def full():
+            return super(SoftOrderingModel, self).call(inputs, training=training, mask=mask)
+
+        # Exact only where no sample needs two paths.
+        one_each = keras.ops.all(keras.ops.sum(routing, axis=1) <= 1.0)
+        return keras.ops.cond(one_each, routed, full)
+
+    def _step(self, step, data):
+        if not self.route_training or self.ordering == SINGLE_TASK:
+            return step(data)
+        _, y, _ = keras.utils.unpack_x_y_sample_weight(data)
+        if not isinstance(y, Mapping):
+            return step(data)
+        self._route.value = self.routing(y)
+        try:
+            return step(data)
+        finally:
+            self._route.value = None
+
+    def train_step(self, data):
+        return self._step(super().train_step, data)
+
+    def test_step(self, data):
+        return self._step(super().test_step, data)
+
     def get_config(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -231,9 +323,12 @@ class SoftOrderingModel(keras.Model):
             "input_shape": list(self.sample_shape),
             "pool": copy.deepcopy(self.pool_configs),
             "encoder": copy.deepcopy(self.encoder_config),
+            "stem": copy.deepcopy(self.stem_config),
+            "logit_scale": self.logit_scale,
             "ordering": self.ordering,
             "pooling": self.pooling,
             "seed": self.seed,
+            "route_training": self.route_training,
         }
 
     @classmethod
@@ -255,32 +350,51 @@ def _pooling_layer(pooling: str, spatial_rank: int, name: str) -> keras.layers.L
     return (avg if pooling == "avg" else mx)(name=name)
 
 
+def default_depth(input_shape: Sequence[int]) -> int:
+    """D when none is given: 3 conv blocks for images, 4 layers for vectors.
+
+    Images get one more block as the shared stem, so a path has four
+    blocks, like convnet4.
+    """
+    return 3 if len(tuple(input_shape)) == 3 else 4
+
+
 def default_parts(
-    input_shape: Sequence[int], depth: int = 4, width: int | None = None
+    input_shape: Sequence[int],
+    depth: int | None = None,
+    width: int | None = None,
+    ordering: str = "soft",
 ) -> dict[str, Any]:
     """The encoder, pool and pooling used when none are given.
 
-    Vectors (rank 1): encoder `Dense(width, relu)`, pool `depth` x
-    `Dense(width, relu)`, width 64 by default. Images (rank 3): encoder
-    `Conv2D(width, 3, strides=2, relu)` then `MaxPooling2D(2)` (a quarter
-    of the resolution, which keeps the D x D pool applications affordable
-    on a CPU), pool `depth` x `Conv2D(width, 3, same, relu)`, flattened
-    features; width 32 by default. Kernels use He initialisation, made for
-    ReLU layers: soft ordering averages D layers at every depth, and with
-    Glorot initialisation the signal shrank so much that on Omniglot the
-    soft-ordered model stayed at chance for its first 4 epochs (parallel
-    ordering learnt at once).
+    Vectors (rank 1): a per-task encoder `Dense(width, relu)` and a pool
+    of `depth` x `Dense(width, relu)` (He initialisation, made for ReLU
+    layers: averaging D layers at every depth shrank the signal with
+    Glorot's), width 64 by default. Images (rank 3): convnet4 cut in two.
+    A shared stem `ConvBlock` (1 channel -> width filters, half the
+    resolution) and a pool of `depth` (default 3) `ConvBlock`s of `width`
+    filters, each able to serve at every depth with its own batch
+    normalisation per depth; every depth halves the resolution again, and
+    the decoders flatten the last features into the heads, as the convnet4
+    trees do. Width 64 by default, convnet4's. Under parallel ordering a
+    block serves one depth, so it keeps one normalisation: the model is
+    then convnet4 itself, parameter for parameter.
 
     Returns:
-        `{"encoder": layer, "pool": [layers], "pooling": str}`.
+        `{"encoder": layer or None, "stem": layer or None, "pool": [layers],
+        "pooling": str}`.
     """
+    rank = len(tuple(input_shape))
+    depth = default_depth(input_shape) if depth is None else depth
     if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
         raise KerasBranchError(f"`depth` must be an int >= 1. Received: depth={depth!r}")
-    rank = len(tuple(input_shape))
+    if width is not None and (isinstance(width, bool) or not isinstance(width, int) or width < 1):
+        raise KerasBranchError(f"`width` must be an int >= 1. Received: width={width!r}")
     if rank == 1:
         width = width or 64
         return {
             "encoder": keras.layers.Dense(width, activation="relu", kernel_initializer="he_normal"),
+            "stem": None,
             "pool": [
                 keras.layers.Dense(width, activation="relu", kernel_initializer="he_normal")
                 for _ in range(depth)
@@ -288,21 +402,20 @@ def default_parts(
             "pooling": "none",
         }
     if rank == 3:
-        width = width or 32
+        width = width or 64
+        smallest = min(int(s) for s in tuple(input_shape)[:2])
+        if smallest < 2 ** (depth + 1):
+            raise KerasBranchError(
+                f"The default image parts halve the resolution {depth + 1} times (stem and "
+                f"depth={depth} pool blocks); an input of shape {tuple(input_shape)} is too "
+                f"small for that. Use depth <= {max(0, smallest.bit_length() - 2)} or larger "
+                f"images."
+            )
         return {
-            "encoder": keras.Sequential(
-                [
-                    keras.layers.Conv2D(
-                        width, 3, strides=2, padding="same", activation="relu",
-                        kernel_initializer="he_normal",
-                    ),
-                    keras.layers.MaxPooling2D(2),
-                ]
-            ),
+            "encoder": None,
+            "stem": ConvBlock(width, name="stem"),
             "pool": [
-                keras.layers.Conv2D(
-                    width, 3, padding="same", activation="relu", kernel_initializer="he_normal"
-                )
+                ConvBlock(width, depths=1 if normalize_ordering(ordering) == "parallel" else depth)
                 for _ in range(depth)
             ],
             "pooling": "flatten",
@@ -317,13 +430,15 @@ def build_soft_ordering_model(
     tasks: Sequence[Task | Mapping[str, Any]],
     input_shape: Sequence[int],
     ordering: str = "soft",
-    depth: int = 4,
+    depth: int | None = None,
     width: int | None = None,
     pool: Sequence[keras.layers.Layer | Mapping[str, Any]] | None = None,
     encoder: keras.layers.Layer | Mapping[str, Any] | None = None,
     pooling: str | None = None,
     seed: int = 0,
     name: str = "soft_ordering_model",
+    stem: keras.layers.Layer | Mapping[str, Any] | None = None,
+    logit_scale: float = 1.0,
 ) -> SoftOrderingModel:
     """A soft-ordering (or ablation) model with default parts for vectors and images.
 
@@ -332,13 +447,18 @@ def build_soft_ordering_model(
         input_shape: shape of one input sample.
         ordering: `"soft"`, `"parallel"`, `"permuted"`, `"single_task"`
             (`"soft-ordering"` and `"single-task"` are accepted too).
-        depth: D, the number of pool layers (when `pool` is None).
+        depth: D, the number of pool layers (when `pool` is None; default
+            3 for images, 4 for vectors).
         width: units or filters of the default parts.
-        pool: explicit pool layers (override `depth`/`width`).
+        pool: explicit pool layers (override `depth`/`width`; the default
+            stem and encoder are then not used).
         encoder: explicit per-task encoder template.
         pooling: how decoders read features (default by input rank).
         seed: seed of the permuted orders.
         name: model name.
+        stem: explicit shared layer before the encoders and the pool.
+        logit_scale: multiplier of the mixing logits (their effective
+            learning rate under Adam; see `SoftOrdering`).
 
     Returns:
         A `SoftOrderingModel`, not compiled.
@@ -347,23 +467,25 @@ def build_soft_ordering_model(
     >>> data = load_omniglot("../shared/data/omniglot/images_background_small1.zip", 28)
     >>> model = build_soft_ordering_model(data.tasks, data.input_shape, "soft")
     """
-    parts = default_parts(input_shape, depth, width) if pool is None or encoder is None else {}
+    parts = default_parts(input_shape, depth, width, ordering) if pool is None else {}
     return SoftOrderingModel(
         tasks,
         input_shape,
         pool=pool if pool is not None else parts["pool"],
         encoder=encoder if encoder is not None else parts.get("encoder"),
+        stem=stem if stem is not None else parts.get("stem"),
         ordering=ordering,
         pooling=pooling or parts.get("pooling", "flatten"),
         seed=seed,
         name=name,
+        logit_scale=logit_scale,
     )
 
 
 def fit_soft_ordering(
     data: MultiTaskData,
     ordering: str = "soft",
-    depth: int = 4,
+    depth: int | None = None,
     width: int | None = None,
     epochs: int = 10,
     batch_size: int = 32,
@@ -385,8 +507,9 @@ def fit_soft_ordering(
     Args:
         data: multi-task data (vectors or images).
         ordering: `"soft"`, `"parallel"`, `"permuted"` or `"single_task"`.
-        depth: D, the number of shared layers.
-        width: units (vectors, default 64) or filters (images, default 32).
+        depth: D, the number of shared layers (default 3 for images, after
+            each task's encoder block; 4 for vectors).
+        width: units or filters (default 64).
         epochs, batch_size, learning_rate: the recipe.
         seed: seed of initialisation, permuted orders and shuffling.
         verbose: Keras progress level.

@@ -22,9 +22,9 @@ def test_benchmark_runs_every_method_on_two_alphabets(omniglot_benchmark, omnigl
                                                       capsys):
     rc = omniglot_benchmark.main([
         "--data", str(omniglot_zip), "--alphabets", "Greek,Latin", "--seeds", "0",
-        "--methods", "independent,shared,soft_ordering,ltb,affinity",
+        "--methods", "independent,shared,parallel_ordering,soft_ordering,ltb,affinity",
         "--epochs", "1", "--probe-epochs", "1", "--ltb-epochs", "1", "--image-size", "16",
-        "--filters", "4", "--soft-width", "4", "--latency-runs", "3", "--out", str(tmp_path),
+        "--filters", "4", "--latency-runs", "3", "--out", str(tmp_path),
     ])
     assert rc == 0
     out = capsys.readouterr().out
@@ -32,8 +32,15 @@ def test_benchmark_runs_every_method_on_two_alphabets(omniglot_benchmark, omnigl
     assert (tmp_path / "omniglot_pareto.png").stat().st_size > 1000
     assert not (tmp_path / "omniglot.partial.json").exists()
     methods = result["methods"]
-    assert list(methods) == ["independent", "shared", "soft_ordering", "ltb", "ltb_1.5x",
-                             "ltb_2x", "affinity_1.5x", "affinity_2x"]
+    assert list(methods) == ["independent", "shared", "parallel_ordering", "soft_ordering", "ltb",
+                             "ltb_1.5x", "ltb_2x", "affinity_1.5x", "affinity_2x"]
+    assert (tmp_path / "omniglot_mixing.png").stat().st_size > 1000
+    # Parallel ordering of the pool is convnet4 itself; soft ordering adds T x D x D logits.
+    assert methods["parallel_ordering"]["params"] == methods["shared"]["params"]
+    assert methods["soft_ordering"]["params"] > methods["parallel_ordering"]["params"]
+    mixing = methods["soft_ordering"]["extra"][0]["mixing_weights"]
+    assert set(mixing) == {"Greek", "Latin"}
+    np.testing.assert_allclose(np.sum(mixing["Greek"], axis=-1), 1.0, rtol=1e-5)
     assert result["tasks"] == ["Greek", "Latin"]
     assert result["recipe"]["augment"] == {"shift": 0.1, "rotation": 10.0, "zoom": 0.1}
     for name, row in methods.items():

@@ -1,4 +1,5 @@
-"""The docstring examples of the Learning-to-Branch modules run, and say what the code does."""
+"""The docstring examples of the Learning-to-Branch and soft-ordering layers run, and say
+what the code does."""
 
 import doctest
 import importlib
@@ -9,7 +10,7 @@ import pytest
 
 from keras_branch import Task, backbones, build_model
 from keras_branch.data import planted_groups
-from keras_branch.layers import branch_point
+from keras_branch.layers import branch_point, conv_block, soft_ordering
 
 # `keras_branch.search.learn_to_branch` is the function; the module is imported by name.
 LTB = importlib.import_module("keras_branch.search.learn_to_branch")
@@ -18,7 +19,8 @@ GLOBALS = {"keras": keras, "np": np, "Task": Task, "backbones": backbones,
            "build_model": build_model, "planted_groups": planted_groups}
 
 
-@pytest.mark.parametrize("module", [LTB, branch_point], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", [LTB, branch_point, conv_block, soft_ordering],
+                         ids=lambda m: m.__name__)
 def test_docstring_examples(module):
     finder = doctest.DocTestFinder()
     runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE)

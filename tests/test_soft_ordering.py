@@ -10,6 +10,7 @@ import pytest
 from keras_branch import Task
 from keras_branch.data import planted_groups
 from keras_branch.errors import KerasBranchError
+from keras_branch.layers.conv_block import ConvBlock
 from keras_branch.layers.soft_ordering import SoftOrdering, task_orders
 from keras_branch.soft_ordering_model import (
     SoftOrderingModel,
@@ -143,14 +144,63 @@ def test_soft_logits_get_gradients_and_fixed_orderings_have_none():
 # === Misuse ===
 
 
-def test_pool_layers_that_change_shape_are_refused():
-    pool = [keras.layers.Dense(6), keras.layers.Dense(3)]
-    pattern = r"must keep its input's shape.*Pool layer 1 .* maps \(None, 6\) to \(None, 3\)"
+def test_pool_layers_that_disagree_at_a_depth_are_refused_naming_them():
+    pool = [keras.layers.Dense(6, name="six"), keras.layers.Dense(3, name="three")]
+    pattern = (r"used at depth 1 must agree on the output shape.*On input \(None, 6\): "
+               r"pool layer 0 \('six'\) -> \(None, 6\), pool layer 1 \('three'\) -> \(None, 3\)")
     with pytest.raises(ValueError, match=pattern):
         SoftOrdering(pool, num_tasks=2)([keras.Input((6,)), keras.Input((6,))])
-    conv = [keras.layers.Conv2D(4, 3)]  # "valid" padding shrinks the image
-    with pytest.raises(ValueError, match="must keep its input's shape"):
+    # Parallel ordering applies one layer per depth: a pool that narrows is fine.
+    out = SoftOrdering([keras.layers.Dense(6), keras.layers.Dense(3)], num_tasks=2,
+                       ordering="parallel")([keras.Input((6,)), keras.Input((6,))])
+    assert [tuple(o.shape) for o in out] == [(None, 3), (None, 3)]
+    # A conv without padding agrees with itself at depth 1 but not with a "same" one.
+    conv = [keras.layers.Conv2D(4, 3, name="valid"), keras.layers.Conv2D(4, 3, padding="same")]
+    with pytest.raises(ValueError, match=r"pool layer 0 \('valid'\) -> \(None, 6, 6, 4\)"):
         SoftOrdering(conv, num_tasks=1)(keras.Input((8, 8, 4)))
+
+
+def test_conv_blocks_serve_every_depth_at_halving_resolutions():
+    rng = np.random.default_rng(3)
+    pool = [ConvBlock(4, depths=3) for _ in range(3)]
+    layer = SoftOrdering(pool, num_tasks=2)
+    xs = [rng.standard_normal((2, 16, 16, 4)).astype("float32") for _ in range(2)]
+    out = layer(xs)
+    assert layer.depth_shapes((None, 16, 16, 4)) == [
+        (None, 16, 16, 4), (None, 8, 8, 4), (None, 4, 4, 4), (None, 2, 2, 4)]
+    assert [tuple(o.shape) for o in out] == [(2, 2, 2, 4), (2, 2, 2, 4)]
+    assert layer.compute_output_shape([(None, 16, 16, 4)] * 2) == [(None, 2, 2, 4)] * 2
+    # One kernel per block, whatever the resolution; one batch norm per depth.
+    assert [tuple(w.shape) for w in pool[0].trainable_weights] == [(3, 3, 4, 4)] + [(4,)] * 6
+    # Inference: depth d's moving statistics normalise depth d's features.
+    for d, norm in enumerate(pool[1].norms):
+        norm.moving_mean.assign(np.full(4, float(d), "float32"))
+    x = rng.standard_normal((1, 8, 8, 4)).astype("float32")
+    conv = np.asarray(pool[1].conv(x))
+    for d in range(3):
+        want = np.maximum(conv - d, 0) / np.sqrt(1 + 1e-3)
+        want = want.reshape(1, 4, 2, 4, 2, 4).max(axis=(2, 4))
+        np.testing.assert_allclose(np.asarray(pool[1](x, depth=d)), want, rtol=1e-5, atol=1e-5)
+    # The mixture of the paper, block by block, each at its depth.
+    layer.logits.assign(rng.standard_normal((2, 3, 3)).astype("float32"))
+    scales = layer.mixing_weights()
+    for t in range(2):
+        y = xs[t]
+        for d in range(3):
+            y = sum(scales[t, d, j] * np.asarray(pool[j](y, depth=d)) for j in range(3))
+        np.testing.assert_allclose(np.asarray(layer(xs)[t]), y, rtol=1e-4, atol=1e-5)
+
+
+def test_conv_block_round_trips_and_refuses_bad_settings():
+    block = run_layer_test(ConvBlock, {"filters": 4, "depths": 2}, (2, 8, 8, 3), (2, 4, 4, 4))
+    assert block.count_params() == 3 * 3 * 3 * 4 + 2 * 4 * 4
+    with pytest.raises(ValueError, match=r"`depths` must be an int >= 1. Received: depths=0"):
+        ConvBlock(4, depths=0)
+    with pytest.raises(ValueError, match=r"serves depths 0..1. Received: depth=2"):
+        block(np.zeros((1, 8, 8, 3), "float32"), depth=2)
+    single = ConvBlock(4)  # one normalisation, whatever the depth
+    x = np.random.default_rng(0).random((1, 8, 8, 3)).astype("float32")
+    np.testing.assert_array_equal(np.asarray(single(x, depth=2)), np.asarray(single(x)))
 
 
 @pytest.mark.parametrize(
@@ -227,8 +277,84 @@ def test_image_model_passes_shared_model_test():
         lambda: build_soft_ordering_model(TASKS, (16, 16, 1), "soft", depth=2, width=4),
         x, y, KEYS, compile_fn=compile_model,
     )
-    # Encoder: conv stride 2 + pool 2 -> 4x4x4 features for every head.
-    assert model.get_layer("head_bin").kernel.shape == (4 * 4 * 4, 1)
+    # Encoder block 16 -> 8, pool depths 8 -> 4 -> 2: 2x2x4 features for every head.
+    assert model.get_layer("head_bin").kernel.shape == (2 * 2 * 4, 1)
+
+
+def test_omniglot_model_has_the_hand_counted_parameters():
+    """Five alphabets at 32x32, 64 filters: 1% above the shared convnet4 (147,144)."""
+    classes = [24, 22, 24, 40, 26]
+    tasks = [Task(f"a{i}", "multiclass", classes=c) for i, c in enumerate(classes)]
+    # conv without bias; per depth a batch norm: scale, shift, moving mean and variance
+    block = lambda cin, depths: 3 * 3 * cin * 64 + depths * 4 * 64
+    stem = block(1, 1)
+    pool = 3 * block(64, 3)
+    heads = sum((2 * 2 * 64 + 1) * c for c in classes)  # flattened 2x2x64 features
+    for ordering, logits in (("permuted", 0), ("soft", 5 * 3 * 3)):
+        model = build_soft_ordering_model(tasks, (32, 32, 1), ordering)
+        assert model.count_params() == stem + pool + heads + logits == 148_680 + logits
+        assert model.shared_params() == pool + logits
+    # Parallel ordering uses a block at one depth only: convnet4, parameter for parameter.
+    model = build_soft_ordering_model(tasks, (32, 32, 1), "parallel")
+    assert model.count_params() == stem + 3 * block(64, 1) + heads == 147_144
+    with pytest.raises(KerasBranchError, match=r"halve the resolution 5 times.*Use depth <= 3"):
+        build_soft_ordering_model(tasks, (28, 28, 1), "soft", depth=4)
+
+
+def one_label_batch(n=12, seed=0):
+    """Each sample labelled for exactly one task (the other labels missing)."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, 10)).astype("float32")
+    owner = np.arange(n) % 3
+    y = {
+        "reg": np.where(owner == 0, rng.standard_normal(n), np.nan).astype("float32"),
+        "Japanese__katakana_": np.where(owner == 1, rng.integers(0, 3, n), -1).astype("int32"),
+        "bin": np.where(owner == 2, rng.integers(0, 2, n), -1).astype("int32"),
+    }
+    return x, y, owner
+
+
+@pytest.mark.parametrize("ordering", ["soft", "permuted"])
+def test_routed_training_gives_the_losses_and_gradients_of_the_full_model(ordering):
+    x, y, owner = one_label_batch()
+    model = build_soft_ordering_model(TASKS, (10,), ordering, depth=3, width=8, seed=2)
+    layer = model.get_layer("soft_ordering")
+    if ordering == "soft":
+        layer.logits.assign(np.random.default_rng(1).standard_normal((3, 3, 3)).astype("float32"))
+    full = model(x)
+    routed = model.routed_call(x, np.eye(3, dtype="float32")[owner])
+    for t, key in enumerate(model.output_names):
+        index = [task.key for task in TASKS].index(key)
+        np.testing.assert_allclose(np.asarray(routed[key])[owner == index],
+                                   np.asarray(full[key])[owner == index], rtol=1e-5, atol=1e-6)
+    # model.fit's steps with and without routing: one loss, one update.
+    twin = SoftOrderingModel.from_config({**model.get_config(), "route_training": False})
+    twin.set_weights(model.get_weights())
+    for m in (model, twin):
+        compile_model(m, optimizer=keras.optimizers.SGD(0.1))
+    traced = []
+    real = model.routed_call
+    model.routed_call = lambda *args, **kwargs: traced.append(1) or real(*args, **kwargs)
+    np.testing.assert_allclose(model.evaluate(x, y, verbose=0), twin.evaluate(x, y, verbose=0),
+                               rtol=1e-5)
+    assert traced  # the routed path is part of the traced step
+    np.testing.assert_allclose(model.train_on_batch(x, y), twin.train_on_batch(x, y), rtol=1e-5)
+    for a, b in zip(model.get_weights(), twin.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_routing_falls_back_to_every_path_when_a_sample_has_two_labels():
+    x, y = model_batch()  # every sample labelled for "reg" and "bin"
+    model = build_soft_ordering_model(TASKS, (10,), "soft", depth=2, width=8, seed=2)
+    assert model.route_training and model.get_config()["route_training"] is True
+    twin = SoftOrderingModel.from_config({**model.get_config(), "route_training": False})
+    twin.set_weights(model.get_weights())
+    for m in (model, twin):
+        compile_model(m)
+    np.testing.assert_allclose(model.evaluate(x, y, verbose=0), twin.evaluate(x, y, verbose=0),
+                               rtol=1e-6)
+    with pytest.raises(KerasBranchError, match="Received: route_training='yes'"):
+        SoftOrderingModel(TASKS, (10,), pool=dense_pool(units=10), route_training="yes")
 
 
 def test_model_ordering_names_and_bad_settings():
@@ -240,8 +366,8 @@ def test_model_ordering_names_and_bad_settings():
         build_soft_ordering_model(TASKS, (10,), "soft", depth=0)
     with pytest.raises(KerasBranchError, match="Received: pooling='sum'"):
         SoftOrderingModel(TASKS, (10,), pool=dense_pool(units=10), pooling="sum")
-    with pytest.raises(ValueError, match="must keep its input's shape"):
-        SoftOrderingModel(TASKS, (10,), pool=[keras.layers.Dense(4)])
+    with pytest.raises(ValueError, match="must agree on the output shape"):
+        SoftOrderingModel(TASKS, (10,), pool=[keras.layers.Dense(4), keras.layers.Dense(5)])
 
 
 def test_mixing_weights_print_and_draw(tmp_path):
@@ -327,23 +453,3 @@ def test_soft_ordered_model_goes_through_export_model_and_its_cli(tmp_path, caps
     with pytest.raises(KerasBranchError, match="BranchedModel"):
         export_model(model, tmp_path / "subset", formats="tflite", tasks=["g0_t0"])
     assert not (tmp_path / "subset").exists()
-
-
-# === The benchmark script ===
-
-
-def test_omniglot_benchmark_runs_and_prints_its_table(omniglot_zip, capsys):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "soft_ordering_omniglot.py"
-    spec = importlib.util.spec_from_file_location("soft_ordering_omniglot", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    report = bench.main(["--data", str(omniglot_zip), "--epochs", "1", "--seeds", "0",
-                         "--orderings", "parallel,soft", "--width", "8", "--image-size", "16"])
-    out = capsys.readouterr().out
-    assert "| parallel ordering  |" in out and "| soft ordering      |" in out
-    assert "claim 'soft ordering beats parallel ordering':" in out
-    assert set(report["mean_test_error"]) == {"parallel", "soft"}
-    assert all(0.0 <= e <= 1.0 for e in report["mean_test_error"].values())

@@ -45,9 +45,15 @@ def _layer_flops(layer, input_shape: tuple) -> tuple[int, tuple]:
             total += flops
         return total, shape
     if isinstance(layer, SoftOrdering):
-        # Each of the T tasks applies every pool layer at each of the D depths.
-        pool = sum(_layer_flops(p, input_shape)[0] for p in layer.pool)
-        return layer.num_tasks * layer.depth * pool, tuple(input_shape)
+        # Every task runs its own path: at each depth, soft ordering applies
+        # every pool layer, a fixed ordering the one layer its order names.
+        shapes = layer.depth_shapes((None, *input_shape[1:]))
+        total = 0
+        for t in range(layer.num_tasks):
+            for d in range(layer.depth):
+                used = range(layer.depth) if layer.orders is None else [int(layer.orders[t, d])]
+                total += sum(_layer_flops(layer.pool[j], shapes[d])[0] for j in used)
+        return total, (input_shape[0], *shapes[-1][1:])
     if isinstance(layer, keras.Model) and hasattr(layer, "_operations"):
         # A functional sub-model: every inner layer runs once on its own graph tensor.
         total = 0

@@ -11,12 +11,15 @@ compares against are options of the same layer.
 from __future__ import annotations
 
 import copy
+import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import keras
 import numpy as np
 from keras import ops
+
+from keras_branch.layers.branch_point import _positive_float
 
 SOFT = "soft"
 PARALLEL = "parallel"
@@ -88,6 +91,10 @@ class SoftOrdering(keras.layers.Layer):
         num_tasks: T, the number of tasks (>= 1).
         ordering: `"soft"`, `"parallel"` or `"permuted"`.
         seed: seed of the `"permuted"` orders.
+        logit_scale: the mixing logits are `logit_scale * layer.logits`
+            (> 0). With Adam, whose steps do not depend on the gradient's
+            scale, this multiplies the logits' effective learning rate while
+            the pool keeps the model's.
         **kwargs: base `Layer` arguments (`name`, `dtype`, ...).
 
     Call arguments:
@@ -117,6 +124,7 @@ class SoftOrdering(keras.layers.Layer):
         num_tasks: int,
         ordering: str = SOFT,
         seed: int = 0,
+        logit_scale: float = 1.0,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
@@ -144,7 +152,12 @@ class SoftOrdering(keras.layers.Layer):
         self.num_tasks = int(num_tasks)
         self.ordering = ordering
         self.seed = int(seed)
+        self.logit_scale = _positive_float(logit_scale, "logit_scale")
         self.depth = len(layers)
+        # Layers such as `ConvBlock` keep per-depth state (normalisation).
+        self._takes_depth = [
+            "depth" in inspect.signature(layer.call).parameters for layer in layers
+        ]
         self.orders = task_orders(ordering, self.num_tasks, self.depth, self.seed)
 
     def _task_shapes(self, input_shape) -> tuple[list[tuple], bool]:
@@ -161,6 +174,36 @@ class SoftOrdering(keras.layers.Layer):
             return shapes, False
         return [tuple(input_shape)] * self.num_tasks, True
 
+    def _layers_at(self, d: int) -> list[int]:
+        """The pool layers some task applies at depth d (every one for soft)."""
+        if self.ordering == SOFT:
+            return list(range(self.depth))
+        return sorted({int(j) for j in self.orders[:, d]})
+
+    def depth_shapes(self, shape: tuple) -> list[tuple]:
+        """The feature shape before depth 1, after depth 1, ..., after depth D.
+
+        Raises a `ValueError` naming the layers and shapes when the pool
+        layers used at one depth disagree on the output shape.
+        """
+        shapes = [shape]
+        for d in range(self.depth):
+            outs = {
+                j: tuple(self.pool[j].compute_output_spec(keras.KerasTensor(shapes[-1])).shape)
+                for j in self._layers_at(d)
+            }
+            if len({out[1:] for out in outs.values()}) > 1:
+                listed = ", ".join(
+                    f"pool layer {j} ({self.pool[j].name!r}) -> {out}" for j, out in outs.items()
+                )
+                raise ValueError(
+                    f"SoftOrdering {self.name!r}: the pool layers used at depth {d + 1} must "
+                    f"agree on the output shape, because their outputs are mixed. On input "
+                    f"{shapes[-1]}: {listed}."
+                )
+            shapes.append((None, *next(iter(outs.values()))[1:]))
+        return shapes
+
     def build(self, input_shape):
         shapes, _ = self._task_shapes(input_shape)
         first = shapes[0]
@@ -173,16 +216,14 @@ class SoftOrdering(keras.layers.Layer):
                     f"Received: task 0 input {first}, task {t} input {shape}."
                 )
         shape = (None, *first[1:])
-        for j, layer in enumerate(self.pool):
+        # A layer applied at several depths sees several resolutions (a conv
+        # block with pooling halves it per depth): build it on the channels
+        # only, so its weights do not depend on where it is used.
+        generic = shape if len(shape) <= 2 else (None, *([None] * (len(shape) - 2)), shape[-1])
+        for layer in self.pool:
             if not layer.built:
-                layer.build(shape)
-            out = tuple(layer.compute_output_spec(keras.KerasTensor(shape)).shape)
-            if out[1:] != shape[1:]:
-                raise ValueError(
-                    f"SoftOrdering {self.name!r}: every pool layer must keep its input's "
-                    f"shape, because each one is applied at every depth. Pool layer {j} "
-                    f"({layer.name!r}) maps {shape} to {out}."
-                )
+                layer.build(generic)
+        self._shapes = self.depth_shapes(shape)
         if self.ordering == SOFT:
             self.logits = self.add_weight(
                 name="logits",
@@ -199,11 +240,17 @@ class SoftOrdering(keras.layers.Layer):
         """
         if self.ordering == SOFT:
             return keras.ops.convert_to_numpy(
-                ops.softmax(ops.cast(self.logits, "float32"), axis=-1)
+                ops.softmax(ops.cast(self.logits, "float32") * self.logit_scale, axis=-1)
             )
         return np.eye(self.depth, dtype="float32")[self.orders]
 
-    def _apply(self, layer, tensors: list, training) -> list:
+    def _call(self, j: int, x, training, d: int):
+        """Pool layer j at depth d (0-based); told the depth when its call takes one."""
+        if self._takes_depth[j]:
+            return self.pool[j](x, training=training, depth=d)
+        return self.pool[j](x, training=training)
+
+    def _apply(self, j: int, tensors: list, training, d: int) -> list:
         """`layer` on each tensor; one call on the concatenation of the distinct ones.
 
         Tasks that hold the very same tensor (one input fed to every task,
@@ -215,21 +262,32 @@ class SoftOrdering(keras.layers.Layer):
             distinct.setdefault(id(tensor), len(distinct))
         unique = list({id(t): t for t in tensors}.values())
         if len(unique) == 1:
-            outs = [layer(unique[0], training=training)]
+            outs = [self._call(j, unique[0], training, d)]
         else:
             outs = ops.split(
-                layer(ops.concatenate(unique, axis=0), training=training), len(unique), axis=0
+                self._call(j, ops.concatenate(unique, axis=0), training, d), len(unique), axis=0
             )
         return [outs[distinct[id(tensor)]] for tensor in tensors]
 
-    def call(self, inputs, training=None):
+    def _scales(self):
+        """s [T, D, D] as a tensor of the compute dtype (one-hot rows for fixed orders)."""
+        if self.ordering == SOFT:
+            return ops.cast(
+                ops.softmax(ops.cast(self.logits, "float32") * self.logit_scale, axis=-1),
+                self.compute_dtype,
+            )
+        return ops.convert_to_tensor(
+            np.eye(self.depth)[self.orders], dtype=self.compute_dtype
+        )
+
+    def call(self, inputs, training=None, routing=None):
+        if routing is not None:
+            return self._routed(inputs, routing, training)
         ys = [inputs] * self.num_tasks if not isinstance(inputs, (list, tuple)) else list(inputs)
         if self.ordering == SOFT:
-            scales = ops.cast(
-                ops.softmax(ops.cast(self.logits, "float32"), axis=-1), self.compute_dtype
-            )
+            scales = self._scales()
             for d in range(self.depth):
-                outs = [self._apply(layer, ys, training) for layer in self.pool]
+                outs = [self._apply(j, ys, training, d) for j in range(self.depth)]
                 ys = [
                     sum(scales[t, d, j] * outs[j][t] for j in range(self.depth))
                     for t in range(self.num_tasks)
@@ -237,17 +295,53 @@ class SoftOrdering(keras.layers.Layer):
             return ys
         for d in range(self.depth):
             new = list(ys)
-            for j, layer in enumerate(self.pool):
+            for j in range(self.depth):
                 users = [t for t in range(self.num_tasks) if self.orders[t, d] == j]
                 if users:
-                    for t, out in zip(users, self._apply(layer, [ys[t] for t in users], training)):
+                    for t, out in zip(users, self._apply(j, [ys[t] for t in users], training, d)):
                         new[t] = out
             ys = new
         return ys
 
+    def _routed(self, inputs, routing, training):
+        """Every sample through its own task's path only: one tensor [batch, ...].
+
+        `routing` [batch, T] holds one-hot rows (a row of zeros is allowed:
+        that sample's output is then zero). Sample i starts from
+        `sum_t r[i, t] * inputs[t][i]` and mixes with `sum_t r[i, t] * s[t]`,
+        so where each sample matters to one task only (Omniglot: one
+        alphabet per image, the other tasks' labels missing), its outputs
+        are those of the full call at 1/T of the cost. Pool layers must
+        treat samples independently (no batch statistics) for the two to
+        agree.
+        """
+        routing = ops.cast(routing, self.compute_dtype)
+        if isinstance(inputs, (list, tuple)):
+            rank = len(inputs[0].shape)
+            y = sum(
+                ops.reshape(routing[:, t], (-1,) + (1,) * (rank - 1)) * inputs[t]
+                for t in range(self.num_tasks)
+            )
+        else:
+            y = inputs
+        rank = len(y.shape)
+        # Per-sample scales [batch, D, D]: the sample's task's row of s.
+        scales = ops.einsum("bt,tdj->bdj", routing, self._scales())
+        for d in range(self.depth):
+            used = self._layers_at(d)
+            outs = [self._call(j, y, training, d) for j in used]
+            if len(used) == 1:
+                y = outs[0]
+                continue
+            y = sum(
+                ops.reshape(scales[:, d, j], (-1,) + (1,) * (rank - 1)) * out
+                for j, out in zip(used, outs)
+            )
+        return y
+
     def compute_output_shape(self, input_shape):
         shapes, _ = self._task_shapes(input_shape)
-        return [tuple(s) for s in shapes]
+        return [(s[0], *self.depth_shapes((None, *s[1:]))[-1][1:]) for s in shapes]
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
@@ -257,6 +351,7 @@ class SoftOrdering(keras.layers.Layer):
                 "num_tasks": self.num_tasks,
                 "ordering": self.ordering,
                 "seed": self.seed,
+                "logit_scale": self.logit_scale,
             }
         )
         return config
