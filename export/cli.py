@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 
+from keras_branch.cli_args import positive_int, seed
+
 FORMATS_HELP = (
     "comma-separated formats among saved_model, tflite, tflite-fp16, tflite-dynamic, "
     "tflite-int8 (default: saved_model,tflite,tflite-fp16,tflite-int8)"
@@ -50,11 +52,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--int8-io", action="store_true",
                    help="tflite-int8 with int8 inputs and outputs (default float32)")
-    p.add_argument("--calibration-samples", type=int, default=1000,
+    p.add_argument("--calibration-samples", type=positive_int, default=1000,
                    help="training samples calibrating tflite-int8")
-    p.add_argument("--check-samples", type=int, default=64,
+    p.add_argument("--check-samples", type=positive_int, default=64,
                    help="test samples of the parity check")
-    p.add_argument("--seed", type=int, default=0, help="which calibration and check samples")
+    p.add_argument("--seed", type=seed, default=0, help="which calibration and check samples")
     p.set_defaults(func=run)
     return p
 

@@ -9,10 +9,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 from collections.abc import Sequence
+
+from keras_branch.cli_args import (
+    OneLineParser,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    seed,
+)
 
 
 def key_values(items: Sequence[str], flag: str, error: type[Exception]) -> dict:
@@ -211,12 +219,6 @@ def _search_ltb(args: argparse.Namespace, data, backbone) -> int:
                 f"--widths must be integers separated by commas (e.g. 1,3,8). "
                 f"Received: --widths {args.widths!r}"
             ) from None
-    for flag, value in (("--learning-rate", args.learning_rate),
-                        ("--logits-learning-rate", args.logits_learning_rate)):
-        if value is not None and not (math.isfinite(value) and value > 0):
-            raise SearchError(f"{flag} must be a finite number > 0. Received: {flag} {value!r}")
-    if args.balance is not None and not (math.isfinite(args.balance) and args.balance >= 0):
-        raise SearchError(f"--balance must be a finite number >= 0. Received: --balance {args.balance!r}")
     # Unset flags keep learn_to_branch's defaults.
     options = {} if args.balance is None else {"balance": args.balance}
     if args.budget is not None:
@@ -267,7 +269,7 @@ def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
                         help="mlp, convnet4, resnet50, mobilenet_v2 (auto: by input)")
     parser.add_argument("--backbone-arg", action="append", default=[], metavar="KEY=VALUE",
                         help="backbone argument, VALUE as JSON (e.g. widths=[64,64,32])")
-    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--image-size", type=positive_int, default=32)
 
 
 def _refuse_existing_out(args: argparse.Namespace) -> None:
@@ -278,17 +280,24 @@ def _refuse_existing_out(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from importlib.metadata import PackageNotFoundError, version
+
+    parser = OneLineParser(
         prog="keras-branch",
         description="Decide which layers a multi-task Keras network should share.",
     )
+    try:
+        installed = version("keras_branch")
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        installed = "unknown (not installed)"
+    parser.add_argument("--version", action="version", version=f"keras-branch {installed}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="search, train and save a tree on built-in data")
     demo.add_argument("--out", default="keras_branch_demo", help="run folder (replaced)")
-    demo.add_argument("--epochs", type=int, default=20)
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--probe-epochs", type=int, default=3)
+    demo.add_argument("--epochs", type=positive_int, default=20)
+    demo.add_argument("--seed", type=seed, default=0)
+    demo.add_argument("--probe-epochs", type=positive_int, default=3)
     demo.add_argument("--no-baselines", action="store_true",
                       help="skip the fully shared and independent baselines")
     demo.set_defaults(func=cmd_demo)
@@ -300,10 +309,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="tree: the spec's branched model; soft-ordering, parallel, permuted: "
                             "a shared pool of layers mixed per task (soft layer ordering)")
     _add_data_arguments(train)
-    train.add_argument("--epochs", type=int, default=10)
-    train.add_argument("--batch-size", type=int, default=32)
-    train.add_argument("--learning-rate", type=float, default=1e-3)
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--epochs", type=positive_int, default=10)
+    train.add_argument("--batch-size", type=positive_int, default=32)
+    train.add_argument("--learning-rate", type=positive_float, default=1e-3)
+    train.add_argument("--seed", type=seed, default=0)
     train.add_argument("--out", required=True, help="run folder to write")
     train.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     train.add_argument("--progress", choices=("short", "keras", "none"), default="short",
@@ -321,9 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
                             '"zoom": 0.1}\' (keys: shift, rotation, zoom, shear, fill)')
     train.add_argument("--schedule", choices=("constant", "cosine"), default="constant",
                        help="learning-rate schedule (cosine: decay to 0 over the run)")
-    train.add_argument("--warmup-epochs", type=int, default=0,
+    train.add_argument("--warmup-epochs", type=non_negative_int, default=0,
                        help="epochs of linear learning-rate warm-up")
-    train.add_argument("--weight-decay", type=float, default=0.0,
+    train.add_argument("--weight-decay", type=non_negative_float, default=0.0,
                        help="decoupled weight decay (AdamW); 0: Adam")
     train.add_argument("--tensorboard", metavar="DIR",
                        help="write TensorBoard logs (per-task losses and metrics per epoch)")
@@ -337,27 +346,27 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--budget", help="parameters (e.g. 150000) or a multiple of the "
                         "fully shared model (e.g. 2x); ltb: sizes the supernet so every tree "
                         "it can return fits (instead of --widths)")
-    search.add_argument("--probe-epochs", type=int, default=5)
-    search.add_argument("--num-inputs", type=int, default=256,
+    search.add_argument("--probe-epochs", type=positive_int, default=5)
+    search.add_argument("--num-inputs", type=positive_int, default=256,
                         help="held-out inputs compared across probes (K)")
-    search.add_argument("--batch-size", type=int, default=64)
+    search.add_argument("--batch-size", type=positive_int, default=64)
     search.add_argument("--search", default="auto", choices=("auto", "exhaustive", "beam"),
                         help="tree search: exact up to 8 tasks (auto), beam beyond")
-    search.add_argument("--seed", type=int, default=0)
+    search.add_argument("--seed", type=seed, default=0)
     search.add_argument("--widths", help="ltb: nodes per stage, e.g. 1,3,8 for 8 tasks (default: "
                         "2, 4, ... growing to one per task); a last stage narrower than the "
                         "task count makes the heads choose too")
-    search.add_argument("--epochs", type=int, default=30, help="ltb: supernet training epochs")
-    search.add_argument("--learning-rate", type=float, default=1e-3,
+    search.add_argument("--epochs", type=positive_int, default=30, help="ltb: supernet training epochs")
+    search.add_argument("--learning-rate", type=positive_float, default=1e-3,
                         help="ltb: Adam learning rate of the supernet's weights")
-    search.add_argument("--logits-learning-rate", type=float,
+    search.add_argument("--logits-learning-rate", type=positive_float,
                         help="ltb: learning rate of the branching logits (default: 10x --learning-rate)")
-    search.add_argument("--warmup-epochs", type=int,
+    search.add_argument("--warmup-epochs", type=non_negative_int,
                         help="ltb: epochs of uniform mixing before the logits learn "
                              "(default: about 1%% of --epochs, at least 1)")
     search.add_argument("--per-example", action="store_true",
                         help="ltb: one Gumbel sample per example instead of per batch")
-    search.add_argument("--balance", type=float,
+    search.add_argument("--balance", type=non_negative_float,
                         help="ltb: strength of the penalty on parents no child uses "
                              "(0: off; default 0.1)")
     search.add_argument("--out", required=True, help="folder to write")
@@ -368,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--model", required=True, help="model.keras file")
     ev.add_argument("--data", required=True, help="'planted[:opts]' or 'omniglot:PATH'")
     ev.add_argument("--split", default="test")
-    ev.add_argument("--batch-size", type=int, default=256)
+    ev.add_argument("--batch-size", type=positive_int, default=256)
     ev.add_argument("--out", help="write the metrics as JSON here (refused if it exists)")
     ev.add_argument("--overwrite", action="store_true",
                     help="replace an existing --out file (never a folder keras-branch did not write)")
@@ -388,7 +397,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help, --version, or a flag argparse refused (one line)
+        return done.code if isinstance(done.code, int) else 2
     from keras_branch.errors import KerasBranchError
 
     try:

@@ -10,6 +10,21 @@ from keras_branch.build import BranchedModel
 from keras_branch.errors import ModelFileError
 
 
+def _load_keras_file(path: str, safe_mode: bool) -> keras.Model:
+    """`keras.saving.load_model` with one clear error for anything that is not a model."""
+    if not os.path.isfile(path):
+        raise ModelFileError(f"--model file does not exist: {path!r}")
+    if not path.endswith(".keras"):
+        raise ModelFileError(f"--model must be a .keras file. Received: {path!r}")
+    try:
+        return keras.saving.load_model(path, safe_mode=safe_mode)
+    except Exception as err:  # Keras raises many types for a bad file
+        message = " ".join(str(err).split())[:300]
+        raise ModelFileError(
+            f"Cannot load model {path!r}: {type(err).__name__}: {message}"
+        ) from None
+
+
 def load_branched_model(path: str | os.PathLike, safe_mode: bool = True) -> BranchedModel:
     """Loads a `.keras` file written from a `BranchedModel`.
 
@@ -22,14 +37,7 @@ def load_branched_model(path: str | os.PathLike, safe_mode: bool = True) -> Bran
         The `BranchedModel`, compiled as it was saved.
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ModelFileError(f"--model file does not exist: {path!r}")
-    if not path.endswith(".keras"):
-        raise ModelFileError(f"--model must be a .keras file. Received: {path!r}")
-    try:
-        model = keras.saving.load_model(path, safe_mode=safe_mode)
-    except Exception as err:  # Keras raises many types for a bad file
-        raise ModelFileError(f"Cannot load model {path!r}: {type(err).__name__}: {err}") from None
+    model = _load_keras_file(path, safe_mode)
     if not isinstance(model, BranchedModel):
         raise ModelFileError(
             f"{path!r} holds a {type(model).__name__}, not a keras_branch BranchedModel."
@@ -38,16 +46,20 @@ def load_branched_model(path: str | os.PathLike, safe_mode: bool = True) -> Bran
 
 
 def load_task_model(path: str | os.PathLike, safe_mode: bool = True) -> keras.Model:
-    """Loads any keras_branch multi-task model (a tree or a soft-ordering model)."""
+    """Loads any keras_branch multi-task model (a tree or a soft-ordering model).
+
+    Raises:
+        ModelFileError: the file is missing, not a `.keras` file, not
+            loadable (a spec JSON, a truncated zip, a broken config), or
+            holds another kind of model.
+    """
     from keras_branch.soft_ordering_model import SoftOrderingModel
 
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ModelFileError(f"--model file does not exist: {path!r}")
-    try:
-        return load_branched_model(path, safe_mode=safe_mode)
-    except ModelFileError as err:
-        model = keras.saving.load_model(path, safe_mode=safe_mode)
-        if isinstance(model, SoftOrderingModel):
-            return model
-        raise err
+    model = _load_keras_file(path, safe_mode)
+    if not isinstance(model, (BranchedModel, SoftOrderingModel)):
+        raise ModelFileError(
+            f"{path!r} holds a {type(model).__name__}, not a keras_branch model "
+            f"(BranchedModel or SoftOrderingModel)."
+        )
+    return model

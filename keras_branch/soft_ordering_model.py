@@ -23,7 +23,6 @@ Reference:
 from __future__ import annotations
 
 import copy
-import math
 import os
 import threading
 from collections.abc import Callable, Mapping, Sequence

@@ -255,11 +255,11 @@ def test_ltb_search_under_a_budget_through_the_cli(tmp_path, capsys):
     (["--widths", "1,2,4"], "must end with at most one node per task (3). Received: --widths=[1, 2, 4]"),
     (["--widths", "1,0,3"], "entry 1 is not. Received: --widths=[1, 0, 3]"),
     (["--widths", "a"], "--widths must be integers separated by commas (e.g. 1,3,8). Received: --widths 'a'"),
-    (["--logits-learning-rate", "0"], "--logits-learning-rate must be a finite number > 0. Received: --logits-learning-rate 0.0"),
-    (["--logits-learning-rate", "nan"], "Received: --logits-learning-rate nan"),
-    (["--learning-rate", "-1"], "--learning-rate must be a finite number > 0. Received: --learning-rate -1.0"),
-    (["--balance", "-1"], "--balance must be a finite number >= 0. Received: --balance -1.0"),
-    (["--warmup-epochs", "-1"], "`warmup_epochs` must be an int >= 0. Received: warmup_epochs=-1"),
+    (["--logits-learning-rate", "0"], "argument --logits-learning-rate: must be a finite number > 0. Received: '0'"),
+    (["--logits-learning-rate", "nan"], "argument --logits-learning-rate: must be a finite number > 0. Received: 'nan'"),
+    (["--learning-rate", "-1"], "argument --learning-rate: must be a finite number > 0. Received: '-1'"),
+    (["--balance", "-1"], "argument --balance: must be a finite number >= 0. Received: '-1'"),
+    (["--warmup-epochs", "-1"], "argument --warmup-epochs: must be an int >= 0. Received: '-1'"),
     (["--budget", "0.5x"], "No tree fits `budget`='0.5x'"),
     (["--budget", "2x", "--widths", "1,2,3"], "takes --widths or --budget, not both. Received: --widths '1,2,3' --budget '2x'"),
 ])
@@ -317,3 +317,102 @@ def test_ltb_search_and_soft_ordering_training_through_the_cli(tmp_path):
     again = json.loads((tmp_path / "soft_eval.json").read_text())["test"]
     for task, values in metrics["test"].items():
         assert again[task]["mse"] == pytest.approx(values["mse"], rel=1e-5)
+
+
+NUMERIC_FLAGS = [
+    (["train", "--spec", "S", "--data", PLANTED], "--batch-size", "0", "must be an int >= 1"),
+    (["train", "--spec", "S", "--data", PLANTED], "--epochs", "-3", "must be an int >= 1"),
+    (["train", "--spec", "S", "--data", PLANTED], "--seed", "4294967296",
+     "must be an int from 0 to 4294967295"),
+    (["train", "--spec", "S", "--data", PLANTED], "--seed", "-1", "must be an int from 0"),
+    (["train", "--spec", "S", "--data", PLANTED], "--learning-rate", "nan",
+     "must be a finite number > 0"),
+    (["train", "--spec", "S", "--data", PLANTED], "--learning-rate", "inf", "must be a finite number > 0"),
+    (["train", "--spec", "S", "--data", PLANTED], "--learning-rate", "-1", "must be a finite number > 0"),
+    (["train", "--spec", "S", "--data", PLANTED], "--weight-decay", "-0.1", "must be a finite number >= 0"),
+    (["train", "--spec", "S", "--data", PLANTED], "--image-size", "x", "must be an int >= 1"),
+    (["search", "--data", PLANTED], "--num-inputs", "0", "must be an int >= 1"),
+    (["search", "--data", PLANTED], "--balance", "nan", "must be a finite number >= 0"),
+    (["evaluate", "--model", "m.keras", "--data", PLANTED], "--batch-size", "0", "must be an int >= 1"),
+    (["export", "m.keras"], "--check-samples", "0", "must be an int >= 1"),
+    (["export", "m.keras"], "--check-samples", "-1", "must be an int >= 1"),
+    (["evolve", "--data", PLANTED], "--candidates", "0", "must be an int >= 1"),
+    (["evolve", "--data", PLANTED], "--scale", "0", "must be a number in (0, 1]"),
+    (["evolve", "--data", PLANTED], "--scale", "1.5", "must be a number in (0, 1]"),
+    (["evolve", "--data", PLANTED], "--scale", "nan", "must be a number in (0, 1]"),
+    (["evolve", "--data", PLANTED], "--mutation-prob", "-0.1", "must be a number in [0, 1]"),
+    (["zoo", "train", "planted-affinity"], "--learning-rate", "nan", "must be a finite number > 0"),
+    (["zoo", "train", "planted-affinity"], "--batch-size", "0", "must be an int >= 1"),
+]
+
+
+@pytest.mark.parametrize("command,flag,value,fragment", NUMERIC_FLAGS,
+                         ids=[f"{c[0]}{f}={v}" for c, f, v, _ in NUMERIC_FLAGS])
+def test_bad_numbers_end_with_one_line_naming_the_flag(tmp_path, capsys, command, flag, value,
+                                                       fragment):
+    out = tmp_path / "out"
+    rc = main([*command, "--out", str(out), flag, value])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert "\n" not in err and "Traceback" not in err
+    prog = "keras-branch " + " ".join(command[:2] if command[0] == "zoo" else command[:1])
+    assert err.startswith(f"{prog}: error: argument {flag}: {fragment}"), err
+    assert f"Received: {value!r}" in err
+    assert not out.exists()
+
+
+def test_version_and_help_exit_0(capsys):
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.startswith("keras-branch ")
+    assert main(["train", "--help"]) == 0
+    assert "--learning-rate" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("data,fragment", [
+    ("planted:seed=-1", "`seed` must be an int from 0 to 2**32 - 1. Received: seed=-1"),
+    ("planted:seed=4294967296", "Received: seed=4294967296"),
+    ("planted:train=0", "`num_train` must be an int >= 1. Received: num_train=0"),
+])
+def test_bad_planted_options_end_with_one_line(tmp_path, capsys, data, fragment):
+    rc = main(["train", "--spec", _spec_file(tmp_path, ONE_TASK), "--data", data,
+               "--out", str(tmp_path / "out"), "--epochs", "1", "--progress", "none"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err and fragment in err
+    assert not (tmp_path / "out").exists()
+
+
+def _not_models(tmp_path):
+    """Files that are not loadable models, as a user might pass them."""
+    import zipfile
+
+    spec = tmp_path / "tree.keras"
+    spec.write_text(ONE_TASK)
+    text = tmp_path / "notes.keras"
+    text.write_text("hello")
+    truncated = tmp_path / "cut.keras"
+    with zipfile.ZipFile(tmp_path / "whole.zip", "w") as z:
+        z.writestr("config.json", "{}" * 100)
+    truncated.write_bytes((tmp_path / "whole.zip").read_bytes()[:40])
+    broken = tmp_path / "broken.keras"
+    with zipfile.ZipFile(broken, "w") as z:
+        z.writestr("config.json", '{"class_name": "NoSuchModel", "config": {}}')
+        z.writestr("metadata.json", '{"keras_version": "3.0.0"}')
+    h5 = tmp_path / "model.h5"
+    h5.write_text("not hdf5")
+    return [spec, text, truncated, broken, h5]
+
+
+@pytest.mark.parametrize("command", ["evaluate", "export"])
+def test_files_that_are_not_models_end_with_one_line(tmp_path, capsys, command):
+    for path in _not_models(tmp_path):
+        before = path.read_bytes()
+        out = tmp_path / "out"
+        if command == "evaluate":
+            argv = ["evaluate", "--model", str(path), "--data", PLANTED]
+        else:
+            argv = ["export", str(path), "--out", str(out), "--formats", "tflite"]
+        assert main(argv) == 2, path
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and "Traceback" not in err, err
+        assert err.startswith(f"keras-branch {command}: error: ") and repr(str(path)) in err, err
+        assert path.read_bytes() == before and not out.exists()

@@ -304,7 +304,7 @@ def test_cli_add_task_and_errors(evolved, tmp_path, capsys):
         (("--system", system_dir, "--add-task", data.task_names[3], "--data", DATA,
           "--state", mine, "--out", tmp_path / "y"), "did not create"),
         (("--system", system_dir, "--add-task", data.task_names[3], "--data", DATA,
-          "--passes", "0", "--out", tmp_path / "y"), "--passes must be an integer >= 1. Received: --passes 0"),
+          "--passes", "0", "--out", tmp_path / "y"), "argument --passes: must be an int >= 1. Received: '0'"),
     ]:
         assert main(["evolve", *map(str, args)]) == 2, args
         err = capsys.readouterr().err.strip()

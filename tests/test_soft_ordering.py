@@ -1,7 +1,6 @@
 """SoftOrdering layer and SoftOrderingModel: the shared tests, the mixing maths,
 the orderings, misuse, mixing-weight display, training and TFLite export."""
 
-import os
 
 import keras
 import numpy as np

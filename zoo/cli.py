@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 
+from keras_branch.cli_args import positive_float, positive_int, seed
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Adds the `zoo` subcommand (with its own subcommands) to the CLI's subparsers.
@@ -42,7 +44,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     train = zsub.add_parser("train", help="train an entry with its recipe (one seed)")
     train.add_argument("name")
     train.add_argument("--data", default=None, help=data_help)
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--seed", type=seed, default=0)
     train.add_argument("--out", default=None, help="run folder to write (model.keras, metrics.json, ...)")
     train.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     _add_recipe_arguments(train)
@@ -52,7 +54,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     ev.add_argument("--model", required=True, help="the trained model's .keras file, or a .tflite file exported from it")
     ev.add_argument("--data", default=None, help=data_help)
     ev.add_argument("--split", default="test")
-    ev.add_argument("--batch-size", type=int, default=256)
+    ev.add_argument("--batch-size", type=positive_int, default=256)
 
     measure = zsub.add_parser("measure", help="train every seed, measure, write results.json and the card")
     measure.add_argument("name")
@@ -60,8 +62,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     measure.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     measure.add_argument("--out", default=None,
                          help="folder for results.json and README.md (default: the entry's own)")
-    measure.add_argument("--runs", type=int, default=300, help="timed LiteRT calls (median)")
-    measure.add_argument("--threads", type=int, default=1, help="LiteRT threads")
+    measure.add_argument("--runs", type=positive_int, default=300, help="timed LiteRT calls (median)")
+    measure.add_argument("--threads", type=positive_int, default=1, help="LiteRT threads")
     _add_recipe_arguments(measure)
 
     card = zsub.add_parser("card", help="regenerate an entry's README.md from its files")
@@ -72,9 +74,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
-    parser.add_argument("--batch-size", type=int, default=None, help="override the recipe's batch size")
-    parser.add_argument("--learning-rate", type=float, default=None,
+    parser.add_argument("--epochs", type=positive_int, default=None, help="override the recipe's epochs")
+    parser.add_argument("--batch-size", type=positive_int, default=None, help="override the recipe's batch size")
+    parser.add_argument("--learning-rate", type=positive_float, default=None,
                         help="override the recipe's learning rate")
     parser.add_argument("--recipe", action="append", default=[], metavar="KEY=JSON",
                         help="override any recipe key (VALUE as JSON)")

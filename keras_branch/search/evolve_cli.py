@@ -13,6 +13,8 @@ and keeps every candidate already scored.
 from __future__ import annotations
 
 import argparse
+
+from keras_branch.cli_args import fraction, positive_int, probability, seed
 import os
 
 
@@ -40,13 +42,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--tasks", help="comma-separated tasks to evolve (default: every data task "
                    "the system lacks)")
     p.add_argument("--add-task", help="with --system: comma-separated tasks to add")
-    p.add_argument("--scale", type=float, default=0.9,
+    p.add_argument("--scale", type=fraction, default=0.9,
                    help="scale factor s in (0, 1]: score = quality * s ** (params / root params)")
-    p.add_argument("--passes", type=int, help="rounds over the tasks (default 2; 1 with --system)")
-    p.add_argument("--candidates", type=int, default=16, help="candidates per task visit")
-    p.add_argument("--candidate-epochs", type=int, default=3, help="training epochs per candidate")
-    p.add_argument("--mutation-prob", type=float, default=0.2)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--passes", type=positive_int, help="rounds over the tasks (default 2; 1 with --system)")
+    p.add_argument("--candidates", type=positive_int, default=16, help="candidates per task visit")
+    p.add_argument("--candidate-epochs", type=positive_int, default=3, help="training epochs per candidate")
+    p.add_argument("--mutation-prob", type=probability, default=0.2)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--state", help="search state folder (default: OUT.state): a new or empty "
                    "folder, or an interrupted search's to resume; one with other files is refused")
     p.add_argument("--out", required=True, help="system folder to write")
@@ -62,8 +64,6 @@ def run(args: argparse.Namespace) -> int:
     from keras_branch.search.evolve import EvolvedSystem, evolve
     from keras_branch.training import format_metrics
 
-    if args.passes is not None and args.passes < 1:
-        raise SearchError(f"--passes must be an integer >= 1. Received: --passes {args.passes}")
     if os.path.lexists(args.out) and not args.overwrite:
         raise OutputExistsError(f"--out exists: {args.out!r}; pass --overwrite to replace it.")
     if args.system:
