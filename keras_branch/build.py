@@ -19,10 +19,10 @@ from typing import Any
 import keras
 
 from keras_branch.backbones import Backbone
-from keras_branch.errors import SpecError
+from keras_branch.errors import KerasBranchError, SpecError
 from keras_branch.layers.adapter import Adapter
 from keras_branch.spec import TreeSpec
-from keras_branch.tasks import Task, as_tasks
+from keras_branch.tasks import Task, as_tasks, check_label_structure
 
 
 def block_name(stage: int, block: int) -> str:
@@ -137,6 +137,17 @@ class BranchedModel(keras.Model):
     def task_keys(self) -> dict[str, str]:
         """Task name -> output key."""
         return {t.name: t.key for t in self.tasks}
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        # Before Keras pairs `y` with the outputs: a list would pair in sorted order.
+        try:
+            check_label_structure(self.tasks, y)
+        except KerasBranchError:
+            # The step being traced is abandoned: let the next fit/evaluate trace anew.
+            self.train_function = self.test_function = None
+            raise
+        return super().compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
+                                    training=training)
 
     def get_config(self) -> dict[str, Any]:
         return {

@@ -236,3 +236,36 @@ def as_tasks(tasks: Iterable[Task | Mapping[str, Any]]) -> list[Task]:
             )
         keys[task.key] = task.name
     return result
+
+
+def check_label_structure(tasks: Iterable[Task], y: Any) -> None:
+    """Refuses labels that Keras would pair with the wrong heads (or fail on deep inside).
+
+    A multi-task model's outputs are a dict keyed by `Task.key`; Keras
+    pairs a *list* of label arrays with the outputs in sorted key order,
+    not in the tasks' order, so one task's labels would silently train
+    another task's head. A dict must use the output keys (`task_keys`),
+    which differ from task names that are not Python identifiers.
+
+    Raises:
+        TaskError: `y` is a list or tuple (with more than one task), or a
+            dict whose keys are not the output keys.
+    """
+    tasks = list(tasks)
+    keys = [t.key for t in tasks]
+    mapping = {t.name: t.key for t in tasks}
+    if isinstance(y, (list, tuple)) and len(tasks) > 1:
+        raise TaskError(
+            f"Labels must be a dict keyed by output key, not a {type(y).__name__}: Keras "
+            f"pairs a list with the outputs in sorted key order, not the tasks' order. "
+            f"Use {{key: labels}} with the keys of `model.task_keys` ({mapping})."
+        )
+    if isinstance(y, Mapping):
+        unknown = sorted(str(k) for k in y if k not in keys)
+        if unknown:
+            hint = [k for k in unknown if k in mapping]
+            raise TaskError(
+                f"Label key(s) {unknown} are not output keys {keys}"
+                + (f"; task names map to keys as `model.task_keys`: {mapping}" if hint else "")
+                + "."
+            )

@@ -129,3 +129,27 @@ def test_single_task_model_reports_its_metrics():
     metrics = evaluate(model, data, "test")["g0_t0"]
     assert set(metrics) == {"loss", "mse", "mae", "n"} and metrics["n"] == 32
     assert metrics["loss"] == pytest.approx(metrics["mse"], rel=1e-5)
+
+
+def test_model_fit_refuses_label_lists_and_task_names_as_keys():
+    """Keras pairs a list with sorted output keys: it would train the wrong heads."""
+    from keras_branch.errors import TaskError
+
+    tasks = [Task("smile", "binary"), Task("age", "regression"),
+             Task("Japanese (katakana)", "multiclass", classes=3)]
+    model = build_model(TreeSpec.shared([t.name for t in tasks], 2),
+                        backbones.mlp(6, widths=[4, 4]), tasks)
+    compile_model(model)
+    rng = np.random.default_rng(0)
+    x = rng.random((8, 6)).astype("float32")
+    labels = [rng.integers(0, 2, 8), rng.random(8).astype("float32"), rng.integers(0, 3, 8)]
+    with pytest.raises(TaskError, match=r"not a (list|tuple).*sorted key order.*model.task_keys"):
+        model.fit(x, labels, epochs=1, verbose=0)
+    by_name = dict(zip([t.name for t in tasks], labels))
+    with pytest.raises(TaskError, match=r"\['Japanese \(katakana\)'\] are not output keys.*"
+                                        r"'Japanese \(katakana\)': 'Japanese__katakana_'"):
+        model.evaluate(x, by_name, verbose=0)
+    # The right structure still trains after the refused calls.
+    by_key = dict(zip([t.key for t in tasks], labels))
+    history = model.fit(x, by_key, epochs=1, verbose=0).history
+    assert np.isfinite(history["loss"][0])
