@@ -22,7 +22,11 @@ from keras_branch.backbones import Backbone
 from keras_branch.errors import KerasBranchError, SpecError
 from keras_branch.layers.adapter import Adapter
 from keras_branch.spec import TreeSpec
-from keras_branch.tasks import Task, as_tasks, check_label_structure
+from keras_branch.tasks import Task, as_tasks, check_keys_free, check_label_structure
+
+
+#: Names of the layers a BranchedModel builds (task outputs must not take them).
+RESERVED_NAMES = r"inputs|stem|stage\d+_block\d+|adapter\d+_.*|features_.*|head_.*"
 
 
 def block_name(stage: int, block: int) -> str:
@@ -77,6 +81,7 @@ class BranchedModel(keras.Model):
         backbone = backbone if isinstance(backbone, Backbone) else Backbone.from_config(backbone)
         task_list = as_tasks(tasks)
         spec.check_compatible(backbone, task_list)
+        check_keys_free(task_list, RESERVED_NAMES, "a BranchedModel")
         by_name = {t.name: t for t in task_list}
         ordered = [by_name[name] for name in spec.tasks]
 

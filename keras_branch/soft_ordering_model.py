@@ -36,10 +36,12 @@ from keras_branch.errors import KerasBranchError
 from keras_branch.layers.conv_block import ConvBlock
 from keras_branch.layers.soft_ordering import ORDERINGS, SoftOrdering
 from keras_branch.masked import label_mask
-from keras_branch.tasks import Task, as_tasks, check_label_structure
+from keras_branch.tasks import Task, as_tasks, check_keys_free, check_label_structure
 from keras_branch.training import TrainResult, compile_model, make_optimizer, train
 
 SINGLE_TASK = "single_task"
+#: Names of the layers a SoftOrderingModel builds (task outputs must not take them).
+RESERVED_NAMES = r"inputs|stem|soft_ordering|single_task_.*|encoder_.*|features_.*|head_.*"
 MODEL_ORDERINGS = (*ORDERINGS, SINGLE_TASK)
 POOLINGS = ("flatten", "avg", "max", "none")
 # Spellings of the command line (`--model soft-ordering`) and of prose.
@@ -137,6 +139,7 @@ class SoftOrderingModel(keras.Model):
         **kwargs: Any,
     ):
         task_list = as_tasks(tasks)
+        check_keys_free(task_list, RESERVED_NAMES, "a SoftOrderingModel")
         if not isinstance(route_training, bool):
             raise KerasBranchError(
                 f"`route_training` must be a bool. Received: route_training={route_training!r}"

@@ -269,3 +269,27 @@ def check_label_structure(tasks: Iterable[Task], y: Any) -> None:
                 + (f"; task names map to keys as `model.task_keys`: {mapping}" if hint else "")
                 + "."
             )
+
+
+def check_keys_free(tasks: Iterable[Task], reserved: str, where: str) -> None:
+    """Refuses task keys that would name a second layer like one the model builds.
+
+    Each task's output is a layer named by its key; a key such as
+    `inputs` or `head_b` would collide with a layer of the model, and
+    Keras would fail with "name is used 2 times".
+
+    Args:
+        tasks: the tasks.
+        reserved: a regular expression of the layer names the model uses.
+        where: the model, for the message.
+
+    Raises:
+        TaskError: naming the task, its key and the model's layer names.
+    """
+    pattern = re.compile(reserved)
+    for task in tasks:
+        if pattern.fullmatch(task.key):
+            raise TaskError(
+                f"Task {task.name!r} (output key {task.key!r}) has the name of a layer that "
+                f"{where} builds (names matching {reserved!r}); rename the task."
+            )

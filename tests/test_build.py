@@ -153,3 +153,17 @@ def test_model_fit_refuses_label_lists_and_task_names_as_keys():
     by_key = dict(zip([t.key for t in tasks], labels))
     history = model.fit(x, by_key, epochs=1, verbose=0).history
     assert np.isfinite(history["loss"][0])
+
+
+@pytest.mark.parametrize("name", ["inputs", "stage1_block0", "head_b", "features_0", "stem"])
+def test_a_task_named_like_a_layer_of_the_model_is_refused(name):
+    from keras_branch.errors import TaskError
+    from keras_branch.soft_ordering_model import build_soft_ordering_model
+
+    tasks = [Task(name, "regression"), Task("b", "regression")]
+    with pytest.raises(TaskError, match=rf"Task '{name}' \(output key '{name}'\) has the name of "
+                                        r"a layer that a BranchedModel builds"):
+        build_model(TreeSpec.shared([name, "b"], 2), backbones.mlp(6, widths=[4, 4]), tasks)
+    if name in ("inputs", "head_b", "stem"):
+        with pytest.raises(TaskError, match="a SoftOrderingModel builds"):
+            build_soft_ordering_model(tasks, (6,), "soft", depth=2, width=4)
