@@ -18,7 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_branch.augment import make_augment
+from keras_branch.augment import Augment, make_augment
 from keras_branch.backbones import Backbone
 from keras_branch.build import build_model
 from keras_branch.checkpoints import CheckpointCallback, TrainingCheckpoint
@@ -429,6 +429,11 @@ def train(
     check_recipe(schedule, weight_decay, warmup_epochs, epochs)
     data = _check_tasks(model.tasks, data)
     augment = make_augment(augment, seed=seed)
+    if isinstance(augment, Augment) and len(data.input_shape) != 3:
+        raise DataError(
+            f"`augment` transforms images (height, width, channels); data "
+            f"{data.name!r} has inputs of shape {data.input_shape}. Received: augment={augment!r}"
+        )
     if not model.compiled:
         compile_model(model, optimizer=make_optimizer(
             learning_rate, schedule, weight_decay, epochs, data.steps("train", batch_size),

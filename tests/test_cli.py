@@ -416,3 +416,13 @@ def test_files_that_are_not_models_end_with_one_line(tmp_path, capsys, command):
         assert "\n" not in err and "Traceback" not in err, err
         assert err.startswith(f"keras-branch {command}: error: ") and repr(str(path)) in err, err
         assert path.read_bytes() == before and not out.exists()
+
+
+def test_augment_on_flat_data_ends_with_one_line(tmp_path, capsys):
+    rc = main(["train", "--spec", _spec_file(tmp_path, ONE_TASK), "--data", PLANTED,
+               "--augment", '{"shift": 0.1}', "--out", str(tmp_path / "out"), "--epochs", "1",
+               "--progress", "none"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err
+    assert "`augment` transforms images (height, width, channels)" in err and "(100,)" in err
+    assert not (tmp_path / "out").exists()
