@@ -94,7 +94,7 @@ def _recipe_args(args: argparse.Namespace) -> dict:
 def cmd_train(args: argparse.Namespace) -> int:
     from keras_branch import distribute
     from keras_branch.data import load_data
-    from keras_branch.errors import SpecError
+    from keras_branch.errors import SpecError, TrainingError
     from keras_branch.files import remove_owned_folder
     from keras_branch.spec import TreeSpec
     from keras_branch.training import EpochLogger, fit_spec, format_metrics, save_run, spec_tasks
@@ -112,14 +112,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     backbone = _make_backbone(args.backbone, data.input_shape, _backbone_args(args.backbone_arg))
     print(str(spec))
     print(f"parameters: {spec.count_params(backbone, spec_tasks(spec, data)):,}")
-    result = fit_spec(
-        spec, backbone, data, epochs=args.epochs, batch_size=args.batch_size,
-        learning_rate=args.learning_rate, seed=args.seed,
-        verbose={"keras": "auto", "short": 0, "none": 0}[args.progress],
-        callbacks=[EpochLogger(data.tasks)] if args.progress == "short" else [],
-        strategy=strategy, checkpoint_dir=checkpoint_dir, mixed_precision=args.mixed_precision,
-        **recipe,
-    )
+    try:
+        result = fit_spec(
+            spec, backbone, data, epochs=args.epochs, batch_size=args.batch_size,
+            learning_rate=args.learning_rate, seed=args.seed,
+            verbose={"keras": "auto", "short": 0, "none": 0}[args.progress],
+            callbacks=[EpochLogger(data.tasks)] if args.progress == "short" else [],
+            strategy=strategy, checkpoint_dir=checkpoint_dir,
+            mixed_precision=args.mixed_precision, **recipe,
+        )
+    except TrainingError:
+        # The checkpoints hold the diverged weights: resuming them would diverge again.
+        remove_owned_folder(checkpoint_dir)
+        raise
     if not distribute.is_chief(strategy):
         return 0  # the chief alone writes the run
     for split, metrics in result.metrics.items():

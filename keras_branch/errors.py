@@ -41,3 +41,7 @@ class SearchError(KerasBranchError):
 
 class ExportError(KerasBranchError):
     """A model cannot be exported as asked (format, tasks, target path, ops)."""
+
+
+class TrainingError(KerasBranchError):
+    """Training went wrong in a way the inputs caused (e.g. the loss became NaN)."""

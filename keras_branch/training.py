@@ -23,7 +23,7 @@ from keras_branch.backbones import Backbone
 from keras_branch.build import build_model
 from keras_branch.checkpoints import CheckpointCallback, TrainingCheckpoint
 from keras_branch.data.multitask import MultiTaskData
-from keras_branch.errors import DataError, SpecError
+from keras_branch.errors import DataError, SpecError, TrainingError
 from keras_branch.files import atomic_path, atomic_write_json
 from keras_branch.spec import TreeSpec
 from keras_branch.tasks import BINARY, MULTICLASS, Task
@@ -171,7 +171,9 @@ def evaluate(
 
     Returns:
         `{task name: {"loss": ..., "accuracy" | "mse": ..., ...}}` plus
-        `"n"`, the number of labelled samples of the task in the split.
+        `"n"`, the number of labelled samples of the task in the split. A
+        task with no labelled sample in the split gets `{"n": 0}` only
+        (no score), and `mean_metric` leaves it out.
     """
     tasks = list(tasks if tasks is not None else model.tasks)
     data = _check_tasks(tasks, data)
@@ -179,6 +181,9 @@ def evaluate(
     result = task_metrics(logs, tasks)
     counts = data.labelled_counts(split)
     for task in tasks:
+        if counts[task.name] == 0:
+            # Keras reports 0 accuracy (error 1) or 0 mse here: a score of nothing.
+            result[task.name] = {}
         result[task.name]["n"] = counts[task.name]
     return result
 
@@ -229,6 +234,9 @@ def score_outputs(
     result = task_metrics(logs, tasks)
     counts = data.labelled_counts(split)
     for task in tasks:
+        if counts[task.name] == 0:
+            # Keras reports 0 accuracy (error 1) or 0 mse here: a score of nothing.
+            result[task.name] = {}
         result[task.name]["n"] = counts[task.name]
     return result
 
@@ -245,6 +253,8 @@ def format_metrics(metrics: dict[str, dict[str, float]], split: str = "test") ->
     lines = []
     for name, values in metrics.items():
         shown = [f"{k}={v:.4f}" for k, v in values.items() if k not in ("n",)]
+        if values.get("n") == 0:
+            shown = ["no labelled samples"]
         count = f"  (n={values['n']})" if "n" in values else ""
         lines.append(f"{split} {name:<{width}}  " + "  ".join(shown) + count)
     return "\n".join(lines)
@@ -428,6 +438,8 @@ def train(
             raise DataError(f"`{field}` must be a positive int. Received: {field}={value!r}")
     check_recipe(schedule, weight_decay, warmup_epochs, epochs)
     data = _check_tasks(model.tasks, data)
+    if "train" not in data.splits or len(data.split("train")) == 0:
+        raise DataError(f"{data.name}: no training samples; nothing to train on.")
     augment = make_augment(augment, seed=seed)
     if isinstance(augment, Augment) and len(data.input_shape) != 3:
         raise DataError(
@@ -439,7 +451,7 @@ def train(
             learning_rate, schedule, weight_decay, epochs, data.steps("train", batch_size),
             warmup_epochs,
         ))
-    callbacks = list(callbacks)
+    callbacks = [*callbacks, keras.callbacks.TerminateOnNaN()]
     if tensorboard is not None:
         callbacks.append(TensorBoardLogger(tensorboard))
     first_epoch, past = 0, {}
@@ -466,6 +478,14 @@ def train(
         )
         for key, values in fitted.history.items():
             history.setdefault(key, []).extend(float(v) for v in values)
+        losses = history.get("loss", [])
+        if losses and not all(math.isfinite(v) for v in losses):
+            epoch = next(i for i, v in enumerate(losses) if not math.isfinite(v)) + 1
+            raise TrainingError(
+                f"The training loss became {losses[epoch - 1]} in epoch {epoch}; training "
+                f"stopped. Inputs or regression targets far from unit scale, or a learning "
+                f"rate too large for them, are the usual causes."
+            )
     metrics = {
         split: evaluate(model, data, split) for split in eval_splits if split in data.splits
     }

@@ -426,3 +426,47 @@ def test_augment_on_flat_data_ends_with_one_line(tmp_path, capsys):
     assert rc == 2 and "\n" not in err
     assert "`augment` transforms images (height, width, channels)" in err and "(100,)" in err
     assert not (tmp_path / "out").exists()
+
+
+def _npz_with(tmp_path, name, change):
+    """A planted regression npz whose arrays `change(x_train, y_train, y_test)` edited in place."""
+    data = planted_groups(group_sizes=(1,), num_train=40, num_validation=8, num_test=8, seed=2)
+    train, test = data.split("train"), data.split("test")
+    x, y, y_test = train.x.copy(), train.y["g0_t0"].copy(), test.y["g0_t0"].copy()
+    change(x, y, y_test)
+    bad = MultiTaskData.__new__(MultiTaskData)  # skip validation to write the file
+    bad.tasks, bad.info, bad.name = data.tasks, {}, name
+    bad.splits = {"train": Split(x, {"g0_t0": y}), "validation": data.split("validation"),
+                  "test": Split(test.x, {"g0_t0": y_test})}
+    save_npz(tmp_path / f"{name}.npz", bad)
+    return f"npz:{tmp_path / name}.npz"
+
+
+def _set(array, index, value):
+    array[index] = value
+
+
+@pytest.mark.parametrize("change,fragment", [
+    (lambda x, y, t: _set(x, (5, 3), np.nan),
+     "1 input row(s) hold NaN or infinity, the first is row 5"),
+    (lambda x, y, t: _set(x, (slice(7, 9), 0), np.inf), "2 input row(s) hold NaN or infinity"),
+    (lambda x, y, t: _set(x, slice(None), 1e30), "The training loss became inf in epoch 1"),
+])
+def test_bad_inputs_end_with_one_line_before_anything_is_saved(tmp_path, capsys, change, fragment):
+    data = _npz_with(tmp_path, "bad", change)
+    rc = main(["train", "--spec", _spec_file(tmp_path, ONE_TASK), "--data", data,
+               "--out", str(tmp_path / "out"), "--epochs", "2", "--progress", "none"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err, err
+    assert fragment in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.npz", "spec.json"]
+
+
+def test_a_task_without_test_labels_reports_no_score(tmp_path, capsys):
+    data = _npz_with(tmp_path, "unlabelled", lambda x, y, t: _set(t, slice(None), np.nan))
+    assert main(["train", "--spec", _spec_file(tmp_path, ONE_TASK), "--data", data,
+                 "--out", str(tmp_path / "out"), "--epochs", "1", "--progress", "none"]) == 0
+    out = capsys.readouterr().out
+    assert "test g0_t0  no labelled samples  (n=0)" in out
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["test"]["g0_t0"] == {"n": 0}

@@ -151,3 +151,33 @@ def test_omniglot_bad_inputs(omniglot_zip, tmp_path):
         load_omniglot(tmp_path / "empty")
     with pytest.raises(DataError, match="Received: image_size=2"):
         load_omniglot(omniglot_zip, image_size=2)
+
+
+def test_inputs_must_be_finite_real_numbers():
+    from keras_branch.data.multitask import MultiTaskData, Split
+
+    data = planted_groups(group_sizes=(1,), num_train=10, num_validation=5, num_test=5)
+    x, y = data.split("train").x.copy(), dict(data.split("train").y)
+    x[4, 0] = -np.inf
+    with pytest.raises(DataError, match=r"d/train: 1 input row\(s\) hold NaN or infinity, "
+                                        r"the first is row 4"):
+        MultiTaskData(data.tasks, {"train": Split(x, y)}, name="d")
+    words = np.array([["a"] * 3] * 10)
+    with pytest.raises(DataError, match=r"d/train: inputs must be real numbers. Received dtype <U1"):
+        MultiTaskData(data.tasks, {"train": Split(words, y)}, name="d")
+
+
+def test_training_refuses_no_training_samples():
+    from keras_branch import TreeSpec, backbones, build_model
+    from keras_branch.data.multitask import MultiTaskData, Split
+    from keras_branch.training import train
+
+    data = planted_groups(group_sizes=(1,), num_train=10, num_validation=5, num_test=5)
+    train_split = data.split("train")
+    empty = MultiTaskData(data.tasks, {
+        "train": Split(train_split.x[:0], {k: v[:0] for k, v in train_split.y.items()}),
+        "test": data.split("test")}, name="empty")
+    model = build_model(TreeSpec.shared(data.task_names, 2), backbones.mlp(100, widths=[4, 4]),
+                        data.tasks)
+    with pytest.raises(DataError, match="empty: no training samples; nothing to train on"):
+        train(model, empty, epochs=1, verbose=0)

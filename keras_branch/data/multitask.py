@@ -65,6 +65,25 @@ def validate_labels(tasks: Sequence[Task], split: Split, split_name: str = "data
             )
 
 
+def validate_inputs(split: Split, split_name: str = "data") -> None:
+    """Raises DataError for inputs that are not finite numbers, naming the first bad row.
+
+    A NaN or infinite input would be absorbed silently into a finite loss
+    (or turn every loss to NaN); neither is a training anyone wants.
+    """
+    x = split.x
+    if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
+        raise DataError(f"{split_name}: inputs must be real numbers. Received dtype {x.dtype}.")
+    if np.issubdtype(x.dtype, np.floating) and x.size:
+        finite = np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+        if not finite.all():
+            rows = np.flatnonzero(~finite)
+            raise DataError(
+                f"{split_name}: {len(rows)} input row(s) hold NaN or infinity, the first is "
+                f"row {int(rows[0])}; remove or impute them."
+            )
+
+
 class MultiTaskData:
     """Tasks and their splits, ready to batch for `model.fit`.
 
@@ -93,6 +112,7 @@ class MultiTaskData:
         if len(shapes) != 1:
             raise DataError(f"{name}: splits have different input shapes {sorted(shapes)}.")
         for split_name, split in self.splits.items():
+            validate_inputs(split, f"{name}/{split_name}")
             validate_labels(self.tasks, split, f"{name}/{split_name}")
 
     @property
