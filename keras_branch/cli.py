@@ -406,13 +406,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as done:  # --help, --version, or a flag argparse refused (one line)
         return done.code if isinstance(done.code, int) else 2
-    from keras_branch.errors import KerasBranchError
+    from keras_branch.errors import KerasBranchError, OutputExistsError
 
     try:
+        out = getattr(args, "out", None)
+        if isinstance(out, str) and not out.strip():
+            raise OutputExistsError(f"--out must be a path. Received: --out {out!r}")
         return args.func(args)
     except KerasBranchError as err:
         message = " ".join(str(err).split())
         print(f"keras-branch {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a path the file system refuses (a file where a folder goes, ...)
+        where = f": {err.filename!r}" if err.filename else ""
+        print(f"keras-branch {args.command}: error: {err.strerror or err}{where}", file=sys.stderr)
         return 2
 
 

@@ -453,6 +453,9 @@ def train(
         ))
     callbacks = [*callbacks, keras.callbacks.TerminateOnNaN()]
     if tensorboard is not None:
+        # Fail here, with the file system's one-line reason, rather than inside
+        # TensorFlow's summary writer after the first epoch.
+        os.makedirs(tensorboard, exist_ok=True)
         callbacks.append(TensorBoardLogger(tensorboard))
     first_epoch, past = 0, {}
     if checkpoint_dir is not None:

@@ -470,3 +470,24 @@ def test_a_task_without_test_labels_reports_no_score(tmp_path, capsys):
     assert "test g0_t0  no labelled samples  (n=0)" in out
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["test"]["g0_t0"] == {"n": 0}
+
+
+def test_output_paths_the_file_system_refuses_end_with_one_line(tmp_path, capsys):
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("mine")
+    base = ["train", "--spec", _spec_file(tmp_path, ONE_TASK), "--data", PLANTED,
+            "--epochs", "1", "--progress", "none"]
+    cases = [
+        (["--out", ""], "--out must be a path. Received: --out ''"),
+        (["--out", str(tmp_path / "o1"), "--tensorboard", str(a_file / "tb")], "file.txt"),
+        (["--out", str(tmp_path / "o2"), "--checkpoint-dir", str(a_file)], "file.txt"),
+        (["--out", str(a_file / "run")], "file.txt"),
+        (["--out", str(tmp_path / ("n" * 300))], "n" * 20),
+    ]
+    for flags, fragment in cases:
+        assert main([*base, *flags]) == 2, flags
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and err.startswith("keras-branch train: error: "), err
+        assert fragment in err, err
+    assert a_file.read_text() == "mine"
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
