@@ -296,6 +296,21 @@ def test_omniglot_model_has_the_hand_counted_parameters():
     # Parallel ordering uses a block at one depth only: convnet4, parameter for parameter.
     model = build_soft_ordering_model(tasks, (32, 32, 1), "parallel")
     assert model.count_params() == stem + 3 * block(64, 1) + heads == 147_144
+
+
+def test_omniglot_model_flops_count_what_the_call_computes():
+    from keras_branch.zoo.measure import count_flops
+
+    classes = [24, 22, 24, 40, 26]
+    tasks = [Task(f"a{i}", "multiclass", classes=c) for i, c in enumerate(classes)]
+    conv = lambda cin, side: 2 * 3 * 3 * cin * 64 * side * side  # "same" conv, no bias
+    heads = sum(2 * 256 * c + c for c in classes)
+    stem = conv(1, 32)
+    # Soft: depth 1 reads the one stem output (each pool block once), then T x D per depth.
+    soft = stem + 3 * conv(64, 16) + 5 * 3 * conv(64, 8) + 5 * 3 * conv(64, 4) + heads
+    parallel = stem + conv(64, 16) + conv(64, 8) + conv(64, 4) + heads  # convnet4's
+    assert count_flops(build_soft_ordering_model(tasks, (32, 32, 1), "soft")) == soft
+    assert count_flops(build_soft_ordering_model(tasks, (32, 32, 1), "parallel")) == parallel
     with pytest.raises(KerasBranchError, match=r"halve the resolution 5 times.*Use depth <= 3"):
         build_soft_ordering_model(tasks, (28, 28, 1), "soft", depth=4)
 

@@ -36,6 +36,7 @@ def _layer_flops(layer, input_shape: tuple) -> tuple[int, tuple]:
     """FLOPs of one layer call per sample, and its output shape (batch axis kept)."""
     import keras
 
+    from keras_branch.layers.conv_block import ConvBlock
     from keras_branch.layers.soft_ordering import SoftOrdering
 
     if isinstance(layer, keras.Sequential):
@@ -44,15 +45,27 @@ def _layer_flops(layer, input_shape: tuple) -> tuple[int, tuple]:
             flops, shape = _layer_flops(sub, shape)
             total += flops
         return total, shape
+    if isinstance(layer, ConvBlock):
+        # The convolution counts; batch norm folds into it, ReLU and pooling are free.
+        flops, shape = _layer_flops(layer.conv, input_shape)
+        return flops, tuple(layer.pool.compute_output_shape(shape))
     if isinstance(layer, SoftOrdering):
-        # Every task runs its own path: at each depth, soft ordering applies
-        # every pool layer, a fixed ordering the one layer its order names.
+        # What the call computes: every task's path, except that tasks holding
+        # the same tensor share it (one input for all: soft ordering's first
+        # depth once per pool layer; a fixed order once per distinct prefix).
         shapes = layer.depth_shapes((None, *input_shape[1:]))
+        shared_input = not isinstance(layer.input, (list, tuple))
         total = 0
-        for t in range(layer.num_tasks):
-            for d in range(layer.depth):
-                used = range(layer.depth) if layer.orders is None else [int(layer.orders[t, d])]
-                total += sum(_layer_flops(layer.pool[j], shapes[d])[0] for j in used)
+        for d in range(layer.depth):
+            if layer.orders is None:
+                copies = 1 if shared_input and d == 0 else layer.num_tasks
+                total += copies * sum(_layer_flops(p, shapes[d])[0] for p in layer.pool)
+                continue
+            prefixes = {
+                tuple(layer.orders[t, : d + 1]) if shared_input else (t,) + tuple(layer.orders[t, : d + 1])
+                for t in range(layer.num_tasks)
+            }
+            total += sum(_layer_flops(layer.pool[int(p[-1])], shapes[d])[0] for p in prefixes)
         return total, (input_shape[0], *shapes[-1][1:])
     if isinstance(layer, keras.Model) and hasattr(layer, "_operations"):
         # A functional sub-model: every inner layer runs once on its own graph tensor.
