@@ -253,12 +253,27 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from keras_branch.saving import load_task_model
     from keras_branch.training import evaluate, format_metrics
 
+    from keras_branch.errors import DataError
+
     if args.out:
         _refuse_existing_out(args)
-    model = load_task_model(args.model)
+    path = args.model
+    if os.path.isdir(path) and os.path.isfile(os.path.join(path, "model.keras")):
+        path = os.path.join(path, "model.keras")  # a run folder of `keras-branch train`
+    model = load_task_model(path)
     shape = tuple(model.input_shape[1:])
     image_size = shape[0] if len(shape) == 3 else 32
     data = load_data(args.data, image_size=image_size)
+    if tuple(data.input_shape) != shape:
+        raise DataError(
+            f"--model {args.model!r} takes inputs of shape {shape}; --data {args.data!r} has "
+            f"inputs of shape {tuple(data.input_shape)}."
+        )
+    if args.split not in data.splits:
+        raise DataError(
+            f"--split {args.split!r} is not a split of --data {args.data!r}; "
+            f"it has {sorted(data.splits)}."
+        )
     metrics = evaluate(model, data, args.split, batch_size=args.batch_size)
     print(format_metrics(metrics, args.split))
     if args.out:
@@ -379,8 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
     search.set_defaults(func=cmd_search)
 
     ev = sub.add_parser("evaluate", help="re-score a saved model")
-    ev.add_argument("--model", required=True, help="model.keras file")
-    ev.add_argument("--data", required=True, help="'planted[:opts]' or 'omniglot:PATH'")
+    ev.add_argument("--model", required=True, help="model.keras file, or a run folder holding one")
+    ev.add_argument("--data", required=True, help="'planted[:opts]', 'omniglot:PATH' or 'npz:PATH'")
     ev.add_argument("--split", default="test")
     ev.add_argument("--batch-size", type=positive_int, default=256)
     ev.add_argument("--out", help="write the metrics as JSON here (refused if it exists)")

@@ -67,6 +67,22 @@ def test_evaluate_reproduces_test_metrics(trained_run, tmp_path, capsys):
         assert again[task]["mse"] == pytest.approx(values["mse"], rel=1e-5)
     out = capsys.readouterr().out
     assert sum(line.startswith("test g") for line in out.splitlines()) == 4
+    # The run folder stands for its model.keras.
+    assert main(["evaluate", "--model", str(trained_run), "--data", PLANTED]) == 0
+    assert capsys.readouterr().out == out
+
+
+def test_evaluate_refuses_data_the_model_cannot_read(trained_run, capsys):
+    for data, fragment in [
+        ("planted:groups=2-2,dim=20", "takes inputs of shape (100,); --data "
+                                      "'planted:groups=2-2,dim=20' has inputs of shape (20,)"),
+    ]:
+        assert main(["evaluate", "--model", str(trained_run), "--data", data]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and fragment in err, err
+    assert main(["evaluate", "--model", str(trained_run), "--data", PLANTED,
+                 "--split", "dev"]) == 2
+    assert "--split 'dev' is not a split" in capsys.readouterr().err
 
 
 def test_keras_round_trip_in_a_fresh_process(trained_run, tmp_path):
