@@ -196,9 +196,24 @@ def cmd_search(args: argparse.Namespace) -> int:
     )
     save_search(args.out, search, overwrite=args.overwrite)
     print(f"saved to {args.out} (tree.json, affinity.json, search.json, tree.png, "
-          f"affinity.png, pareto.png); train it with: keras-branch train --spec "
-          f"{os.path.join(args.out, 'tree.json')} --data {args.data} --out RUN_DIR")
+          f"affinity.png, pareto.png); train it with: {_train_command(args)}")
     return 0
+
+
+def _train_command(args: argparse.Namespace) -> str:
+    """The `keras-branch train` line that trains the searched tree on the search's model.
+
+    Carries the data, backbone, backbone arguments and image size, so run
+    verbatim it builds the backbone the search measured (and budgeted).
+    """
+    import shlex
+
+    argv = ["keras-branch", "train", "--spec", os.path.join(args.out, "tree.json"),
+            "--data", args.data, "--backbone", args.backbone]
+    for item in args.backbone_arg:
+        argv += ["--backbone-arg", item]
+    argv += ["--image-size", str(args.image_size), "--out", "RUN_DIR"]
+    return shlex.join(argv)
 
 
 def _search_ltb(args: argparse.Namespace, data, backbone) -> int:
@@ -242,8 +257,7 @@ def _search_ltb(args: argparse.Namespace, data, backbone) -> int:
     print(str(result.spec))
     result.save(args.out, overwrite=args.overwrite)
     print(f"saved to {args.out} (tree.json, branching.json, search.json); retrain it from scratch "
-          f"with: keras-branch train --spec {os.path.join(args.out, 'tree.json')} --data {args.data} "
-          f"--out RUN_DIR")
+          f"with: {_train_command(args)}")
     return 0
 
 

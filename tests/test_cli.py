@@ -507,3 +507,26 @@ def test_output_paths_the_file_system_refuses_end_with_one_line(tmp_path, capsys
         assert fragment in err, err
     assert a_file.read_text() == "mine"
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
+
+
+def test_the_printed_train_command_builds_the_searched_model(tmp_path, capsys):
+    import shlex
+
+    from keras_branch import TreeSpec, backbones
+    from keras_branch.saving import load_task_model
+
+    search = tmp_path / "search"
+    assert main(["search", "--data", PLANTED, "--backbone", "mlp",
+                 "--backbone-arg", "widths=[8,8,4]", "--budget", "2x", "--probe-epochs", "1",
+                 "--num-inputs", "32", "--out", str(search)]) == 0
+    line = capsys.readouterr().out.split("train it with: ")[-1].strip()
+    argv = shlex.split(line)
+    assert argv[:2] == ["keras-branch", "train"]
+    assert "--backbone-arg" in argv and "widths=[8,8,4]" in argv and "--image-size" in argv
+    run = tmp_path / "run"
+    argv = [str(run) if a == "RUN_DIR" else a for a in argv[1:]]
+    assert main([*argv, "--epochs", "1", "--progress", "none"]) == 0
+    spec = TreeSpec.load(search / "tree.json")
+    data = load_data(PLANTED)
+    expected = spec.count_params(backbones.mlp(100, widths=[8, 8, 4]), data.tasks)
+    assert load_task_model(run / "model.keras").count_params() == expected
