@@ -11,7 +11,7 @@ Built in:
 * `convnet4(input_shape)`: the 4-block convnet of Omniglot multi-task work
   (conv 3x3, batch norm, ReLU, 2x2 max-pool per stage);
 * `from_keras_model(model, stage_outputs)`: any functional Keras model (a
-  `keras.applications` network, a keras-cv backbone) cut at named layers;
+  `keras.applications` network, or any functional model) cut at named layers;
 * `keras_application(name, input_shape, weights=...)`: the common case of
   the above, with known stage boundaries and weights from a local file.
 """
@@ -383,7 +383,7 @@ def from_keras_model(
 
     Args:
         model: a functional model (e.g. `keras.applications.ResNet50(
-            include_top=False, weights=None)` or a keras-cv backbone).
+            include_top=False, weights=None)`, or any functional model).
         stage_outputs: names of the layers whose outputs end each stage.
         stem_output: name of the layer ending the shared stem, if any.
         pooling: how heads read the last stage (`"avg"` suits CNNs).
