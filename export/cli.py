@@ -34,14 +34,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     >>> sub = parser.add_subparsers(dest="command", required=True)
     >>> add_parser(sub)
     """
-    from keras_branch.export.api import DEFAULT_FORMATS
-
     p = subparsers.add_parser(
         "export", help="export a model to SavedModel and TFLite, optionally checked"
     )
     p.add_argument("model", help="the .keras file of a keras_branch model")
     p.add_argument("--out", required=True, help="export folder to create")
-    p.add_argument("--formats", default=",".join(DEFAULT_FORMATS), help=FORMATS_HELP)
+    p.add_argument("--formats", default=None,
+                   help=FORMATS_HELP + " (without --data the default leaves tflite-int8 out)")
     p.add_argument("--tasks", default=None,
                    help="comma-separated task names (or keys): export only these tasks")
     p.add_argument("--data", default=None,
@@ -70,10 +69,14 @@ def run(args: argparse.Namespace) -> int:
     """
     from keras_branch.data import load_data
     from keras_branch.errors import ExportError
-    from keras_branch.export.api import export_model, parse_formats
+    from keras_branch.export.api import DEFAULT_FORMATS, export_model, parse_formats
     from keras_branch.saving import load_task_model
 
-    formats = parse_formats(args.formats)
+    formats = parse_formats(args.formats or ",".join(DEFAULT_FORMATS))
+    if args.formats is None and not args.data:
+        # The defaults export what they can; int8 needs calibration data.
+        formats = [f for f in formats if f != "tflite-int8"]
+        print("skipping tflite-int8: it is calibrated on training data; pass --data to export it")
     if "tflite-int8" in formats and not args.data:
         raise ExportError(
             "--formats includes tflite-int8, which is calibrated on training data: "

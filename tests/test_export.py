@@ -445,10 +445,21 @@ def test_cli_exits_1_when_a_format_is_out_of_tolerance(exported, tmp_path, monke
 
 def test_cli_int8_without_data_is_a_clear_error(exported, tmp_path):
     _, _, _, _, model_path = exported
-    args = _parse(["export", str(model_path), "--out", str(tmp_path / "out")])
+    args = _parse(["export", str(model_path), "--out", str(tmp_path / "out"),
+                   "--formats", "tflite,tflite-int8"])
     with pytest.raises(ExportError, match="--data"):
         export_cli.run(args)
     assert _entries(tmp_path) == []
+
+
+def test_cli_default_formats_without_data_skip_int8_and_say_so(exported, tmp_path, capsys):
+    _, _, _, _, model_path = exported
+    args = _parse(["export", str(model_path), "--out", str(tmp_path / "out")])
+    assert export_cli.run(args) == 0
+    assert "skipping tflite-int8: it is calibrated on training data" in capsys.readouterr().out
+    files = sorted(os.listdir(tmp_path / "out"))
+    assert "model.tflite" in files and "model_fp16.tflite" in files
+    assert "model_int8.tflite" not in files and "saved_model" in files
 
 
 def test_runner_script_usage_error():
