@@ -105,9 +105,11 @@ class SoftOrderingModel(keras.Model):
         route_training: in `fit` and `evaluate`, when every sample of a batch
             is labelled for at most one task (Omniglot: one alphabet per
             image), run each sample through its own task's path only: the
-            same losses and metrics at 1/T of the cost (exact when the pool
-            layers have no batch statistics, like the default parts). Batches
-            with a sample labelled for several tasks run every path.
+            same losses and metrics at 1/T of the cost. Exact for layers
+            that treat samples independently (the default vector parts, and
+            every layer at inference); in training, a batch norm normalises
+            over the routed batch instead of over every task's copy of it.
+            Batches with a sample labelled for several tasks run every path.
             `predict` and plain calls always compute every task.
         **kwargs: `keras.Model` arguments (`name`).
 
