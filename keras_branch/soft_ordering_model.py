@@ -94,8 +94,11 @@ class SoftOrderingModel(keras.Model):
         tasks: the `Task`s (or their configs).
         input_shape: shape of one input sample.
         pool: the D shared layers, as templates (Keras layers, never called
-            themselves) or serialized configs; every entry must keep its
-            input's shape.
+            themselves) or serialized configs; the entries used at one
+            depth must agree on the output shape.
+        stem: a shared layer (template/config) before the encoders and the
+            pool, or None.
+        logit_scale: multiplier of the mixing logits (see `SoftOrdering`).
         encoder: per-task encoder template/config (each task gets a fresh
             copy), or None for none (the pool then reads the input).
         ordering: `"soft"`, `"parallel"`, `"permuted"` or `"single_task"`.

@@ -77,8 +77,11 @@ class SoftOrdering(keras.layers.Layer):
     starting from the task's input `y_t^0`. The ablations of the paper use
     no logits: `"parallel"` applies F_1..F_D in order for every task
     (ordinary hard sharing) and `"permuted"` applies them in a fixed random
-    order per task (seeded). The pool layers must keep their input's shape;
-    each brings its own nonlinearity (e.g. `Dense(64, activation="relu")`).
+    order per task (seeded). The pool layers used at one depth must agree on
+    the output shape (they may change it: a conv block with max-pooling
+    halves the resolution at every depth); each brings its own nonlinearity
+    (e.g. `Dense(64, activation="relu")`). A layer whose `call` takes a
+    `depth` argument (`ConvBlock`) is told the depth (0-based) of each call.
 
     At one depth every pool layer is called once on the tasks' inputs
     stacked along the batch axis, which changes nothing for layers that
