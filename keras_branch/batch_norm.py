@@ -1,0 +1,111 @@
+"""Recomputing batch-norm statistics after training ("precise BN").
+
+A `BatchNormalization` layer normalises with moving averages at inference,
+updated during training with `momentum` (0.9 in convnet4: about the last
+ten batches) on *augmented* batches of weights that were still changing.
+`recalibrate_batch_norm` replaces them with the statistics of one pass over
+clean data with the final weights: the mean over batches of each batch's
+mean and variance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import keras
+import numpy as np
+
+from keras_branch.data.multitask import MultiTaskData
+
+
+def batch_norm_layers(layer: keras.layers.Layer) -> list[keras.layers.BatchNormalization]:
+    """Every `BatchNormalization` inside `layer` (models, Sequential blocks,
+    layers holding sublayers as attributes or lists), each once."""
+    found: dict[int, keras.layers.BatchNormalization] = {}
+
+    def walk(obj, seen: set[int]) -> Iterator[None]:
+        if id(obj) in seen:
+            return
+        seen.add(id(obj))
+        if isinstance(obj, keras.layers.BatchNormalization):
+            found[id(obj)] = obj
+            return
+        if isinstance(obj, (list, tuple)):
+            for item in obj:
+                walk(item, seen)
+            return
+        if isinstance(obj, dict):
+            for item in obj.values():
+                walk(item, seen)
+            return
+        if not isinstance(obj, keras.layers.Layer):
+            return
+        children = list(getattr(obj, "layers", []) or [])
+        children += [v for v in vars(obj).values()
+                     if isinstance(v, (keras.layers.Layer, list, tuple, dict))]
+        for child in children:
+            walk(child, seen)
+
+    walk(layer, set())
+    return list(found.values())
+
+
+def recalibrate_batch_norm(
+    model: keras.Model, data: MultiTaskData, split: str = "train", batch_size: int = 128
+) -> int:
+    """Sets every batch norm's moving statistics to those of `split` under the final weights.
+
+    One pass over the split, unaugmented, in batches: each layer's moving
+    mean (variance) becomes the average of its batch means (variances).
+    A `SoftOrderingModel` that routes training runs each sample through
+    its own task's path, as in training. The weights do not change.
+
+    Args:
+        model: a trained model (its `.tasks` name the data's tasks).
+        data: the data.
+        split: the split whose statistics to use.
+        batch_size: samples per batch (>= 2: a batch variance needs two).
+
+    Returns:
+        The number of batch-norm layers recalibrated.
+
+    Example:
+    >>> run = fit_spec(spec, backbones.convnet4((32, 32, 1)), data, augment={"shift": 0.1})
+    >>> recalibrate_batch_norm(run.model, data)
+    4
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 2:
+        raise ValueError(f"`batch_size` must be an int >= 2. Received: batch_size={batch_size!r}")
+    layers = batch_norm_layers(model)
+    if not layers:
+        return 0
+    x, y = data.arrays(split)
+    routed = getattr(model, "route_training", False) and hasattr(model, "routed_call")
+    saved = [layer.momentum for layer in layers]
+    sums = [(np.zeros(layer.moving_mean.shape), np.zeros(layer.moving_variance.shape))
+            for layer in layers]
+    batches = 0
+    try:
+        for start in range(0, len(x), batch_size):
+            xb = x[start:start + batch_size]
+            if len(xb) < 2:
+                break
+            # momentum 0: each call leaves exactly this batch's statistics behind.
+            for layer in layers:
+                layer.momentum = 0.0
+            if routed:
+                yb = {k: v[start:start + batch_size] for k, v in y.items()}
+                model.routed_call(xb, model.routing(yb), training=True)
+            else:
+                model(xb, training=True)
+            for (mean, var), layer in zip(sums, layers):
+                mean += keras.ops.convert_to_numpy(layer.moving_mean)
+                var += keras.ops.convert_to_numpy(layer.moving_variance)
+            batches += 1
+    finally:
+        for layer, momentum in zip(layers, saved):
+            layer.momentum = momentum
+    for (mean, var), layer in zip(sums, layers):
+        layer.moving_mean.assign((mean / batches).astype(layer.moving_mean.dtype))
+        layer.moving_variance.assign((var / batches).astype(layer.moving_variance.dtype))
+    return len(layers)
