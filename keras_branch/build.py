@@ -19,10 +19,10 @@ from typing import Any
 import keras
 
 from keras_branch.backbones import Backbone
-from keras_branch.errors import KerasBranchError, SpecError
+from keras_branch.errors import SpecError
 from keras_branch.layers.adapter import Adapter
 from keras_branch.spec import TreeSpec
-from keras_branch.tasks import Task, as_tasks, check_keys_free, check_label_structure
+from keras_branch.tasks import Task, TaskModelMixin, as_tasks, check_keys_free
 
 
 #: Names of the layers a BranchedModel builds (task outputs must not take them).
@@ -44,7 +44,7 @@ def _prefix_label(prefix: tuple) -> str:
 
 
 @keras.saving.register_keras_serializable(package="keras_branch")
-class BranchedModel(keras.Model):
+class BranchedModel(TaskModelMixin, keras.Model):
     """A multi-task network whose sharing is given by a TreeSpec.
 
     A functional model with one input and a dict of outputs, one per task,
@@ -137,22 +137,6 @@ class BranchedModel(keras.Model):
         return tuple(
             (b, task.key if dims[d] else None) for d, b in enumerate(spec.used_route(task.name))
         )
-
-    @property
-    def task_keys(self) -> dict[str, str]:
-        """Task name -> output key."""
-        return {t.name: t.key for t in self.tasks}
-
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        # Before Keras pairs `y` with the outputs: a list would pair in sorted order.
-        try:
-            check_label_structure(self.tasks, y)
-        except KerasBranchError:
-            # The step being traced is abandoned: let the next fit/evaluate trace anew.
-            self.train_function = self.test_function = None
-            raise
-        return super().compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
-                                    training=training)
 
     def get_config(self) -> dict[str, Any]:
         return {

@@ -36,7 +36,7 @@ from keras_branch.errors import KerasBranchError
 from keras_branch.layers.conv_block import ConvBlock
 from keras_branch.layers.soft_ordering import ORDERINGS, SoftOrdering
 from keras_branch.masked import label_mask
-from keras_branch.tasks import Task, as_tasks, check_keys_free, check_label_structure
+from keras_branch.tasks import Task, TaskModelMixin, as_tasks, check_keys_free
 from keras_branch.training import TrainResult, compile_model, make_optimizer, train
 
 SINGLE_TASK = "single_task"
@@ -82,7 +82,7 @@ def _fresh(config: Mapping[str, Any], name: str) -> keras.layers.Layer:
 
 
 @keras.saving.register_keras_serializable(package="keras_branch")
-class SoftOrderingModel(keras.Model):
+class SoftOrderingModel(TaskModelMixin, keras.Model):
     """Task encoders, a soft-ordered shared pool, and task decoders.
 
     For every task t: `E_t(x)` -> the t-th output of a `SoftOrdering` over
@@ -231,22 +231,6 @@ class SoftOrderingModel(keras.Model):
         # The routing of the batch being traced. Thread-local: a
         # MirroredStrategy traces its replicas' steps in parallel threads.
         self._route = threading.local()
-
-    @property
-    def task_keys(self) -> dict[str, str]:
-        """Task name -> output key."""
-        return {t.name: t.key for t in self.tasks}
-
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        # Before Keras pairs `y` with the outputs: a list would pair in sorted order.
-        try:
-            check_label_structure(self.tasks, y)
-        except KerasBranchError:
-            # The step being traced is abandoned: let the next fit/evaluate trace anew.
-            self.train_function = self.test_function = None
-            raise
-        return super().compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
-                                    training=training)
 
     @property
     def depth(self) -> int:

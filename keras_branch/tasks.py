@@ -293,3 +293,29 @@ def check_keys_free(tasks: Iterable[Task], reserved: str, where: str) -> None:
                 f"Task {task.name!r} (output key {task.key!r}) has the name of a layer that "
                 f"{where} builds (names matching {reserved!r}); rename the task."
             )
+
+
+class TaskModelMixin:
+    """What every keras_branch multi-task model shares: `task_keys` and the label check.
+
+    Mixed into `BranchedModel` and `SoftOrderingModel` (before `keras.Model`
+    in the bases); the model sets `self.tasks`.
+    """
+
+    tasks: list[Task]
+
+    @property
+    def task_keys(self) -> dict[str, str]:
+        """Task name -> output key."""
+        return {t.name: t.key for t in self.tasks}
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        # Before Keras pairs `y` with the outputs: a list would pair in sorted order.
+        try:
+            check_label_structure(self.tasks, y)
+        except TaskError:
+            # The step being traced is abandoned: let the next fit/evaluate trace anew.
+            self.train_function = self.test_function = None
+            raise
+        return super().compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
+                                    training=training)
