@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import os
-import random
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -28,6 +27,7 @@ import keras
 import numpy as np
 
 from keras_branch.errors import BackboneError
+from keras_branch.seeding import seeded_layers
 
 LayerSource = keras.layers.Layer | Callable[[], keras.layers.Layer] | Mapping[str, Any]
 
@@ -180,16 +180,12 @@ class Backbone:
     # === Shapes and parameter counts ===
 
     def _analyze(self) -> dict[str, Any]:
-        # Builds one throwaway copy of every part on symbolic inputs. Keras
-        # draws unseeded initialisers' seeds from Python's `random`: its state
-        # is restored, so whether the analysis ran before does not change the
-        # weights a seeded build gets.
+        # Builds one throwaway copy of every part on symbolic inputs, under
+        # its own seed: whether the analysis ran before must not change the
+        # weights a seeded build gets, nor the caller's random state.
         if self._analysis is None:
-            state = random.getstate()
-            try:
+            with seeded_layers(0):
                 return self._analyze_once()
-            finally:
-                random.setstate(state)
         return self._analysis
 
     def _analyze_once(self) -> dict[str, Any]:
