@@ -19,8 +19,9 @@ import numpy as np
 
 from keras_branch import TreeSpec, backbones
 from keras_branch.data import load_omniglot
+from keras_branch.evaluation import mean_metric
 from keras_branch.search import affinity_search
-from keras_branch.training import fit_spec, mean_metric
+from keras_branch.training import fit_spec
 
 
 def main(
@@ -44,10 +45,10 @@ def main(
         search = affinity_search(data, bb, budget, probe_epochs=probe_epochs, seed=seed,
                                  batch_size=batch_size, log=None)
         search_seconds = time.perf_counter() - start
-        trees.append(search.result.spec.to_dict())
-        print(f"seed {seed}: search {search_seconds:.1f} s; tree {search.result.spec.blocks_per_stage()}")
-        print(search.result.spec)
-        for label, spec in (("found tree", search.result.spec),
+        trees.append(search.spec.to_dict())
+        print(f"seed {seed}: search {search_seconds:.1f} s; tree {search.spec.blocks_per_stage()}")
+        print(search.spec)
+        for label, spec in (("found tree", search.spec),
                             ("fully shared", TreeSpec.shared(names, bb.num_stages)),
                             ("independent", TreeSpec.independent(names, bb.num_stages))):
             t0 = time.perf_counter()

@@ -24,9 +24,11 @@ import numpy as np
 
 from keras_branch import TreeSpec, backbones
 from keras_branch.build import BranchedModel, block_name
+from keras_branch.compiling import compile_model
 from keras_branch.data import load_omniglot, pool_tasks
-from keras_branch.search.evolve import evolve
-from keras_branch.training import compile_model, fit_spec, mean_metric, train
+from keras_branch.evaluation import mean_metric
+from keras_branch.search.evolution import evolve
+from keras_branch.training import fit_spec, train
 
 
 def _single_task(spec_task, backbone, root=None):

@@ -167,7 +167,7 @@ def run_benchmark(
 def format_table(rows: list[dict[str, Any]], formats: Sequence[str] = FORMATS) -> str:
     """The benchmark table (latencies in ms at batch 1, sizes in KiB)."""
     size_cols = [f for f in formats if f"size_{f}" in rows[0]]
-    header = (f"| model | parameters | MFLOPs | Keras ms | SavedModel ms | LiteRT ms | "
+    header = ("| model | parameters | MFLOPs | Keras ms | SavedModel ms | LiteRT ms | "
               + " | ".join(f"{f} KiB" for f in size_cols) + " |")
     lines = [header, "|" + "---|" * (6 + len(size_cols))]
     for r in rows:

@@ -63,14 +63,15 @@ def main(argv: list[str] | None = None) -> dict:
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from keras_branch import backbones
-    from keras_branch.cli import key_values
+    from keras_branch.cli_args import key_values
     from keras_branch.data import planted_groups
     from keras_branch.search.learn_to_branch import (
         learn_to_branch,
         partition_ari,
         partition_is_pure,
     )
-    from keras_branch.training import fit_spec, mean_metric
+    from keras_branch.evaluation import mean_metric
+    from keras_branch.training import fit_spec
 
     seeds = _int_list(args.seeds, "--seeds")
     layouts = [tuple(_int_list(g, "--groups", "-")) for g in args.groups.split(",")]

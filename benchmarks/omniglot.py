@@ -61,12 +61,16 @@ import numpy as np  # noqa: E402
 
 from keras_branch import TreeSpec, backbones, build_model  # noqa: E402
 from keras_branch.augment import check_config  # noqa: E402
+from keras_branch.compiling import check_recipe  # noqa: E402
 from keras_branch.data import MultiTaskData, load_omniglot  # noqa: E402
+from keras_branch.evaluation import evaluate, mean_metric  # noqa: E402
 from keras_branch.files import atomic_write_json  # noqa: E402
+from keras_branch.plots import plot_mixing_weights  # noqa: E402
 from keras_branch.search import learn_to_branch, task_affinity  # noqa: E402
+from keras_branch.search.learn_to_branch import undecided  # noqa: E402
 from keras_branch.search.tree_search import branch  # noqa: E402
-from keras_branch.soft_ordering_model import fit_soft_ordering, plot_mixing_weights  # noqa: E402
-from keras_branch.training import check_recipe, evaluate, fit_spec, mean_metric  # noqa: E402
+from keras_branch.soft_ordering_model import fit_soft_ordering  # noqa: E402
+from keras_branch.training import fit_spec  # noqa: E402
 
 from keras_branch.zoo.cli import parse_seeds  # noqa: E402
 from keras_branch.zoo.measure import count_flops, mean_and_std, round_robin  # noqa: E402
@@ -173,7 +177,7 @@ def ltb_method(budget: str | None = None) -> Method:
         model, test = _fit_tree(result.spec, data, backbone, recipe, seed)
         return model, result.spec, {
             "metrics": test, "search_seconds": search, "budget": budget,
-            "widths": result.settings["widths"], "undecided": result.undecided(),
+            "widths": result.settings["widths"], "undecided": undecided(result.branching),
         }
 
     method.__doc__ = (
@@ -219,7 +223,7 @@ def affinity_method(budget: str) -> Method:
 
 def method_evolved(data, backbone, recipe, seed):
     """muNet: a root pretrained on all but the last alphabet pooled, evolved to every task."""
-    from keras_branch.search.evolve import pretrain_and_evolve
+    from keras_branch.search.evolution import pretrain_and_evolve
 
     result = pretrain_and_evolve(
         data, backbone, root_epochs=recipe["epochs"], root_learning_rate=recipe["learning_rate"],

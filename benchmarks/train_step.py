@@ -20,7 +20,7 @@ import keras
 import numpy as np
 
 from keras_branch import Task, TreeSpec, backbones, build_model
-from keras_branch.training import compile_model
+from keras_branch.compiling import compile_model
 
 TASKS = ["a", "b", "c", "d"]
 CLASSES = 10

@@ -7,7 +7,8 @@ import argparse
 
 from keras_branch import TreeSpec, backbones
 from keras_branch.data import planted_groups
-from keras_branch.training import fit_spec, format_metrics, mean_metric
+from keras_branch.evaluation import format_metrics, mean_metric
+from keras_branch.training import fit_spec
 
 SPEC = {
     "tasks": ["g0_t0", "g0_t1", "g1_t0", "g1_t1"],

@@ -12,7 +12,7 @@ import keras
 import numpy as np
 
 from keras_branch import Task, TreeSpec, backbones, build_model
-from keras_branch.training import compile_model
+from keras_branch.compiling import compile_model
 
 
 def main(epochs: int = 10, seed: int = 0) -> dict[str, float]:

@@ -11,11 +11,18 @@ Installed as `keras_branch.export` (see setup.cfg), never as a bare `export`.
   with per-format tolerances (`TOLERANCES`).
 * `litert_runner`: runs a `.tflite` file with LiteRT and numpy only.
 
-Example:
+Example (an untrained model, two formats; `keras-branch export` writes all
+four by default):
+>>> from keras_branch import TreeSpec, backbones, build_model
+>>> from keras_branch.data import planted_groups
 >>> from keras_branch.export import export_model
->>> result = export_model("run/model.keras", "run/export", data=data, check=True)
->>> result.passed, result.files["tflite-int8"]
-(True, 'run/export/model_int8.tflite')
+>>> data = planted_groups(num_train=64, num_validation=32, num_test=64)
+>>> model = build_model(TreeSpec.shared(data.task_names, num_stages=2),
+...                     backbones.mlp(100, (8, 8)), data.tasks)
+>>> result = export_model(model, "run/export", formats="saved_model,tflite", data=data,
+...                       check=True)
+>>> result.passed, result.files["tflite"]
+(True, 'run/export/model.tflite')
 """
 
 from keras_branch.export.api import (

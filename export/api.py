@@ -24,12 +24,15 @@ import keras
 import numpy as np
 
 from keras_branch.build import BranchedModel
+from keras_branch.distribute import as_float32
 from keras_branch.errors import ExportError
 from keras_branch.export import saved_model as _saved_model
 from keras_branch.export import tflite as _tflite
 from keras_branch.export.parity import ParityResult, check_parity
 from keras_branch.export.subset import subset_model
 from keras_branch.files import atomic_path
+from keras_branch.saving import load_task_model
+from keras_branch.task_model import TaskModel
 
 #: Every format `export_model` writes.
 FORMATS = ("saved_model", *_tflite.TFLITE_FORMATS)
@@ -112,31 +115,19 @@ def folder_size(path: str | os.PathLike) -> int:
 
 
 def _load(model_or_path: Any) -> keras.Model:
-    """The model to export: a `BranchedModel` or a `SoftOrderingModel`, float32."""
-    from keras_branch.soft_ordering_model import SoftOrderingModel
-
+    """The model to export: a keras_branch task model (tree or soft ordering), float32."""
     if isinstance(model_or_path, (str, os.PathLike)):
-        from keras_branch.saving import load_task_model
-
         model = load_task_model(model_or_path)
-    elif isinstance(model_or_path, (BranchedModel, SoftOrderingModel)):
+    elif isinstance(model_or_path, TaskModel):
         model = model_or_path
     else:
         raise ExportError(
-            f"`model` must be a keras_branch BranchedModel or SoftOrderingModel, or the path "
-            f"of its .keras file. Received: {type(model_or_path).__name__}"
+            f"`model` must be a keras_branch task model (a BranchedModel or SoftOrderingModel), "
+            f"or the path of its .keras file. Received: {type(model_or_path).__name__}"
         )
     if any(layer.dtype_policy.compute_dtype != "float32" for layer in model.layers):
         # Mixed precision trains faster on accelerators; float16 compute in a
         # converted model needs ops LiteRT's builtins lack, so export float32.
-        if not isinstance(model, BranchedModel):
-            raise ExportError(
-                f"Export of a mixed-precision {type(model).__name__} is not supported; "
-                f"train it in float32. Received: compute dtypes "
-                f"{sorted({layer.dtype_policy.compute_dtype for layer in model.layers})}"
-            )
-        from keras_branch.distribute import as_float32
-
         model = as_float32(model)
     return model
 
@@ -212,10 +203,11 @@ def export_model(
             needs Flex ops; `OutputExistsError` for an existing `out_dir`.
         On any error nothing is left at `out_dir`.
 
-    Example:
+    Example (not run as a doctest: it needs a saved model and converts four
+    formats; the `keras_branch.export` module example runs a small export):
     >>> result = export_model("run/model.keras", "run/export", data=load_data("planted"),
-    ...                       check=True)
-    >>> print(result.parity.format_table())
+    ...                       check=True)  # doctest: +SKIP
+    >>> print(result.parity.format_table())  # doctest: +SKIP
     """
     say = log or (lambda _: None)
     fmts = parse_formats(formats)
@@ -250,7 +242,8 @@ def export_model(
         for fmt in fmts:
             if fmt == "saved_model":
                 continue
-            content = _tflite.convert_tflite(sm_dir, fmt, keys, calibration, int8_io)
+            content = _tflite.convert_tflite(sm_dir, fmt, keys, calibration=calibration,
+                                             int8_io=int8_io)
             path = os.path.join(tmp, _tflite.TFLITE_FILES[fmt])
             with open(path, "wb") as f:
                 f.write(content)
@@ -270,8 +263,8 @@ def export_model(
                       "dtype": "float32"},
             "tasks": [{**t.get_config(), "key": t.key} for t in model.tasks],
             "model_class": type(model).__name__,
-            # a soft-ordering model has no TreeSpec: every task mixes the whole pool
-            "spec": model.spec.to_dict() if isinstance(model, BranchedModel) else None,
+            # a tree's TreeSpec; a soft-ordering model has none (every task mixes the pool)
+            "spec": model.spec.to_dict() if getattr(model, "spec", None) is not None else None,
             "signatures": keys,
             "formats": {fmt: {"path": rel[fmt], "bytes": sizes[fmt]} for fmt in written},
             "int8": None if scales is None else {
@@ -309,8 +302,8 @@ def export_demo_model(
     Returns:
         The `ExportResult`; `result.passed` tells whether parity held.
 
-    Example:
-    >>> export_demo_model(result.model, data, os.path.join(out_dir, "export"), log=log)
+    Example (not run as a doctest: `keras_branch.demo` calls it on its trained tree):
+    >>> export_demo_model(result.model, data, os.path.join(out_dir, "export"), log=log)  # doctest: +SKIP
     """
     result = export_model(model, out_dir, DEFAULT_FORMATS, data=data, check=True,
                           overwrite=True)

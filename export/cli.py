@@ -13,7 +13,11 @@ from __future__ import annotations
 
 import argparse
 
-from keras_branch.cli_args import positive_int, seed
+from keras_branch.cli_args import add_out_arguments, positive_int, seed
+from keras_branch.data import load_data
+from keras_branch.errors import ExportError
+from keras_branch.export.api import DEFAULT_FORMATS, export_model, parse_formats
+from keras_branch.saving import load_task_model
 
 FORMATS_HELP = (
     "comma-separated formats among saved_model, tflite, tflite-fp16, tflite-dynamic, "
@@ -31,14 +35,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         The `export` parser (its `func` default is `run`).
 
     Example:
+    >>> parser = argparse.ArgumentParser(prog="keras-branch")
     >>> sub = parser.add_subparsers(dest="command", required=True)
-    >>> add_parser(sub)
+    >>> export_parser = add_parser(sub)
+    >>> parser.parse_args(["export", "run/model.keras", "--out", "run/export"]).out
+    'run/export'
     """
     p = subparsers.add_parser(
         "export", help="export a model to SavedModel and TFLite, optionally checked"
     )
     p.add_argument("model", help="the .keras file of a keras_branch model")
-    p.add_argument("--out", required=True, help="export folder to create")
+    add_out_arguments(p, "export folder to create")
     p.add_argument("--formats", default=None,
                    help=FORMATS_HELP + " (without --data the default leaves tflite-int8 out)")
     p.add_argument("--tasks", default=None,
@@ -48,7 +55,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "tflite-int8 (required for it) and feeds --check")
     p.add_argument("--check", action="store_true",
                    help="compare every format with Keras; exit 1 if one is out of tolerance")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--int8-io", action="store_true",
                    help="tflite-int8 with int8 inputs and outputs (default float32)")
     p.add_argument("--calibration-samples", type=positive_int, default=1000,
@@ -67,11 +73,6 @@ def run(args: argparse.Namespace) -> int:
         0, or 1 when `--check` found a format out of tolerance. Input errors
         raise `KerasBranchError` (the main CLI turns them into status 2).
     """
-    from keras_branch.data import load_data
-    from keras_branch.errors import ExportError
-    from keras_branch.export.api import DEFAULT_FORMATS, export_model, parse_formats
-    from keras_branch.saving import load_task_model
-
     formats = parse_formats(args.formats or ",".join(DEFAULT_FORMATS))
     if args.formats is None and not args.data:
         # The defaults export what they can; int8 needs calibration data.

@@ -37,9 +37,9 @@ def load(path: str, num_threads: int | None = None) -> Interpreter:
     Returns:
         The `Interpreter`; use `run_signature` on it.
 
-    Example:
-    >>> interpreter = load("out/model_int8.tflite")
-    >>> signature_names(interpreter)
+    Example (not run as a doctest: needs a file `export_model` wrote):
+    >>> interpreter = load("out/model_int8.tflite")  # doctest: +SKIP
+    >>> signature_names(interpreter)  # doctest: +SKIP
     ['a', 'b', 'serving_default']
     """
     return Interpreter(model_path=str(path), num_threads=num_threads)
@@ -82,8 +82,8 @@ def run_signature(interpreter: Interpreter, key: str, x: np.ndarray) -> dict[str
     Returns:
         `{output name: float32 array}` (int8 outputs dequantized).
 
-    Example:
-    >>> run_signature(load("out/model.tflite"), "a", x)["a"].shape
+    Example (not run as a doctest: needs a file `export_model` wrote):
+    >>> run_signature(load("out/model.tflite"), "a", x)["a"].shape  # doctest: +SKIP
     (64, 1)
     """
     runner = interpreter.get_signature_runner(key)
@@ -153,9 +153,9 @@ def run_isolated(
     Returns:
         (`{signature: {output: array}}`, the `HEAVY_MODULES` the child imported).
 
-    Example:
-    >>> outputs, imported = run_isolated("out/model.tflite", x)
-    >>> imported
+    Example (not run as a doctest: needs a file `export_model` wrote):
+    >>> outputs, imported = run_isolated("out/model.tflite", x)  # doctest: +SKIP
+    >>> imported  # doctest: +SKIP
     []
     """
     import os

@@ -168,6 +168,9 @@ def keras_outputs(model: Any, x: np.ndarray, batch_size: int = 128) -> Any:
     every model it sees, which an export of several models pays for.
 
     Example:
+    >>> model = build_model(TreeSpec.shared(["a", "b"], num_stages=2), backbones.mlp(10, (4, 4)),
+    ...                     [Task("a", "regression"), Task("b", "binary")])
+    >>> x_test = np.zeros((100, 10), "float32")
     >>> keras_outputs(model, x_test[:64])["a"].shape
     (64, 1)
     """
@@ -214,6 +217,8 @@ def compare(
         (absolute), `argmax_agreement`, `decided`, `passed`, `note`.
 
     Example:
+    >>> keras_probs = np.array([[0.7, 0.3], [0.2, 0.8]], "float32")
+    >>> lite_probs = keras_probs + np.float32(2e-4)     # float16 rounding
     >>> compare(keras_probs, lite_probs, "multiclass", TOLERANCES["tflite-fp16"])["passed"]
     True
     """
@@ -277,9 +282,9 @@ def check_parity(
         A `ParityResult`; `.passed` is True when every format and task is
         within its tolerance, `.format_table()` prints it.
 
-    Example:
-    >>> result = check_parity(model, {"tflite": "out/model.tflite"}, x_test[:64])
-    >>> print(result.format_table())
+    Example (not run as a doctest: needs a file `export_model` wrote):
+    >>> result = check_parity(model, {"tflite": "out/model.tflite"}, x_test[:64])  # doctest: +SKIP
+    >>> print(result.format_table())  # doctest: +SKIP
     """
     rules = dict(TOLERANCES if tolerances is None else tolerances)
     x = np.asarray(x, dtype="float32")

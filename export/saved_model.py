@@ -44,6 +44,8 @@ def signature_keys(model: keras.Model) -> list[str]:
         ExportError: when a task key cannot name a signature.
 
     Example:
+    >>> model = build_model(TreeSpec.shared(["a", "b"], num_stages=2), backbones.mlp(10, (4, 4)),
+    ...                     [Task("a", "regression"), Task("b", "binary")])
     >>> signature_keys(model)
     ['serving_default', 'a', 'b']
     """
@@ -75,8 +77,9 @@ def write_saved_model(model: keras.Model, path: str | os.PathLike) -> list[str]:
     Returns:
         The signature keys written.
 
-    Example:
-    >>> write_saved_model(model, "tmp/saved_model")  # inside an atomic_path
+    Example (not run as a doctest: it writes into the temporary folder of an
+    `atomic_path`; `export_saved_model` does both):
+    >>> write_saved_model(model, "tmp/saved_model")  # doctest: +SKIP
     """
     keys = signature_keys(model)
     spec = tf.TensorSpec((None, *model.inputs[0].shape[1:]), tf.float32, name=INPUT_NAME)
@@ -108,9 +111,15 @@ def export_saved_model(
         The signature keys: `serving_default` then one per task key.
 
     Example:
+    >>> model = build_model(TreeSpec.shared(["a", "b"], num_stages=2), backbones.mlp(10, (4, 4)),
+    ...                     [Task("a", "regression"), Task("b", "binary")])
     >>> keys = export_saved_model(model, "out/saved_model")
+    >>> keys
+    ['serving_default', 'a', 'b']
     >>> loaded = tf.saved_model.load("out/saved_model")
-    >>> loaded.signatures[keys[1]](inputs=tf.constant(x))  # {task_key: tensor}
+    >>> x = np.zeros((8, 10), "float32")
+    >>> {k: tuple(v.shape) for k, v in loaded.signatures[keys[1]](inputs=tf.constant(x)).items()}
+    {'a': (8, 1)}
     """
     with atomic_path(path, overwrite=overwrite) as tmp:
         return write_saved_model(model, tmp)
@@ -126,8 +135,8 @@ def run_saved_model(path: str | os.PathLike, x) -> dict[str, dict[str, object]]:
     Returns:
         `{signature key: {output name: numpy array}}`.
 
-    Example:
-    >>> run_saved_model("out/saved_model", x)["a"]["a"].shape
+    Example (not run as a doctest: needs the folder `export_saved_model` wrote):
+    >>> run_saved_model("out/saved_model", x)["a"]["a"].shape  # doctest: +SKIP
     (64, 1)
     """
     loaded = tf.saved_model.load(os.fspath(path))

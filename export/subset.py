@@ -33,6 +33,9 @@ def resolve_tasks(model: BranchedModel, tasks: Iterable[str] | str) -> list[str]
         ExportError: naming unknown tasks and listing the model's tasks.
 
     Example:
+    >>> model = build_model(TreeSpec.shared(["Japanese_(katakana)", "c"], num_stages=1),
+    ...                     backbones.mlp(4, (4,)),
+    ...                     [Task("Japanese_(katakana)", "regression"), Task("c", "regression")])
     >>> resolve_tasks(model, "Japanese__katakana_,c")
     ['Japanese_(katakana)', 'c']
     """
@@ -68,6 +71,9 @@ def subset_model(model: BranchedModel, tasks: Iterable[str] | str) -> BranchedMo
         equal `model`'s outputs for those tasks.
 
     Example:
+    >>> spec = TreeSpec.from_partitions([[["a", "b", "c"]], [["a", "b"], ["c"]]])
+    >>> model = build_model(spec, backbones.mlp(4, (4, 4)),
+    ...                     [Task(name, "regression") for name in ("a", "b", "c")])
     >>> small = subset_model(model, ["a", "b"])
     >>> sorted(small.output_names)
     ['a', 'b']

@@ -30,6 +30,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_branch.checks import check_int
 from keras_branch.errors import ExportError
 from keras_branch.export.parity import keras_outputs
 from keras_branch.export.saved_model import INPUT_NAME
@@ -64,10 +65,7 @@ def calibration_inputs(data: Any, num_samples: int = 1000, seed: int = 0) -> np.
     >>> calibration_inputs(planted_groups(), num_samples=300).shape
     (300, 100)
     """
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-        raise ExportError(
-            f"`num_calibration` must be a positive int. Received: {num_samples!r}"
-        )
+    check_int(num_samples, "num_calibration", minimum=1, error=ExportError)
     x = np.asarray(data.split("train").x)
     order = np.random.default_rng(seed).permutation(len(x))[:num_samples]
     return x[np.sort(order)].astype("float32")
@@ -91,8 +89,11 @@ def representative_dataset(
     Returns:
         A function returning a fresh generator, as the converter expects.
 
-    Example:
-    >>> converter.representative_dataset = representative_dataset(x, ["serving_default"])
+    Example (`converter.representative_dataset = representative_dataset(x, keys)`):
+    >>> generate = representative_dataset(np.zeros((10, 4), "float32"), ["serving_default"],
+    ...                                   batch_size=4)
+    >>> [(key, batch[INPUT_NAME].shape) for key, batch in generate()]   # 2 left over: dropped
+    [('serving_default', (4, 4)), ('serving_default', (4, 4))]
     """
     size = min(int(batch_size), len(x))
     if size < 1:
@@ -148,8 +149,12 @@ def int8_output_scales(model: Any, x: np.ndarray) -> dict[str, float]:
         `{task key: scale}`.
 
     Example:
-    >>> int8_output_scales(model, calibration_inputs(data))
-    {'a': 0.0151, 'b': 0.00390625}
+    >>> model = build_model(TreeSpec.shared(["a", "b"], num_stages=2), backbones.mlp(10, (4, 4)),
+    ...                     [Task("a", "regression"), Task("b", "binary")])
+    >>> x = np.random.default_rng(0).standard_normal((64, 10)).astype("float32")
+    >>> scales = int8_output_scales(model, x)
+    >>> scales["a"] > 0, scales["b"]    # regression: from the range; binary: 1/256
+    (True, 0.00390625)
     """
     ranges = _ranges(model, x)
     return {
@@ -179,7 +184,10 @@ def int8_steps(model: Any, x: np.ndarray) -> dict[str, float]:
         `{task key: step}`.
 
     Example:
-    >>> int8_steps(model, calibration_inputs(data))["softmax_task"] >= 1 / 256
+    >>> model = build_model(TreeSpec.shared(["softmax_task"], num_stages=2), backbones.mlp(10, (4, 4)),
+    ...                     [Task("softmax_task", "multiclass", classes=3)])
+    >>> x = np.random.default_rng(0).standard_normal((64, 10)).astype("float32")
+    >>> int8_steps(model, x)["softmax_task"] >= 1 / 256
     True
     """
     ranges = _ranges(model, x)
@@ -216,8 +224,8 @@ def make_converter(
     Returns:
         The converter; call `convert_tflite` to run it with clear errors.
 
-    Example:
-    >>> make_converter("out/saved_model", "tflite-int8", keys, calibration=x_cal).convert()
+    Example (not run as a doctest: needs the folder `export_saved_model` wrote):
+    >>> make_converter("out/saved_model", "tflite-int8", keys, calibration=x_cal).convert()  # doctest: +SKIP
     """
     if fmt not in TFLITE_FILES:
         raise ExportError(f"Unknown TFLite format {fmt!r}; formats are {list(TFLITE_FORMATS)}.")
@@ -248,17 +256,13 @@ def make_converter(
 
 
 def convert_tflite(
-    saved_model_dir: str | os.PathLike,
-    fmt: str,
-    signature_keys: Sequence[str],
-    calibration: np.ndarray | None = None,
-    int8_io: bool = False,
+    saved_model_dir: str | os.PathLike, fmt: str, signature_keys: Sequence[str], **options: Any
 ) -> bytes:
     """Converts a SavedModel to one TFLite format; returns the file's bytes.
 
     Args:
-        saved_model_dir, fmt, signature_keys, calibration, int8_io: as
-            `make_converter`.
+        saved_model_dir, fmt, signature_keys: as `make_converter`.
+        **options: `make_converter`'s `calibration` and `int8_io`.
 
     Returns:
         The flatbuffer.
@@ -267,10 +271,10 @@ def convert_tflite(
         ExportError: naming the ops when the model needs Flex (TF Select)
             ops, or with the converter's message for any other failure.
 
-    Example:
-    >>> data = convert_tflite("out/saved_model", "tflite-fp16", ["serving_default", "a"])
+    Example (not run as a doctest: needs the folder `export_saved_model` wrote):
+    >>> data = convert_tflite("out/saved_model", "tflite-fp16", ["serving_default", "a"])  # doctest: +SKIP
     """
-    converter = make_converter(saved_model_dir, fmt, signature_keys, calibration, int8_io)
+    converter = make_converter(saved_model_dir, fmt, signature_keys, **options)
     try:
         return converter.convert()
     except Exception as err:  # the converter raises ConverterError and others
@@ -323,10 +327,11 @@ def write_tflite(
     Returns:
         The file size in bytes.
 
-    Example:
-    >>> write_tflite("out/saved_model", "out/model_fp16.tflite", "tflite-fp16", keys)
+    Example (not run as a doctest: needs the folder `export_saved_model` wrote):
+    >>> write_tflite("out/saved_model", "out/model_fp16.tflite", "tflite-fp16", keys)  # doctest: +SKIP
     """
-    content = convert_tflite(saved_model_dir, fmt, signature_keys, calibration, int8_io)
+    content = convert_tflite(saved_model_dir, fmt, signature_keys, calibration=calibration,
+                             int8_io=int8_io)
     with atomic_path(path, overwrite=overwrite) as tmp:
         with open(tmp, "wb") as f:
             f.write(content)

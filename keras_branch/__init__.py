@@ -6,6 +6,7 @@ trains with `model.fit` and saves as `.keras`.
 """
 
 from keras_branch import backbones
+from keras_branch import hub  # noqa: F401  registers the "keras_hub" backbone
 from keras_branch.backbones import Backbone
 from keras_branch.build import BranchedModel, build_model
 from keras_branch.layers import BranchPoint, SoftOrdering

@@ -26,6 +26,7 @@ from typing import Any
 
 import tensorflow as tf
 
+from keras_branch.checks import check_int
 from keras_branch.errors import DataError
 
 #: Keys of an augmentation config, with their largest allowed values
@@ -94,18 +95,19 @@ class Augment:
     Call it on a float batch [B, H, W, C] (inside `tf.data.Dataset.map` or
     eagerly); it returns a batch of the same shape and dtype.
 
-    Example:
+    Example (`data.epoch_dataset("train", 32, seed=0, augment=aug)` applies it
+    to every training batch):
     >>> aug = Augment({"shift": 0.1, "rotation": 10, "zoom": 0.1}, seed=0)
-    >>> data.epoch_dataset("train", 32, seed=0, augment=aug)
+    >>> images = np.random.default_rng(0).random((4, 28, 28, 1)).astype("float32")
+    >>> tuple(aug(images).shape)
+    (4, 28, 28, 1)
     >>> aug.get_config()
     {'shift': 0.1, 'rotation': 10.0, 'zoom': 0.1}
     """
 
     def __init__(self, config: Mapping[str, Any], seed: int = 0):
         self.config = check_config(config)
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise DataError(f"`seed` must be an int. Received: seed={seed!r}")
-        self.seed = seed
+        self.seed = check_int(seed, "seed", error=DataError)
 
     def get_config(self) -> dict[str, float]:
         """The (validated) config dict; `Augment(aug.get_config(), seed)` rebuilds it."""

@@ -316,11 +316,10 @@ def mlp(input_dim: int, widths: Sequence[int] = (64, 64, 64), name: str = "mlp")
     3
     """
     widths = _positive_ints(widths, "widths")
-    return Backbone(
-        (int(input_dim),),
-        [keras.layers.Dense(w, activation="relu") for w in widths],
-        name=name,
-    )
+    # Templates only (builds draw fresh seeds), made without touching the caller's `random`.
+    with seeded_layers(0):
+        stages = [keras.layers.Dense(w, activation="relu") for w in widths]
+    return Backbone((int(input_dim),), stages, name=name)
 
 
 def convnet4(
@@ -360,7 +359,9 @@ def convnet4(
             ]
         )
 
-    return Backbone(tuple(input_shape), [block(f) for f in filters], pooling="flatten", name=name)
+    with seeded_layers(0):
+        stages = [block(f) for f in filters]
+    return Backbone(tuple(input_shape), stages, pooling="flatten", name=name)
 
 
 def from_keras_model(
@@ -489,7 +490,8 @@ def keras_application(
                 f"Stage boundaries of {name!r} are not known; pass `stage_outputs`."
             )
         stem_output, stage_outputs = APPLICATION_CUTS[name]
-    net = constructor(include_top=False, weights=None, input_shape=tuple(input_shape), **kwargs)
+    with seeded_layers(0):
+        net = constructor(include_top=False, weights=None, input_shape=tuple(input_shape), **kwargs)
     if weights is not None:
         if not os.path.exists(weights):
             raise BackboneError(f"Weights file does not exist: weights={os.fspath(weights)!r}")
@@ -510,6 +512,9 @@ def _positive_ints(values: Any, field: str) -> list[int]:
     return result
 
 
+# Registered backbones that read images (h, w, c); `get` checks the data's shape for them.
+_IMAGE_BACKBONES = {"convnet4", "resnet50", "mobilenet_v2", "keras_hub"}
+
 BUILTIN: dict[str, Callable[..., Backbone]] = {
     "mlp": lambda input_shape, **kw: mlp(input_shape[0], **kw),
     "convnet4": lambda input_shape, **kw: convnet4(input_shape, **kw),
@@ -518,8 +523,33 @@ BUILTIN: dict[str, Callable[..., Backbone]] = {
 }
 
 
+def register_backbone(name: str, factory: Callable[..., Backbone]) -> Callable[..., Backbone]:
+    """Makes a backbone usable by name (`get`, the CLI's `--backbone`, zoo entries).
+
+    `keras_branch.hub` registers `"keras_hub"` this way.
+
+    Args:
+        name: the name (refused if already taken).
+        factory: `factory(input_shape, **kwargs) -> Backbone` (input_shape
+            without the batch axis).
+
+    Returns:
+        `factory`, so the function can serve as a decorator.
+    """
+    if name in BUILTIN and BUILTIN[name] is not factory:
+        raise BackboneError(f"A backbone named {name!r} is registered already.")
+    BUILTIN[name] = factory
+    return factory
+
+
 def get(name: str, input_shape: Sequence[int], **kwargs: Any) -> Backbone:
-    """A built-in backbone by name (`mlp`, `convnet4`, `resnet50`, `mobilenet_v2`)."""
+    """A registered backbone by name (`mlp`, `convnet4`, `resnet50`, `mobilenet_v2`, `keras_hub`).
+
+    Args:
+        name: a name in `BUILTIN` (see `register_backbone`).
+        input_shape: one sample's shape.
+        **kwargs: the factory's arguments (e.g. `widths` of `mlp`).
+    """
     if name not in BUILTIN:
         raise BackboneError(
             f"Unknown backbone {name!r}; built-in backbones are {sorted(BUILTIN)}."
@@ -528,7 +558,7 @@ def get(name: str, input_shape: Sequence[int], **kwargs: Any) -> Backbone:
         raise BackboneError(
             f"Backbone 'mlp' needs flat inputs; this data has input shape {tuple(input_shape)}."
         )
-    if name != "mlp" and len(input_shape) != 3:
+    if name in _IMAGE_BACKBONES and len(input_shape) != 3:
         raise BackboneError(
             f"Backbone {name!r} needs image inputs (h, w, c); this data has "
             f"input shape {tuple(input_shape)}."

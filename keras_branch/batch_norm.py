@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import keras
 import numpy as np
 
+from keras_branch.checks import check_int
 from keras_branch.data.multitask import MultiTaskData
 
 
@@ -69,13 +70,18 @@ def recalibrate_batch_norm(
     Returns:
         The number of batch-norm layers recalibrated.
 
-    Example:
-    >>> run = fit_spec(spec, backbones.convnet4((32, 32, 1)), data, augment={"shift": 0.1})
-    >>> recalibrate_batch_norm(run.model, data)
+    Example (an untrained convnet4 on random images; in practice `model` is
+    a trained `run.model`):
+    >>> from keras_branch.data import MultiTaskData, Split
+    >>> tasks = [Task("a", "multiclass", classes=3)]
+    >>> x = np.random.default_rng(0).random((64, 16, 16, 1)).astype("float32")
+    >>> data = MultiTaskData(tasks, {"train": Split(x, {"a": np.zeros(64, "int64")})})
+    >>> model = build_model(TreeSpec.shared(["a"], num_stages=4),
+    ...                     backbones.convnet4((16, 16, 1), filters=4), tasks)
+    >>> recalibrate_batch_norm(model, data)   # convnet4: one batch norm per block
     4
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 2:
-        raise ValueError(f"`batch_size` must be an int >= 2. Received: batch_size={batch_size!r}")
+    check_int(batch_size, "batch_size", minimum=2)
     layers = batch_norm_layers(model)
     if not layers:
         return 0

@@ -22,7 +22,8 @@ from keras_branch.backbones import Backbone
 from keras_branch.errors import SpecError
 from keras_branch.layers.adapter import Adapter
 from keras_branch.spec import TreeSpec
-from keras_branch.tasks import Task, TaskModelMixin, as_tasks, check_keys_free
+from keras_branch.task_model import TaskModel
+from keras_branch.tasks import Task
 
 
 #: Names of the layers a BranchedModel builds (task outputs must not take them).
@@ -44,7 +45,7 @@ def _prefix_label(prefix: tuple) -> str:
 
 
 @keras.saving.register_keras_serializable(package="keras_branch")
-class BranchedModel(TaskModelMixin, keras.Model):
+class BranchedModel(TaskModel):
     """A multi-task network whose sharing is given by a TreeSpec.
 
     A functional model with one input and a dict of outputs, one per task,
@@ -79,9 +80,8 @@ class BranchedModel(TaskModelMixin, keras.Model):
     ):
         spec = spec if isinstance(spec, TreeSpec) else TreeSpec.from_dict(spec)
         backbone = backbone if isinstance(backbone, Backbone) else Backbone.from_config(backbone)
-        task_list = as_tasks(tasks)
+        task_list = self.prepare_tasks(tasks, RESERVED_NAMES, "a BranchedModel")
         spec.check_compatible(backbone, task_list)
-        check_keys_free(task_list, RESERVED_NAMES, "a BranchedModel")
         by_name = {t.name: t for t in task_list}
         ordered = [by_name[name] for name in spec.tasks]
 
@@ -121,9 +121,7 @@ class BranchedModel(TaskModelMixin, keras.Model):
                 features[path] = backbone.make_pooling(
                     name=f"features_{_prefix_label(path)}", depth=len(path)
                 )(by_prefix[path])
-            head = task.make_head(name=f"head_{task.key}")(features[path])
-            # The Identity names the output: loss, metric and signature keys.
-            outputs[task.key] = keras.layers.Identity(name=task.key, dtype="float32")(head)
+            outputs[task.key] = self.task_output(task, features[path])
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
 
         # === Config ===
@@ -138,18 +136,8 @@ class BranchedModel(TaskModelMixin, keras.Model):
             (b, task.key if dims[d] else None) for d, b in enumerate(spec.used_route(task.name))
         )
 
-    def get_config(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "trainable": self.trainable,
-            "spec": self.spec.to_dict(),
-            "backbone": self.backbone.get_config(),
-            "tasks": [t.get_config() for t in self.tasks],
-        }
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any], custom_objects=None) -> BranchedModel:
-        return cls(**config)
+    def model_config(self) -> dict[str, Any]:
+        return {"spec": self.spec.to_dict(), "backbone": self.backbone.get_config()}
 
 
 def build_model(

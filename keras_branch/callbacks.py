@@ -1,15 +1,22 @@
-"""Keras callbacks of keras_branch: temperature annealing for BranchPoint layers."""
+"""Keras callbacks of keras_branch: epoch lines, TensorBoard scalars per task, and
+temperature annealing for BranchPoint layers."""
 
 from __future__ import annotations
 
 import inspect
 import math
+import os
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import keras
+import tensorflow as tf
 
+from keras_branch.checks import check_int, check_number
+from keras_branch.evaluation import mean_metric, task_metrics
 from keras_branch.layers.branch_point import BranchPoint
+from keras_branch.tasks import Task
 
 SCHEDULES = ("sqrt_decay", "constant")
 
@@ -109,17 +116,11 @@ class TemperatureScheduler(keras.callbacks.Callback):
                 f"`schedule` must be one of {list(SCHEDULES)} or a callable. "
                 f"Received: schedule={schedule!r}"
             )
-        if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
-            raise ValueError(f"`epochs` must be an int >= 1 or None. Received: epochs={epochs!r}")
-        if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) or warmup_epochs < 0:
-            raise ValueError(
-                f"`warmup_epochs` must be an int >= 0. Received: warmup_epochs={warmup_epochs!r}"
-            )
+        if epochs is not None:
+            check_int(epochs, "epochs", minimum=1)
+        check_int(warmup_epochs, "warmup_epochs", minimum=0)
         for field, value in (("temperature", temperature), ("min_temperature", min_temperature)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-                math.isfinite(value) and value > 0
-            ):
-                raise ValueError(f"`{field}` must be a finite number > 0. Received: {field}={value!r}")
+            check_number(value, field, minimum=0)
         self.schedule = schedule
         self.epochs = epochs
         self.warmup_epochs = warmup_epochs
@@ -188,3 +189,104 @@ class TemperatureScheduler(keras.callbacks.Callback):
         # Whatever the warm-up did, the model leaves fit sampling normally.
         for layer in self._targets():
             layer.uniform_mixing.assign(0.0)
+
+
+class EpochLogger(keras.callbacks.Callback):
+    """One short line per epoch: losses, mean validation metric, time.
+
+    Keras' own progress prints every metric of every task, which for many
+    tasks is a wall of text; this prints what a person watches.
+
+    Args:
+        tasks: the tasks (for the mean of their primary metric).
+        log: where lines go (default `print`).
+    """
+
+    def __init__(self, tasks: Sequence[Task], log: Callable[[str], None] = print):
+        super().__init__()
+        self.tasks = list(tasks)
+        self.log = log
+        self._start = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        parts = [f"epoch {epoch + 1}/{self.params.get('epochs', '?')}"]
+        for key in ("loss", "val_loss"):
+            if key in logs:
+                parts.append(f"{key} {float(logs[key]):.4f}")
+        val = {k[4:]: v for k, v in logs.items() if k.startswith("val_")}
+        metrics = task_metrics(val, self.tasks)
+        for name in ("accuracy", "mse"):
+            value = mean_metric(metrics, name)
+            if not math.isnan(value):
+                parts.append(f"mean val {name} {value:.4f}")
+        parts.append(f"({time.perf_counter() - self._start:.1f} s)")
+        self.log("  ".join(parts))
+
+
+class TensorBoardLogger(keras.callbacks.Callback):
+    """Writes every epoch's logs (per-task losses and metrics) as TensorBoard scalars.
+
+    Same layout as `keras.callbacks.TensorBoard`: `LOG_DIR/train` and
+    `LOG_DIR/validation` event files with tags `epoch_<key>` (for a
+    multi-task model `epoch_<task key>_loss`, `epoch_<task key>_accuracy`,
+    ..., and the total `epoch_loss`), plus `epoch_learning_rate`. Written
+    with TensorFlow's own summary op, so it needs no `tensorboard` package
+    (Keras' callback does); view with `tensorboard --logdir LOG_DIR`.
+
+    Args:
+        log_dir: the folder (created if missing).
+
+    Example (`fit_spec` adds this callback when given `tensorboard=`):
+    >>> from keras_branch.training import fit_spec
+    >>> data = planted_groups(num_train=64, num_validation=32, num_test=32)
+    >>> spec = TreeSpec.shared(data.task_names, num_stages=2)
+    >>> run = fit_spec(spec, backbones.mlp(100, (8, 8)), data, epochs=1, verbose=0,
+    ...                log=None, tensorboard="runs/tb")
+    >>> sorted(os.listdir("runs/tb"))
+    ['train', 'validation']
+    """
+
+    def __init__(self, log_dir: str | os.PathLike):
+        super().__init__()
+        from tensorflow.core.framework import summary_pb2
+
+        self.log_dir = os.fspath(log_dir)
+        self._metadata = summary_pb2.SummaryMetadata()
+        self._metadata.plugin_data.plugin_name = "scalars"
+        self._writers: dict[str, Any] = {}
+
+    def _writer(self, name: str):
+        if name not in self._writers:
+            self._writers[name] = tf.summary.create_file_writer(os.path.join(self.log_dir, name))
+        return self._writers[name]
+
+    def _write(self, split: str, values: dict[str, float], step: int) -> None:
+        if not values:
+            return
+        with self._writer(split).as_default():
+            for key, value in values.items():
+                tf.summary.write(f"epoch_{key}", tf.constant(float(value), tf.float32),
+                                 step=step, metadata=self._metadata)
+        self._writer(split).flush()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        train = {k: v for k, v in logs.items() if not k.startswith("val_")}
+        val = {k[4:]: v for k, v in logs.items() if k.startswith("val_")}
+        optimizer = getattr(self.model, "optimizer", None)
+        if optimizer is not None and "learning_rate" not in train:
+            try:
+                train["learning_rate"] = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+            except (TypeError, ValueError, AttributeError):
+                pass
+        self._write("train", train, epoch)
+        self._write("validation", val, epoch)
+
+    def on_train_end(self, logs=None):
+        for writer in self._writers.values():
+            writer.close()
+        self._writers = {}

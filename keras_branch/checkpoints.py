@@ -36,8 +36,12 @@ class TrainingCheckpoint:
         max_to_keep: checkpoints kept.
 
     Example:
+    >>> from keras_branch.compiling import compile_model
+    >>> model = compile_model(build_model(TreeSpec.shared(["a"], num_stages=1),
+    ...                                   backbones.mlp(4, (4,)), [Task("a", "regression")]))
     >>> ckpt = TrainingCheckpoint("run.checkpoint", model)
-    >>> first_epoch, history = ckpt.restore()
+    >>> ckpt.restore()      # a fresh folder: start at epoch 0 with no history
+    (0, {})
     """
 
     def __init__(

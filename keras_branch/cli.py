@@ -13,46 +13,56 @@ import os
 import sys
 from collections.abc import Sequence
 
+from keras_branch import backbones, distribute
+from keras_branch.augment import check_config
+from keras_branch.callbacks import EpochLogger
 from keras_branch.cli_args import (
     OneLineParser,
+    add_out_arguments,
+    key_values,
     non_negative_float,
     non_negative_int,
     positive_float,
     positive_int,
     seed,
 )
-
-
-def key_values(items: Sequence[str], flag: str, error: type[Exception]) -> dict:
-    """`KEY=VALUE` flags as a dict, each VALUE parsed as JSON when it is JSON.
-
-    Args:
-        items: the flag's values.
-        flag: the flag's name, for the error message.
-        error: the exception type raised for an item without `=`.
-    """
-    result = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise error(f"{flag} must be KEY=VALUE. Received: {item!r}")
-        try:
-            result[key] = json.loads(value)
-        except json.JSONDecodeError:
-            result[key] = value
-    return result
+from keras_branch.data import load_data
+from keras_branch.demo import run_demo
+from keras_branch.errors import (
+    BackboneError,
+    DataError,
+    KerasBranchError,
+    OutputExistsError,
+    SearchError,
+    SpecError,
+    TrainingError,
+)
+from keras_branch.evaluation import evaluate, format_metrics
+from keras_branch.export.cli import add_parser as add_export_parser
+from keras_branch.files import atomic_write_json, remove_owned_folder
+from keras_branch.results import save_run
+from keras_branch.saving import load_task_model
+from keras_branch.search import affinity_search
+from keras_branch.search.evolution.cli import add_parser as add_evolve_parser
+from keras_branch.search.learn_to_branch import (
+    MIN_MARGIN,
+    check_widths,
+    format_branching,
+    learn_to_branch,
+    undecided,
+)
+from keras_branch.soft_ordering_model import fit_soft_ordering, format_mixing_weights
+from keras_branch.spec import TreeSpec
+from keras_branch.tasks import spec_tasks
+from keras_branch.training import fit_spec
+from keras_branch.zoo.cli import add_parser as add_zoo_parser
 
 
 def _backbone_args(items: Sequence[str]) -> dict:
-    from keras_branch.errors import BackboneError
-
     return key_values(items, "--backbone-arg", BackboneError)
 
 
 def _make_backbone(name: str, input_shape, args: dict):
-    from keras_branch import backbones
-    from keras_branch.errors import BackboneError
-
     if name == "auto":
         name = "mlp" if len(input_shape) == 1 else "convnet4"
     try:
@@ -62,8 +72,6 @@ def _make_backbone(name: str, input_shape, args: dict):
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from keras_branch.demo import run_demo
-
     run_demo(args.out, epochs=args.epochs, seed=args.seed, probe_epochs=args.probe_epochs,
              baselines=not args.no_baselines)
     return 0
@@ -71,10 +79,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _recipe_args(args: argparse.Namespace) -> dict:
     """The recipe flags of `train` as keyword arguments of `fit_spec` / `fit_soft_ordering`."""
-    import json
 
-    from keras_branch.augment import check_config
-    from keras_branch.errors import DataError
 
     augment = None
     if args.augment is not None:
@@ -92,13 +97,6 @@ def _recipe_args(args: argparse.Namespace) -> dict:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from keras_branch import distribute
-    from keras_branch.data import load_data
-    from keras_branch.errors import SpecError, TrainingError
-    from keras_branch.files import remove_owned_folder
-    from keras_branch.spec import TreeSpec
-    from keras_branch.training import EpochLogger, fit_spec, format_metrics, save_run, spec_tasks
-
     _refuse_existing_out(args)
     recipe = _recipe_args(args)
     if args.model != "tree":
@@ -151,10 +149,6 @@ def _parse_budget(text: str):
 
 
 def _train_soft_ordering(args: argparse.Namespace, recipe: dict) -> int:
-    from keras_branch.data import load_data
-    from keras_branch.soft_ordering_model import fit_soft_ordering, format_mixing_weights
-    from keras_branch.training import EpochLogger, format_metrics, save_run
-
     data = load_data(args.data, image_size=args.image_size)
     ordering = {"soft-ordering": "soft", "parallel": "parallel", "permuted": "permuted"}[args.model]
     result = fit_soft_ordering(
@@ -178,10 +172,6 @@ def _train_soft_ordering(args: argparse.Namespace, recipe: dict) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from keras_branch.data import load_data
-    from keras_branch.errors import SearchError
-    from keras_branch.search import affinity_search, save_search
-
     _refuse_existing_out(args)
     data = load_data(args.data, image_size=args.image_size)
     backbone = _make_backbone(args.backbone, data.input_shape, _backbone_args(args.backbone_arg))
@@ -194,7 +184,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         num_inputs=args.num_inputs, seed=args.seed, method=args.search,
         batch_size=args.batch_size,
     )
-    save_search(args.out, search, overwrite=args.overwrite)
+    search.save(args.out, overwrite=args.overwrite)
     print(f"saved to {args.out} (tree.json, affinity.json, search.json, tree.png, "
           f"affinity.png, pareto.png); train it with: {_train_command(args)}")
     return 0
@@ -217,14 +207,6 @@ def _train_command(args: argparse.Namespace) -> str:
 
 
 def _search_ltb(args: argparse.Namespace, data, backbone) -> int:
-    from keras_branch.errors import SearchError
-    from keras_branch.search.learn_to_branch import (
-        MIN_MARGIN,
-        check_widths,
-        format_branching,
-        learn_to_branch,
-    )
-
     if args.budget is not None and args.widths:
         raise SearchError(
             f"--method ltb takes --widths or --budget, not both. "
@@ -252,7 +234,7 @@ def _search_ltb(args: argparse.Namespace, data, backbone) -> int:
         per_example=args.per_example, verbose=2, **options,
     )
     print(format_branching(result.supernet))
-    for line in result.undecided():
+    for line in undecided(result.branching):
         print(f"warning: undecided choice (margin below {MIN_MARGIN}): {line}")
     print(str(result.spec))
     result.save(args.out, overwrite=args.overwrite)
@@ -262,13 +244,6 @@ def _search_ltb(args: argparse.Namespace, data, backbone) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from keras_branch.data import load_data
-    from keras_branch.files import atomic_write_json
-    from keras_branch.saving import load_task_model
-    from keras_branch.training import evaluate, format_metrics
-
-    from keras_branch.errors import DataError
-
     if args.out:
         _refuse_existing_out(args)
     path = args.model
@@ -300,15 +275,14 @@ def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True,
                         help="'planted[:opts]', 'omniglot:PATH' or 'npz:PATH'")
     parser.add_argument("--backbone", default="auto",
-                        help="mlp, convnet4, resnet50, mobilenet_v2 (auto: by input)")
+                        help=f"{', '.join(backbones.BUILTIN)} (auto: mlp for vectors, "
+                             f"convnet4 for images)")
     parser.add_argument("--backbone-arg", action="append", default=[], metavar="KEY=VALUE",
                         help="backbone argument, VALUE as JSON (e.g. widths=[64,64,32])")
     parser.add_argument("--image-size", type=positive_int, default=32)
 
 
 def _refuse_existing_out(args: argparse.Namespace) -> None:
-    from keras_branch.errors import OutputExistsError
-
     if os.path.lexists(args.out) and not args.overwrite:
         raise OutputExistsError(f"--out exists: {args.out!r}; pass --overwrite to replace it.")
 
@@ -347,8 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=positive_int, default=32)
     train.add_argument("--learning-rate", type=positive_float, default=1e-3)
     train.add_argument("--seed", type=seed, default=0)
-    train.add_argument("--out", required=True, help="run folder to write")
-    train.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    add_out_arguments(train, "run folder to write")
     train.add_argument("--progress", choices=("short", "keras", "none"), default="short",
                        help="one line per epoch (short), Keras' progress bar, or nothing")
     train.add_argument("--strategy", choices=("auto", "mirrored", "multiworker", "none"),
@@ -403,8 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--balance", type=non_negative_float,
                         help="ltb: strength of the penalty on parents no child uses "
                              "(0: off; default 0.1)")
-    search.add_argument("--out", required=True, help="folder to write")
-    search.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    add_out_arguments(search, "folder to write")
     search.set_defaults(func=cmd_search)
 
     ev = sub.add_parser("evaluate", help="re-score a saved model")
@@ -417,14 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="replace an existing --out file (never a folder keras-branch did not write)")
     ev.set_defaults(func=cmd_evaluate)
 
-    from keras_branch.search.evolve_cli import add_parser as add_evolve_parser
-
     add_evolve_parser(sub)
-
-    from keras_branch.export.cli import add_parser as add_export_parser
-
     add_export_parser(sub)
-    from keras_branch.zoo.cli import add_parser as add_zoo_parser
     add_zoo_parser(sub)
     return parser
 
@@ -435,7 +401,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as done:  # --help, --version, or a flag argparse refused (one line)
         return done.code if isinstance(done.code, int) else 2
-    from keras_branch.errors import KerasBranchError, OutputExistsError
 
     try:
         out = getattr(args, "out", None)

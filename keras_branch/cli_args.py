@@ -10,9 +10,11 @@ written.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 #: Seeds are what numpy and TensorFlow accept: 0 .. 2**32 - 1.
 MAX_SEED = 2**32 - 1
@@ -30,6 +32,33 @@ class OneLineParser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+def argument_type(convert: Callable[[str], Any], accept: Callable[[Any], bool],
+                  wanted: str) -> Callable[[str], Any]:
+    """An argparse type: `convert(text)` when `accept` takes it, else a one-line error.
+
+    Args:
+        convert: text -> value (`int`, `float`); its ValueError means refused.
+        accept: whether a converted value is allowed (NaN fails comparisons).
+        wanted: what the flag takes, for the message ("an int >= 1").
+
+    Example:
+    >>> argument_type(int, lambda v: v % 2 == 0, "an even int")("4")
+    4
+    """
+
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except (TypeError, ValueError, OverflowError):
+            value = None
+        if value is None or not accept(value):
+            raise argparse.ArgumentTypeError(f"must be {wanted}. Received: {text!r}")
+        return value
+
+    parse.__name__ = wanted
+    return parse
+
+
 def int_at_least(minimum: int) -> Callable[[str], int]:
     """An argparse type: an int >= `minimum`.
 
@@ -37,33 +66,7 @@ def int_at_least(minimum: int) -> Callable[[str], int]:
     >>> int_at_least(1)("3")
     3
     """
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except (TypeError, ValueError):
-            value = None
-        if value is None or value < minimum:
-            raise argparse.ArgumentTypeError(
-                f"must be an int >= {minimum}. Received: {text!r}"
-            )
-        return value
-
-    parse.__name__ = f"int >= {minimum}"
-    return parse
-
-
-def seed(text: str) -> int:
-    """An argparse type: a seed, an int in 0 .. 2**32 - 1."""
-    try:
-        value = int(text)
-    except (TypeError, ValueError):
-        value = None
-    if value is None or not 0 <= value <= MAX_SEED:
-        raise argparse.ArgumentTypeError(
-            f"must be an int from 0 to {MAX_SEED} (2**32 - 1). Received: {text!r}"
-        )
-    return value
+    return argument_type(int, lambda v: v >= minimum, f"an int >= {minimum}")
 
 
 def finite_float(minimum: float = 0.0, inclusive: bool = False) -> Callable[[str], float]:
@@ -74,52 +77,57 @@ def finite_float(minimum: float = 0.0, inclusive: bool = False) -> Callable[[str
     0.003
     """
     bound = f">= {minimum:g}" if inclusive else f"> {minimum:g}"
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except (TypeError, ValueError):
-            value = math.nan
-        ok = math.isfinite(value) and (value >= minimum if inclusive else value > minimum)
-        if not ok:
-            raise argparse.ArgumentTypeError(
-                f"must be a finite number {bound}. Received: {text!r}"
-            )
-        return value
-
-    parse.__name__ = f"number {bound}"
-    return parse
+    return argument_type(
+        float, lambda v: math.isfinite(v) and (v >= minimum if inclusive else v > minimum),
+        f"a finite number {bound}",
+    )
 
 
-def fraction(text: str) -> float:
-    """An argparse type: a number in (0, 1] (a scale factor).
-
-    Example:
-    >>> fraction("0.5")
-    0.5
-    """
-    try:
-        value = float(text)
-    except (TypeError, ValueError):
-        value = math.nan
-    if not 0.0 < value <= 1.0:  # NaN fails too
-        raise argparse.ArgumentTypeError(f"must be a number in (0, 1]. Received: {text!r}")
-    return value
-
-
-def probability(text: str) -> float:
-    """An argparse type: a number in [0, 1]."""
-    try:
-        value = float(text)
-    except (TypeError, ValueError):
-        value = math.nan
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be a number in [0, 1]. Received: {text!r}")
-    return value
-
+#: A seed: an int in 0 .. 2**32 - 1.
+seed = argument_type(int, lambda v: 0 <= v <= MAX_SEED, f"an int from 0 to {MAX_SEED} (2**32 - 1)")
+#: A number in (0, 1] (a scale factor).
+fraction = argument_type(float, lambda v: 0.0 < v <= 1.0, "a number in (0, 1]")
+#: A number in [0, 1].
+probability = argument_type(float, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
 
 #: The common cases, named for the flags that use them.
 positive_int = int_at_least(1)
 non_negative_int = int_at_least(0)
 positive_float = finite_float(0.0)
 non_negative_float = finite_float(0.0, inclusive=True)
+
+
+def key_values(items: Sequence[str], flag: str, error: type[Exception]) -> dict:
+    """`KEY=VALUE` flags as a dict, each VALUE parsed as JSON when it is JSON.
+
+    Args:
+        items: the flag's values.
+        flag: the flag's name, for the error message.
+        error: the exception type raised for an item without `=`.
+    """
+    result = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise error(f"{flag} must be KEY=VALUE. Received: {item!r}")
+        try:
+            result[key] = json.loads(value)
+        except json.JSONDecodeError:
+            result[key] = value
+    return result
+
+
+def add_out_arguments(parser: argparse.ArgumentParser, help: str, required: bool = True) -> None:
+    """`--out PATH` and `--overwrite`, with one meaning in every subcommand.
+
+    An existing `--out` is refused unless `--overwrite`, and even then only
+    a folder keras_branch wrote is replaced (see `keras_branch.files`).
+
+    Args:
+        parser: the subcommand's parser.
+        help: what `--out` is ("run folder to write").
+        required: whether `--out` must be given.
+    """
+    parser.add_argument("--out", required=required, default=None, help=help)
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace --out if it exists (only a folder keras_branch wrote)")

@@ -26,9 +26,14 @@ from keras_branch import distribute
 from keras_branch.backbones import Backbone
 from keras_branch.build import build_model
 from keras_branch.checkpoints import TrainingCheckpoint
+from keras_branch.compiling import compile_model
 from keras_branch.data.multitask import MultiTaskData
+from keras_branch.evaluation import evaluate
 from keras_branch.masked import MaskedLoss
+from keras_branch.results import TrainResult
+from keras_branch.seeding import seeded_layers
 from keras_branch.spec import TreeSpec
+from keras_branch.tasks import spec_tasks
 
 
 def fit_custom_loop(
@@ -58,15 +63,12 @@ def fit_custom_loop(
         log: progress lines (chief only; None for silence).
 
     Returns:
-        `keras_branch.training.TrainResult` on every worker.
+        `keras_branch.results.TrainResult` on every worker.
     """
-    from keras_branch.training import TrainResult, compile_model, evaluate, spec_tasks
-
     tasks = spec_tasks(spec, data)
     chief = distribute.is_chief(strategy)
     say = log if (log and chief) else (lambda _line: None)
-    keras.utils.set_random_seed(seed)
-    with strategy.scope(), distribute.dtype_policy(mixed_precision):
+    with seeded_layers(seed), strategy.scope(), distribute.dtype_policy(mixed_precision):
         model = build_model(spec, backbone, tasks)
         optimizer = keras.optimizers.Adam(learning_rate)
         optimizer.build(model.trainable_variables)
@@ -121,8 +123,7 @@ def fit_custom_loop(
         say(f"epoch {epoch + 1}/{epochs}  loss {logs['loss']:.4f}  ({time.perf_counter() - start:.1f} s)")
 
     # Scoring and saving happen outside the strategy, on a plain copy.
-    keras.utils.set_random_seed(seed)
-    with distribute.dtype_policy(mixed_precision):
+    with seeded_layers(seed), distribute.dtype_policy(mixed_precision):
         plain = build_model(spec, backbone, tasks)
     plain.set_weights([np.asarray(w) for w in model.get_weights()])
     compile_model(plain, learning_rate=learning_rate)

@@ -12,19 +12,15 @@ import time
 from collections.abc import Callable
 
 from keras_branch import backbones
+from keras_branch.callbacks import EpochLogger
 from keras_branch.data.planted import planted_groups
+from keras_branch.evaluation import format_metrics, mean_metric
 from keras_branch.export import export_demo_model
-from keras_branch.search import adjusted_rand_index, affinity_search, budget_for_blocks, save_search
+from keras_branch.results import TrainResult, save_run
+from keras_branch.search import adjusted_rand_index, affinity_search, budget_for_blocks
 from keras_branch.search.partitions import labels_from_groups
 from keras_branch.spec import TreeSpec
-from keras_branch.training import (
-    EpochLogger,
-    TrainResult,
-    fit_spec,
-    format_metrics,
-    mean_metric,
-    save_run,
-)
+from keras_branch.training import fit_spec
 
 
 def run_demo(
@@ -62,7 +58,7 @@ def run_demo(
     log(f"data: {data}; planted groups {data.info['partition']}")
     log(f"== affinity search (budget {budget:,} parameters: 1, 3 and 8 blocks)")
     search = affinity_search(data, backbone, budget, probe_epochs=probe_epochs, seed=seed, log=log)
-    spec = search.result.spec
+    spec = search.spec
     ari = adjusted_rand_index(
         labels_from_groups(names, spec.partition(1)),
         labels_from_groups(names, data.info["partition"]),
@@ -91,7 +87,7 @@ def run_demo(
               "probe_epochs": probe_epochs, "budget": budget, "batch_size": 64,
               "stage2_ari": ari, "backbone": backbone.get_config()}
     save_run(out_dir, result, config, overwrite=True)
-    save_search(os.path.join(out_dir, "search"), search, overwrite=True)
+    search.save(os.path.join(out_dir, "search"), overwrite=True)
     log("== export: SavedModel and TFLite, checked against Keras")
     export_demo_model(result.model, data, os.path.join(os.fspath(out_dir), "export"), log=log)
     log(f"saved to {os.fspath(out_dir)}/ (model.keras, spec.json, history.json, metrics.json, "

@@ -162,17 +162,16 @@ class dtype_policy:  # noqa: N801 - used as a context manager, like a function
 
 
 def as_float32(model: keras.Model) -> keras.Model:
-    """A float32 copy of a (mixed precision) BranchedModel with the same weights.
+    """A float32 copy of a (mixed precision) task model with the same weights.
 
-    Export uses it: float16 compute in a converted model needs ops LiteRT's
-    builtins lack.
+    Any keras_branch `TaskModel` (rebuilt from its config with every dtype
+    policy set to float32). Export uses it: float16 compute in a converted
+    model needs ops LiteRT's builtins lack.
     """
-    from keras_branch.build import BranchedModel
-
-    config = with_dtype_policy(model.backbone.get_config(), "float32")
+    config = with_dtype_policy(model.get_config(), "float32")
     with dtype_policy(None):
         keras.config.set_dtype_policy("float32")
-        clone = BranchedModel(model.spec, Backbone.from_config(config), model.tasks, name=model.name)
+        clone = type(model).from_config(config)
     clone.set_weights(model.get_weights())
     return clone
 

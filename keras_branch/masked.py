@@ -60,7 +60,8 @@ class MaskedLoss(keras.losses.Loss):
 
     Example:
     >>> loss = MaskedLoss("multiclass")
-    >>> float(loss([1, -1], [[0.5, 0.5], [0.9, 0.1]]))  # doctest: +ELLIPSIS
+    >>> y_true, y_pred = np.array([1, -1]), np.array([[0.5, 0.5], [0.9, 0.1]])
+    >>> float(loss(y_true, y_pred))   # -log(0.5) over the batch of 2  # doctest: +ELLIPSIS
     0.34657...
     """
 

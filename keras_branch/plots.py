@@ -1,7 +1,8 @@
-"""PNG drawings: affinity heatmaps, the Pareto front, a tree.
+"""PNG drawings: affinity heatmaps, the Pareto front, a tree, soft-ordering mixing weights.
 
-matplotlib is imported lazily with the Agg backend, so importing keras_branch
-never needs a display; every file is written atomically.
+Figures are `matplotlib.figure.Figure` objects drawn without pyplot, so no
+backend is chosen or switched (the caller's matplotlib set-up is left alone)
+and no display is needed; every file is written atomically.
 """
 
 from __future__ import annotations
@@ -10,7 +11,11 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+from matplotlib.figure import Figure
+
 from keras_branch.files import atomic_path
+from keras_branch.soft_ordering_model import SoftOrderingModel, mixing_weights
 
 if TYPE_CHECKING:
     from keras_branch.search.affinity import TaskAffinity
@@ -18,32 +23,26 @@ if TYPE_CHECKING:
     from keras_branch.spec import TreeSpec
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
+def _figure(**kwargs: Any) -> Figure:
+    # A bare Figure: savefig renders PNG with Agg whatever pyplot's backend is.
+    return Figure(**kwargs)
 
 
-def _save(fig: Any, path: str | os.PathLike) -> None:
-    plt = _pyplot()
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    finally:
-        plt.close(fig)
+def _save(fig: Figure, path: str | os.PathLike, **kwargs: Any) -> str:
+    options = {"dpi": 110, "bbox_inches": "tight", **kwargs}
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", **options)
+    return os.fspath(path)
 
 
 def plot_affinity(affinity: TaskAffinity, path: str | os.PathLike) -> None:
     """One heatmap per stage; tasks ordered so that similar tasks sit together."""
-    plt = _pyplot()
     order = affinity.order()
     names = [affinity.tasks[i] for i in order]
     stages = affinity.num_stages
     size = max(3.0, 0.28 * len(names) + 1.5)
-    fig, axes = plt.subplots(1, stages, figsize=(size * stages, size), squeeze=False)
+    fig = _figure(figsize=(size * stages, size))
+    axes = fig.subplots(1, stages, squeeze=False)
     for d, ax in enumerate(axes[0]):
         values = affinity.values[d][order][:, order]
         image = ax.imshow(values, vmin=-1, vmax=1, cmap="RdBu_r")
@@ -61,8 +60,8 @@ def plot_pareto(
     budget: int | None = None,
 ) -> None:
     """Parameters against tree cost for the Pareto-optimal trees."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = _figure(figsize=(6, 4))
+    ax = fig.subplots()
     ax.step([t.params for t in front], [t.cost for t in front], where="post", color="0.6")
     ax.scatter([t.params for t in front], [t.cost for t in front], s=14, label="Pareto-optimal trees")
     if chosen is not None:
@@ -77,13 +76,13 @@ def plot_pareto(
 
 def plot_tree(spec: TreeSpec, path: str | os.PathLike) -> None:
     """The tree drawn top-down: one row per stage, one box per block, tasks at the leaves."""
-    plt = _pyplot()
     tasks = spec.tasks
     # Leaves ordered so that tasks sharing deep blocks stand together.
     order = sorted(tasks, key=lambda t: tuple(spec.route(t)))
     x_of_task = {t: i for i, t in enumerate(order)}
     stages = spec.num_stages
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(tasks) + 1), 1.2 * (stages + 2)))
+    fig = _figure(figsize=(max(4.0, 0.6 * len(tasks) + 1), 1.2 * (stages + 2)))
+    ax = fig.subplots()
     positions: dict[tuple[int, tuple[int, ...]], tuple[float, float]] = {}
     for d in range(stages):
         nodes: dict[tuple[int, ...], list[str]] = {}
@@ -111,3 +110,50 @@ def plot_tree(spec: TreeSpec, path: str | os.PathLike) -> None:
         ax.spines[side].set_visible(False)
     ax.set_title(f"{spec.num_tasks} tasks, blocks per stage {spec.blocks_per_stage()}")
     _save(fig, path)
+
+
+def plot_mixing_weights(
+    model: SoftOrderingModel, path: str | os.PathLike, title: str | None = None
+) -> str:
+    """Draws one heatmap per task of a soft-ordering model's mixing scales (PNG).
+
+    The paper's figure (Meyerson & Miikkulainen, 2018, Fig. 4): for task t,
+    the softmax scale s[t, d, j] of pool layer j at depth d.
+
+    Args:
+        model: a `SoftOrderingModel`.
+        path: the PNG file to write.
+        title: figure title (default: the model's name and ordering).
+
+    Returns:
+        The path written.
+
+    Example (not run as a doctest: needs a trained `SoftOrderingModel`):
+    >>> plot_mixing_weights(model, "mixing.png")  # doctest: +SKIP
+    'mixing.png'
+    """
+    weights = mixing_weights(model)
+    names = list(weights)
+    columns = min(len(names), 5)
+    rows = -(-len(names) // columns)
+    fig = _figure(figsize=(2.6 * columns + 0.8, 2.6 * rows + 0.6), layout="constrained")
+    axes = fig.subplots(rows, columns, squeeze=False)
+    image = None
+    for k, (ax, name) in enumerate(zip(axes.flat, names)):
+        table = weights[name]
+        image = ax.imshow(table, vmin=0.0, vmax=1.0, cmap="viridis")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("pool layer")
+        if k % columns == 0:
+            ax.set_ylabel("depth")
+        ax.set_xticks(range(table.shape[1]), [str(j + 1) for j in range(table.shape[1])])
+        ax.set_yticks(range(table.shape[0]), [str(d + 1) for d in range(table.shape[0])])
+        for (d, j), value in np.ndenumerate(table):
+            ax.text(j, d, f"{value:.2f}", ha="center", va="center", fontsize=7,
+                    color="black" if value > 0.6 else "white")
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    fig.suptitle(title or f"{model.name}: {model.ordering} ordering, mixing weights")
+    if image is not None:
+        fig.colorbar(image, ax=axes, shrink=0.8)
+    return _save(fig, path, dpi=100, bbox_inches=None)

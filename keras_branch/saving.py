@@ -8,6 +8,7 @@ import keras
 
 from keras_branch.build import BranchedModel
 from keras_branch.errors import ModelFileError
+from keras_branch.task_model import TaskModel
 
 
 def _load_keras_file(path: str, safe_mode: bool) -> keras.Model:
@@ -53,13 +54,11 @@ def load_task_model(path: str | os.PathLike, safe_mode: bool = True) -> keras.Mo
             loadable (a spec JSON, a truncated zip, a broken config), or
             holds another kind of model.
     """
-    from keras_branch.soft_ordering_model import SoftOrderingModel
-
     path = os.fspath(path)
     model = _load_keras_file(path, safe_mode)
-    if not isinstance(model, (BranchedModel, SoftOrderingModel)):
+    if not isinstance(model, TaskModel):
         raise ModelFileError(
-            f"{path!r} holds a {type(model).__name__}, not a keras_branch model "
+            f"{path!r} holds a {type(model).__name__}, not a keras_branch task model "
             f"(BranchedModel or SoftOrderingModel)."
         )
     return model

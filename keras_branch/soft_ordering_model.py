@@ -13,7 +13,7 @@ mixes one shared pool of D layers per task and depth. The orderings:
 The model's outputs are a dict keyed by `Task.key`, like `BranchedModel`,
 so `keras_branch.training` compiles, fits and scores it unchanged. Learned
 mixing weights can be read (`mixing_weights`), printed
-(`format_mixing_weights`) and drawn (`plot_mixing_weights`).
+(`format_mixing_weights`) and drawn (`keras_branch.plots.plot_mixing_weights`).
 
 Reference:
     Meyerson & Miikkulainen, "Beyond Shared Hierarchies: Deep Multitask
@@ -23,21 +23,23 @@ Reference:
 from __future__ import annotations
 
 import copy
-import os
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import keras
 import numpy as np
 
+from keras_branch.checks import check_int
 from keras_branch.data.multitask import MultiTaskData
 from keras_branch.errors import KerasBranchError
 from keras_branch.layers.conv_block import ConvBlock
 from keras_branch.layers.soft_ordering import ORDERINGS, SoftOrdering
 from keras_branch.masked import label_mask
-from keras_branch.tasks import Task, TaskModelMixin, as_tasks, check_keys_free
-from keras_branch.training import TrainResult, compile_model, make_optimizer, train
+from keras_branch.results import TrainResult
+from keras_branch.task_model import TaskModel
+from keras_branch.tasks import Task
+from keras_branch.training import fit_model
 
 SINGLE_TASK = "single_task"
 #: Names of the layers a SoftOrderingModel builds (task outputs must not take them).
@@ -82,7 +84,7 @@ def _fresh(config: Mapping[str, Any], name: str) -> keras.layers.Layer:
 
 
 @keras.saving.register_keras_serializable(package="keras_branch")
-class SoftOrderingModel(TaskModelMixin, keras.Model):
+class SoftOrderingModel(TaskModel):
     """Task encoders, a soft-ordered shared pool, and task decoders.
 
     For every task t: `E_t(x)` -> the t-th output of a `SoftOrdering` over
@@ -143,8 +145,7 @@ class SoftOrderingModel(TaskModelMixin, keras.Model):
         logit_scale: float = 1.0,
         **kwargs: Any,
     ):
-        task_list = as_tasks(tasks)
-        check_keys_free(task_list, RESERVED_NAMES, "a SoftOrderingModel")
+        task_list = self.prepare_tasks(tasks, RESERVED_NAMES, "a SoftOrderingModel")
         if not isinstance(route_training, bool):
             raise KerasBranchError(
                 f"`route_training` must be a bool. Received: route_training={route_training!r}"
@@ -211,9 +212,7 @@ class SoftOrderingModel(TaskModelMixin, keras.Model):
                 feature = _pooling_layer(pooling, len(feature.shape) - 2, f"features_{task.key}")(
                     feature
                 )
-            head = task.make_head(name=f"head_{task.key}")(feature)
-            # The Identity names the output: loss, metric and signature keys.
-            outputs[task.key] = keras.layers.Identity(name=task.key, dtype="float32")(head)
+            outputs[task.key] = self.task_output(task, feature)
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
 
         # === Config ===
@@ -317,11 +316,8 @@ class SoftOrderingModel(TaskModelMixin, keras.Model):
     def test_step(self, data):
         return self._step(super().test_step, data)
 
-    def get_config(self) -> dict[str, Any]:
+    def model_config(self) -> dict[str, Any]:
         return {
-            "name": self.name,
-            "trainable": self.trainable,
-            "tasks": [t.get_config() for t in self.tasks],
             "input_shape": list(self.sample_shape),
             "pool": copy.deepcopy(self.pool_configs),
             "encoder": copy.deepcopy(self.encoder_config),
@@ -332,10 +328,6 @@ class SoftOrderingModel(TaskModelMixin, keras.Model):
             "seed": self.seed,
             "route_training": self.route_training,
         }
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any], custom_objects=None) -> SoftOrderingModel:
-        return cls(**config)
 
 
 def _pooling_layer(pooling: str, spatial_rank: int, name: str) -> keras.layers.Layer:
@@ -388,10 +380,9 @@ def default_parts(
     """
     rank = len(tuple(input_shape))
     depth = default_depth(input_shape) if depth is None else depth
-    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
-        raise KerasBranchError(f"`depth` must be an int >= 1. Received: depth={depth!r}")
-    if width is not None and (isinstance(width, bool) or not isinstance(width, int) or width < 1):
-        raise KerasBranchError(f"`width` must be an int >= 1. Received: width={width!r}")
+    check_int(depth, "depth", minimum=1, error=KerasBranchError)
+    if width is not None:
+        check_int(width, "width", minimum=1, error=KerasBranchError)
     if rank == 1:
         width = width or 64
         return {
@@ -466,8 +457,10 @@ def build_soft_ordering_model(
         A `SoftOrderingModel`, not compiled.
 
     Example:
-    >>> data = load_omniglot("../shared/data/omniglot/images_background_small1.zip", 28)
-    >>> model = build_soft_ordering_model(data.tasks, data.input_shape, "soft")
+    >>> tasks = [Task("Greek", "multiclass", classes=24), Task("Latin", "multiclass", classes=26)]
+    >>> model = build_soft_ordering_model(tasks, (28, 28, 1), "soft")
+    >>> sorted(model.output_names)
+    ['Greek', 'Latin']
     """
     parts = default_parts(input_shape, depth, width, ordering) if pool is None else {}
     return SoftOrderingModel(
@@ -489,22 +482,16 @@ def fit_soft_ordering(
     ordering: str = "soft",
     depth: int | None = None,
     width: int | None = None,
-    epochs: int = 10,
-    batch_size: int = 32,
-    learning_rate: float = 1e-3,
     seed: int = 0,
-    verbose: int | str = "auto",
-    callbacks: Sequence[keras.callbacks.Callback] = (),
-    augment: Callable | dict | None = None,
-    schedule: str = "constant",
-    weight_decay: float = 0.0,
-    warmup_epochs: int = 0,
-    tensorboard: str | os.PathLike | None = None,
+    strategy: str | Any = None,
+    mixed_precision: str | None = None,
+    **kwargs: Any,
 ) -> TrainResult:
     """Builds a soft-ordering model for `data` from a seeded initialisation and trains it.
 
     The counterpart of `keras_branch.training.fit_spec` for
-    `keras-branch train --model soft-ordering|parallel|permuted|single-task`.
+    `keras-branch train --model soft-ordering|parallel|permuted|single-task`;
+    both train through `keras_branch.training.fit_model`.
 
     Args:
         data: multi-task data (vectors or images).
@@ -512,36 +499,27 @@ def fit_soft_ordering(
         depth: D, the number of shared layers (default 3 for images, after
             each task's encoder block; 4 for vectors).
         width: units or filters (default 64).
-        epochs, batch_size, learning_rate: the recipe.
         seed: seed of initialisation, permuted orders and shuffling.
-        verbose: Keras progress level.
-        callbacks: extra Keras callbacks.
-        augment: optional augmentation of training inputs: a config dict
-            (`keras_branch.augment`, e.g. `{"shift": 0.1, "rotation": 10}`)
-            or a callable on batches.
-        schedule: `"constant"` or `"cosine"` learning rate.
-        weight_decay: AdamW's decoupled weight decay (0: Adam).
-        warmup_epochs: linear learning-rate warm-up epochs.
-        tensorboard: a folder for TensorBoard logs (per-task scalars).
+        strategy, mixed_precision: as in `fit_model` (one machine).
+        **kwargs: the recipe and run options of `keras_branch.training.train`
+            (`epochs`, `batch_size`, `learning_rate`, `schedule`,
+            `weight_decay`, `warmup_epochs`, `augment`, `verbose`,
+            `callbacks`, `checkpoint_dir`, `log`, `tensorboard`).
 
     Returns:
         `TrainResult` (model, history, `{split: {task: metrics}}`).
 
-    Example:
-    >>> run = fit_soft_ordering(planted_groups(seed=0), "soft", epochs=5)
-    >>> format_mixing_weights(run.model)
+    Example (small: 256 training samples, one epoch):
+    >>> data = planted_groups(num_train=256, num_validation=64, num_test=64)
+    >>> run = fit_soft_ordering(data, "soft", epochs=1, verbose=0)
+    >>> print(format_mixing_weights(run.model))
+    task g0_t0 (rows: depth 1..4, columns: pool layer 1..4)
+      depth 1 ...
     """
-    keras.utils.set_random_seed(seed)
-    model = build_soft_ordering_model(
-        data.tasks, data.input_shape, ordering=ordering, depth=depth, width=width, seed=seed
-    )
-    compile_model(model, optimizer=make_optimizer(
-        learning_rate, schedule, weight_decay, epochs, data.steps("train", batch_size),
-        warmup_epochs,
-    ))
-    return train(
-        model, data, epochs=epochs, batch_size=batch_size, seed=seed, verbose=verbose,
-        callbacks=callbacks, augment=augment, tensorboard=tensorboard,
+    return fit_model(
+        lambda: build_soft_ordering_model(data.tasks, data.input_shape, ordering=ordering,
+                                          depth=depth, width=width, seed=seed),
+        data, seed=seed, strategy=strategy, mixed_precision=mixed_precision, **kwargs,
     )
 
 
@@ -573,60 +551,3 @@ def format_mixing_weights(model: SoftOrderingModel, digits: int = 2) -> str:
         for d, row in enumerate(table):
             lines.append(f"  depth {d + 1}  " + " ".join(f"{v:.{digits}f}" for v in row))
     return "\n".join(lines)
-
-
-def plot_mixing_weights(
-    model: SoftOrderingModel, path: str | os.PathLike, title: str | None = None
-) -> str:
-    """Draws one heatmap per task of the mixing scales and writes a PNG.
-
-    Needs matplotlib (imported here, with the non-interactive Agg backend,
-    so importing keras_branch never requires it).
-
-    Args:
-        model: a `SoftOrderingModel`.
-        path: the PNG file to write.
-        title: figure title (default: the model's name and ordering).
-
-    Returns:
-        The path written.
-    """
-    weights = mixing_weights(model)
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise KerasBranchError(
-            "Drawing mixing weights needs matplotlib: pip install 'matplotlib>=3.7'"
-        ) from None
-    path = os.fspath(path)
-    names = list(weights)
-    columns = min(len(names), 5)
-    rows = -(-len(names) // columns)
-    fig, axes = plt.subplots(
-        rows, columns, figsize=(2.6 * columns + 0.8, 2.6 * rows + 0.6), squeeze=False,
-        layout="constrained",
-    )
-    image = None
-    for k, (ax, name) in enumerate(zip(axes.flat, names)):
-        table = weights[name]
-        image = ax.imshow(table, vmin=0.0, vmax=1.0, cmap="viridis")
-        ax.set_title(name, fontsize=9)
-        ax.set_xlabel("pool layer")
-        if k % columns == 0:
-            ax.set_ylabel("depth")
-        ax.set_xticks(range(table.shape[1]), [str(j + 1) for j in range(table.shape[1])])
-        ax.set_yticks(range(table.shape[0]), [str(d + 1) for d in range(table.shape[0])])
-        for (d, j), value in np.ndenumerate(table):
-            ax.text(j, d, f"{value:.2f}", ha="center", va="center", fontsize=7,
-                    color="black" if value > 0.6 else "white")
-    for ax in list(axes.flat)[len(names):]:
-        ax.axis("off")
-    fig.suptitle(title or f"{model.name}: {model.ordering} ordering, mixing weights")
-    if image is not None:
-        fig.colorbar(image, ax=axes, shrink=0.8)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path

@@ -14,7 +14,7 @@ from typing import Any
 
 import keras
 
-from keras_branch.errors import TaskError
+from keras_branch.errors import SpecError, TaskError
 from keras_branch.masked import MaskedLoss, MaskedMetric
 
 MULTICLASS = "multiclass"
@@ -295,27 +295,21 @@ def check_keys_free(tasks: Iterable[Task], reserved: str, where: str) -> None:
             )
 
 
-class TaskModelMixin:
-    """What every keras_branch multi-task model shares: `task_keys` and the label check.
+def spec_tasks(spec: Any, data: Any) -> list[Task]:
+    """The data's `Task` objects for a TreeSpec's task names, in spec order.
 
-    Mixed into `BranchedModel` and `SoftOrderingModel` (before `keras.Model`
-    in the bases); the model sets `self.tasks`.
+    Args:
+        spec: a `TreeSpec` (or anything with `.tasks`, a list of names).
+        data: a `MultiTaskData`.
+
+    Raises:
+        SpecError: a spec task the data lacks.
     """
-
-    tasks: list[Task]
-
-    @property
-    def task_keys(self) -> dict[str, str]:
-        """Task name -> output key."""
-        return {t.name: t.key for t in self.tasks}
-
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        # Before Keras pairs `y` with the outputs: a list would pair in sorted order.
-        try:
-            check_label_structure(self.tasks, y)
-        except TaskError:
-            # The step being traced is abandoned: let the next fit/evaluate trace anew.
-            self.train_function = self.test_function = None
-            raise
-        return super().compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
-                                    training=training)
+    by_name = {t.name: t for t in data.tasks}
+    unknown = [name for name in spec.tasks if name not in by_name]
+    if unknown:
+        raise SpecError(
+            f"Spec task(s) {unknown} are not in data {data.name!r}; its tasks are "
+            f"{data.task_names}."
+        )
+    return [by_name[name] for name in spec.tasks]

@@ -23,9 +23,11 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from keras_branch import TreeSpec, backbones, build_model, distribute  # noqa: E402
+from keras_branch.compiling import compile_model  # noqa: E402
 from keras_branch.custom_loop import fit_custom_loop  # noqa: E402
 from keras_branch.data import planted_groups  # noqa: E402
-from keras_branch.training import compile_model, fit_spec, save_run, train  # noqa: E402
+from keras_branch.results import save_run  # noqa: E402
+from keras_branch.training import fit_spec, train  # noqa: E402
 
 data = planted_groups(group_sizes=(2, 2), num_train=256, num_validation=64, num_test=64, seed=0)
 names = data.task_names

@@ -5,9 +5,10 @@ import pytest
 from scipy.spatial.distance import pdist, squareform
 from scipy.stats import spearmanr
 
-from keras_branch import SearchError, backbones
+from keras_branch import SearchError, TreeSpec, backbones
 from keras_branch.cli import main
 from keras_branch.data import planted_groups
+from keras_branch.plots import plot_affinity
 from keras_branch.search import (
     TaskAffinity,
     adjusted_rand_index,
@@ -61,7 +62,7 @@ def test_affinity_json_round_trip_and_plot(tmp_path):
     again = TaskAffinity.load(tmp_path / "aff.json")
     np.testing.assert_array_equal(again.values, values)
     assert again.tasks == ["a", "b", "c"] and again.info == {"seed": 1}
-    aff.plot(tmp_path / "aff.png")
+    plot_affinity(aff, tmp_path / "aff.png")
     assert (tmp_path / "aff.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -97,8 +98,8 @@ def test_planted_groups_are_recovered(seed):
     # second first block 6464 more: the budget allows at most three middle blocks.
     budget = budget_for_blocks(bb, data.tasks, [1, 3, 8])
     search = affinity_search(data, bb, budget, probe_epochs=3, seed=seed, log=None)
-    assert search.result.spec.blocks_per_stage() == [1, 3, 8]
-    found = labels_from_groups(data.task_names, search.result.spec.partition(1))
+    assert search.spec.blocks_per_stage() == [1, 3, 8]
+    found = labels_from_groups(data.task_names, search.spec.partition(1))
     planted = labels_from_groups(data.task_names, data.info["partition"])
     assert adjusted_rand_index(found, planted) == 1.0
 
@@ -112,6 +113,9 @@ def test_search_cli_writes_a_spec_that_train_accepts(tmp_path, capsys):
     files = sorted(p.name for p in (tmp_path / "search").iterdir())
     assert files == [".keras-branch", "affinity.json", "affinity.png", "pareto.png", "search.json", "tree.json", "tree.png"]
     summary = json.loads((tmp_path / "search" / "search.json").read_text())
+    assert summary["method"] == "affinity" and summary["spec"] == TreeSpec.load(
+        tmp_path / "search" / "tree.json").to_dict()
+    summary = summary["scores"]
     assert summary["params"] <= summary["budget"] == 2 * summary["shared_params"]
     assert "probe 4/4" in capsys.readouterr().out
     rc = main(["train", "--spec", str(tmp_path / "search" / "tree.json"), "--data", data,

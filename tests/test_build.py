@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from keras_branch import SpecError, Task, TreeSpec, backbones, build_model
+from keras_branch.compiling import compile_model
 from keras_branch.testing import run_model_test
-from keras_branch.training import compile_model
 
 TASKS = [
     Task("reg", "regression"),
@@ -121,7 +121,7 @@ def test_mismatched_tasks_and_stages():
 
 def test_single_task_model_reports_its_metrics():
     from keras_branch.data import planted_groups
-    from keras_branch.training import evaluate
+    from keras_branch.evaluation import evaluate
 
     data = planted_groups(group_sizes=(1,), num_train=64, num_validation=32, num_test=32)
     model = compile_model(build_model(TreeSpec.shared(data.task_names, 2),

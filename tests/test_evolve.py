@@ -2,6 +2,7 @@
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -13,19 +14,20 @@ import pytest
 
 from keras_branch import SearchError, SpecError, Task, TreeSpec, backbones, build_model
 from keras_branch.cli import main
+from keras_branch.compiling import compile_model
 from keras_branch.data import load_data
 from keras_branch.export import export_model, litert_runner
 from keras_branch.layers import Adapter
 from keras_branch.layers.adapter import adapter_params
-from keras_branch.search.evolve import (
+from keras_branch.search.evolution import (
     HPARAM_LISTS,
     EvolvedSystem,
-    Path,
+    TaskPath,
     evolve,
     mutate,
 )
 from keras_branch.testing import run_layer_test, run_model_test
-from keras_branch.training import compile_model, fit_spec
+from keras_branch.training import fit_spec
 
 DATA = "planted:seed=0,groups=2-2,train=600"
 TINY = dict(passes=1, candidates=3, candidate_epochs=1, log=None)
@@ -114,7 +116,7 @@ def test_evolved_spec_errors_name_field_and_value(field, value, message):
 
 
 def test_mutations_are_seeded_and_cover_every_kind():
-    parent = Path.root(4)
+    parent = TaskPath.root(4)
     a = mutate(parent, 4, np.random.default_rng(3), prob=0.5)
     b = mutate(parent, 4, np.random.default_rng(3), prob=0.5)
     assert a[0] == b[0] and a[1] == b[1]
@@ -128,7 +130,7 @@ def test_mutations_are_seeded_and_cover_every_kind():
     name = next(iter(kinds - {"clone", "adapter", "depth"}))
     values = HPARAM_LISTS[name]
     assert abs(values.index(child.hparams[name]) - values.index(parent.hparams[name])) == 1
-    assert parent == Path.root(4)  # the parent is not modified
+    assert parent == TaskPath.root(4)  # the parent is not modified
 
 
 # === The search ===
@@ -191,7 +193,7 @@ def test_accounted_params_divide_shared_blocks_by_their_users(evolved):
     system = result.system
     bb = system.backbone
     task = Task("new", "regression")
-    path = Path.root(3)
+    path = TaskPath.root(3)
     users = [system.block_users(d, 0) + 1 for d in range(3)]
     expected = sum(bb.stage_params(d) / users[d] for d in range(3)) + bb.feature_size() + 1
     assert system.accounted_params(task, path) == pytest.approx(expected)
@@ -237,6 +239,44 @@ def test_evolve_rejects_bad_arguments(evolved):
         evolve(backbones.mlp(100), None, data, log=None)
 
 
+# === Seeds and global state ===
+
+
+def _without_seconds(history):
+    return [{k: v for k, v in record.items() if k != "seconds"} for record in history]
+
+
+def _assert_same_system(a, b):
+    assert a.spec == b.spec and a.scores == b.scores
+    assert sorted(a.weights) == sorted(b.weights)
+    for name, weights in a.weights.items():
+        for w, v in zip(weights, b.weights[name]):
+            np.testing.assert_array_equal(w, v)
+
+
+def test_evolve_repeats_with_its_seed_and_leaves_global_random_state_alone(evolved):
+    data, root, first, _ = evolved
+    random.random(), np.random.random()  # wherever the caller's streams stand
+    before = (random.getstate(), np.random.get_state())
+    again = evolve(root, data.task_names[:2], data, scale=0.5, **TINY)
+    after = (random.getstate(), np.random.get_state())
+    assert after[0] == before[0], "Python's global random state changed"
+    assert after[1][0] == before[1][0] and after[1][2:] == before[1][2:]
+    np.testing.assert_array_equal(after[1][1], before[1][1])
+    # The fixture ran the same search earlier in this process: same candidates,
+    # same system, bit-identical outputs, and the same layer names (no session
+    # is cleared, and no name clashes or drifts).
+    assert _without_seconds(again.history) == _without_seconds(first.history)
+    _assert_same_system(again.system, first.system)
+    assert [layer.name for layer in again.model.layers] == [layer.name for layer in first.model.layers]
+    x = data.split("test").x[:16]
+    want, got = first.model.predict(x, verbose=0), again.model.predict(x, verbose=0)
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key])
+    other = evolve(root, data.task_names[:2], data, scale=0.5, seed=1, **TINY)
+    assert _without_seconds(other.history) != _without_seconds(first.history)
+
+
 # === Kill and resume (the CLI) ===
 
 
@@ -278,6 +318,11 @@ def test_killed_evolution_resumes_and_keeps_scored_candidates(evolved, tmp_path)
     assert len(history) == 8
     assert history[: len(scored)] == scored
     assert not state.exists()  # removed once the system folder is complete
+    # The killed and resumed run made exactly the search an uninterrupted one makes.
+    straight = evolve(root, data.task_names[:2], data, scale=0.8, passes=1, candidates=4,
+                      candidate_epochs=1, log=None)
+    assert _without_seconds(history) == _without_seconds(straight.history)
+    _assert_same_system(EvolvedSystem.load(out), straight.system)
 
 
 def test_cli_add_task_and_errors(evolved, tmp_path, capsys):

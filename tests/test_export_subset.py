@@ -8,9 +8,9 @@ import pytest
 import tensorflow as tf
 
 from keras_branch import ExportError, Task, TreeSpec, backbones, build_model
+from keras_branch.compiling import compile_model
 from keras_branch.export import export_model, litert_runner, resolve_tasks, subset_model
 from keras_branch.export.subset import block_layer_names
-from keras_branch.training import compile_model
 
 TASKS = [
     Task("a", "regression"),

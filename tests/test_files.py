@@ -12,7 +12,7 @@ from keras_branch.files import (
     is_owned_folder,
     remove_owned_folder,
 )
-from keras_branch.training import TrainResult, save_run
+from keras_branch.results import TrainResult, save_run
 
 
 def test_failed_write_leaves_nothing(tmp_path):

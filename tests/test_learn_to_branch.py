@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from keras_branch import SearchError, Task, TreeSpec, backbones, build_model
-from keras_branch.errors import OutputExistsError
 from keras_branch.data import planted_groups
+from keras_branch.errors import OutputExistsError
 from keras_branch.search.learn_to_branch import (
     BranchingSupernet,
     build_supernet,
@@ -21,11 +21,13 @@ from keras_branch.search.learn_to_branch import (
     node_name,
     partition_ari,
     train_supernet,
+    undecided,
     widths_for_budget,
 )
+from keras_branch.compiling import compile_model
 from keras_branch.search.workflow import budget_for_blocks
 from keras_branch.testing import check_tflite_parity, run_model_test
-from keras_branch.training import compile_model, fit_spec
+from keras_branch.training import fit_spec
 
 TASKS = [Task("a", "regression"), Task("b", "binary"), Task("c", "multiclass", classes=3)]
 
@@ -289,12 +291,12 @@ def test_branching_report_margins_and_what_is_saved(tmp_path):
     assert sum(n["used"] for n in stage2["nodes"]) == result.spec.blocks_per_stage()[1]
     # A threshold above every margin reports each used node; 0 reports none.
     used = sum(n["used"] for stage in result.branching for n in stage["nodes"])
-    assert len(result.undecided(min_margin=1.01)) == used
-    assert result.undecided(min_margin=0.0) == []
+    assert len(undecided(result.branching, min_margin=1.01)) == used
+    assert undecided(result.branching, min_margin=0.0) == []
     out = result.save(tmp_path / "search")
     assert TreeSpec.load(tmp_path / "search" / "tree.json") == result.spec
     saved = json.loads((tmp_path / "search" / "branching.json").read_text())
-    assert saved["stages"] == result.branching and saved["undecided"] == result.undecided()
+    assert saved["stages"] == result.branching and saved["undecided"] == undecided(result.branching)
     with pytest.raises(OutputExistsError):
         result.save(out)
 
@@ -336,7 +338,7 @@ def test_learn_to_branch_recovers_planted_groups(seed):
     result = learn_to_branch(data, backbones.mlp(100, (64, 64, 16)), widths=(1, 2, 4), seed=seed)
     assert partition_ari(result.spec.partition(1), data.info["partition"]) == 1.0
     assert result.spec.blocks_per_stage() == [1, 2, 4]
-    assert result.undecided() == []
+    assert undecided(result.branching) == []
 
 
 # === Export ===

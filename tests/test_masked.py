@@ -5,7 +5,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_branch import MaskedLoss, MaskedMetric, Task, TreeSpec, backbones, build_model
-from keras_branch.training import compile_model
+from keras_branch.compiling import compile_model
 
 
 def test_multiclass_loss_is_sum_over_labelled_divided_by_batch():

@@ -22,3 +22,32 @@ def test_console_script_is_declared():
     assert {(e.name, e.value) for e in scripts if e.group == "console_scripts"} == {
         ("keras-branch", "keras_branch.cli:main")
     }
+
+
+def _required_distributions(name: str) -> set[str]:
+    """Every distribution `name` pulls in, as installed (markers evaluated, no extras)."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    seen: set[str] = set()
+    todo = [canonicalize_name(name)]
+    while todo:
+        current = todo.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        try:
+            requires = importlib.metadata.requires(current) or []
+        except importlib.metadata.PackageNotFoundError:
+            continue  # a marker-free optional the platform skipped
+        for text in requires:
+            req = Requirement(text)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.append(canonicalize_name(req.name))
+    return seen
+
+
+def test_install_pulls_keras_hub_but_neither_keras_cv_nor_keras_core():
+    pulled = _required_distributions("keras-branch")
+    assert {"tensorflow", "keras", "keras-hub"} <= pulled
+    assert not pulled & {"keras-cv", "keras-core"}

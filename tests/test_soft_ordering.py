@@ -18,10 +18,11 @@ from keras_branch.soft_ordering_model import (
     format_mixing_weights,
     mixing_weights,
     normalize_ordering,
-    plot_mixing_weights,
 )
+from keras_branch.compiling import compile_model
+from keras_branch.plots import plot_mixing_weights
+from keras_branch.results import TrainResult
 from keras_branch.testing import check_tflite_parity, run_layer_test, run_model_test
-from keras_branch.training import TrainResult, compile_model
 
 
 def dense_pool(depth=3, units=6):
@@ -208,7 +209,7 @@ def test_conv_block_round_trips_and_refuses_bad_settings():
         ({"pool": [], "num_tasks": 2}, r"`pool` must be a non-empty list.*Received: pool=\[\]"),
         ({"pool": "dense", "num_tasks": 2}, "`pool` must be a non-empty list"),
         ({"pool": [42], "num_tasks": 2}, r"`pool\[0\]` must be a Keras layer.*Received: 42"),
-        ({"num_tasks": 0}, r"`num_tasks` must be an integer >= 1. Received: num_tasks=0"),
+        ({"num_tasks": 0}, r"`num_tasks` must be an int >= 1. Received: num_tasks=0"),
         ({"num_tasks": 2, "ordering": "random"}, r"`ordering` must be one of.*Received: ordering='random'"),
         ({"num_tasks": 2, "seed": "x"}, r"Received: seed='x'"),
     ],
@@ -467,3 +468,26 @@ def test_soft_ordered_model_goes_through_export_model_and_its_cli(tmp_path, caps
     with pytest.raises(KerasBranchError, match="BranchedModel"):
         export_model(model, tmp_path / "subset", formats="tflite", tasks=["g0_t0"])
     assert not (tmp_path / "subset").exists()
+
+
+def test_soft_ordering_trains_under_a_strategy_in_mixed_precision_and_exports(tmp_path):
+    """The tree path's options reach soft ordering: one `fit_model` serves both."""
+    from keras_branch.distribute import as_float32
+    from keras_branch.export import export_model
+
+    data = planted_groups(group_sizes=(1, 1), num_train=128, num_validation=32, num_test=32)
+    run = fit_soft_ordering(data, "soft", depth=2, width=8, epochs=1, verbose=0, log=None,
+                            strategy="mirrored", mixed_precision="bfloat16")
+    model = run.model
+    assert keras.config.dtype_policy().name == "float32"  # restored after building
+    assert {layer.dtype_policy.name for layer in model.layers
+            if layer.name.startswith("head_")} == {"float32"}
+    assert any(layer.dtype_policy.name == "mixed_bfloat16" for layer in model.layers)
+    plain = as_float32(model)
+    assert type(plain) is SoftOrderingModel
+    assert all(layer.dtype_policy.compute_dtype == "float32" for layer in plain.layers)
+    for a, b in zip(plain.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    exported = export_model(model, tmp_path / "export", ["saved_model", "tflite"], data=data,
+                            check=True)
+    assert exported.passed

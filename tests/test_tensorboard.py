@@ -10,9 +10,10 @@ import tensorflow as tf
 
 from keras_branch import TreeSpec, backbones
 from keras_branch.cli import main
+from keras_branch.compiling import check_recipe, make_optimizer
 from keras_branch.data import planted_groups
 from keras_branch.errors import DataError
-from keras_branch.training import check_recipe, fit_spec, make_optimizer
+from keras_branch.training import fit_spec
 
 
 def read_scalars(log_dir):

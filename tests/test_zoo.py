@@ -24,7 +24,7 @@ def test_list_has_every_entry():
     assert set(ENTRIES) == {
         "celeba-affinity", "planted-affinity", "planted-ltb", "omniglot-independent",
         "omniglot-shared", "omniglot-soft-ordering", "omniglot-ltb", "omniglot-affinity-1.5x",
-        "omniglot-affinity-2x", "omniglot-evolved"}
+        "omniglot-affinity-2x", "omniglot-evolved", "omniglot-keras-hub-resnet"}
     assert zoo.list() == sorted(zoo.list())
 
 
@@ -198,7 +198,7 @@ def _reproduces(name, tmp_path, data=None):
     """`zoo train` (seed 0, the card's recipe), saved, reloaded and exported to TFLite:
     each scores within 0.01 (one point) of the card's seed-0 mean test metric."""
     from keras_branch.export import export_model
-    from keras_branch.zoo.measure import headline_metric, task_values
+    from keras_branch.zoo.cards import headline_metric, task_values
 
     entry = zoo.entry(name)
     card = entry.results()["per_seed"]["0"]["mean"]

@@ -7,14 +7,15 @@ measures it), `results.json` (measured: per-seed and per-task test metric,
 parameters, FLOPs, TFLite sizes, LiteRT latency, the machine) and
 `README.md`, the card generated from both.
 
-Example:
+Example (one training epoch instead of the recipe's 20):
 >>> from keras_branch import zoo
->>> zoo.list()
-['celeba-affinity', 'planted-affinity', 'planted-ltb']
+>>> "planted-affinity" in zoo.list()
+True
 >>> model = zoo.get("planted-affinity")                  # fresh weights
+>>> run = zoo.train("planted-affinity", seed=0, out="run", recipe={"epochs": 1}, log=None)
 >>> model = zoo.get("planted-affinity", weights="run/model.keras")
->>> run = zoo.train("planted-affinity", seed=0, out="run")
->>> zoo.evaluate("planted-affinity", "run/model.keras")["mean"]
+>>> zoo.evaluate("planted-affinity", "run/model.keras")["metric"]
+'mse'
 """
 
 from keras_branch.zoo.api import entry, evaluate, format_list, get, list_entries, train

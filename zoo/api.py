@@ -7,6 +7,16 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlparse
 
+from keras_branch.compiling import compile_model
+from keras_branch.data import MultiTaskData, load_data
+from keras_branch.errors import OutputExistsError
+from keras_branch.evaluation import evaluate as evaluate_model
+from keras_branch.evaluation import format_metrics, score_outputs
+from keras_branch.export import litert_runner
+from keras_branch.export.saved_model import DEFAULT_SIGNATURE
+from keras_branch.results import save_run
+from keras_branch.saving import load_task_model
+from keras_branch.zoo.cards import headline, headline_metric, task_values
 from keras_branch.zoo.registry import ZooEntry, ZooError, load_entry, names
 
 WEIGHT_SUFFIXES = (".weights.h5", ".keras")
@@ -30,6 +40,7 @@ def entry(name: str) -> ZooEntry:
         ZooError: for an unknown name, listing the known ones.
 
     Example:
+    >>> from keras_branch import zoo
     >>> zoo.entry("planted-affinity").recipe
     {'epochs': 20, 'batch_size': 64, 'learning_rate': 0.001}
     """
@@ -42,8 +53,6 @@ def summary_rows() -> list[dict[str, Any]]:
     `params` is the measured model's count when the entry is measured, else
     the count of the model `get` builds.
     """
-    from keras_branch.zoo.cards import headline
-
     rows = []
     for name in names():
         e = load_entry(name)
@@ -110,11 +119,13 @@ def get(
     Raises:
         ZooError: unknown entry, bad weights path or URL, weights that do not fit.
 
-    Example:
+    Example (the last line is not run as a doctest: it needs the run folder
+    `zoo.train` writes):
+    >>> from keras_branch import zoo
     >>> model = zoo.get("planted-affinity")
     >>> model.count_params()
     27400
-    >>> trained = zoo.get("planted-affinity", weights="run/model.keras")
+    >>> trained = zoo.get("planted-affinity", weights="run/model.keras")  # doctest: +SKIP
     """
     e = load_entry(name)
     model = e.build(e.resolve_input_shape(input_shape, image_size))
@@ -141,8 +152,6 @@ def resolve_data(e: ZooEntry, data: Any, image_size: int | None = None):
     Returns:
         The source as text (recorded in results) and the loaded data.
     """
-    from keras_branch.data import MultiTaskData, load_data
-
     if data is None:
         if not e.data_default:
             raise ZooError(f"Entry {e.name!r} needs data: pass --data "
@@ -176,27 +185,25 @@ def train(
             entry's built-in default (planted entries).
         seed: initialisation and shuffling seed.
         out: run folder to write (`model.keras`, `metrics.json`, ...; see
-            `keras_branch.training.save_run`), or None.
+            `keras_branch.results.save_run`), or None.
         recipe: overrides of recipe keys (e.g. `{"epochs": 1}`); unknown keys
             raise `ZooError` listing the allowed ones.
         overwrite: replace `out` if it exists.
         log: progress and metric lines (None: silent).
 
     Returns:
-        `keras_branch.training.TrainResult` (model, history, metrics per split and task).
+        `keras_branch.results.TrainResult` (model, history, metrics per split and task).
 
-    Example:
-    >>> run = zoo.train("planted-affinity", seed=0, out="runs/pa0")
-    >>> run.metrics["test"]["g0_t0"]["mse"]
+    Example (one epoch instead of the recipe's 20):
+    >>> from keras_branch import zoo
+    >>> run = zoo.train("planted-affinity", seed=0, out="runs/pa0", recipe={"epochs": 1},
+    ...                 log=None)
+    >>> sorted(run.metrics["test"]["g0_t0"])
+    ['loss', 'mae', 'mse', 'n']
     """
-    from keras_branch.training import format_metrics, save_run
-    from keras_branch.zoo.measure import headline_metric, task_values
-
     e = load_entry(name)
     e.check_recipe(recipe or {})
     if out is not None and os.path.lexists(out) and not overwrite:
-        from keras_branch.errors import OutputExistsError
-
         raise OutputExistsError(f"--out exists: {os.fspath(out)!r}; pass --overwrite to replace it.")
     source, data = resolve_data(e, data)
     if log:
@@ -241,21 +248,15 @@ def evaluate(
         `{"metric", "tasks": {task: value}, "mean", "card": {"mean", "std",
         "seeds": {seed: mean}} or None, "metrics": full per-task metrics}`.
 
-    Example:
-    >>> zoo.evaluate("planted-affinity", "runs/pa0/model.keras")["mean"]
+    Example (not run as a doctest: it needs the run folder `zoo.train` writes):
+    >>> zoo.evaluate("planted-affinity", "runs/pa0/model.keras")["mean"]  # doctest: +SKIP
     """
-    from keras_branch.training import compile_model
-    from keras_branch.training import evaluate as evaluate_model
-    from keras_branch.zoo.measure import headline_metric, task_values
-
     e = load_entry(name)
     tasks = e.make_tasks()
     if isinstance(model, (str, os.PathLike)) and os.fspath(model).endswith(".tflite"):
         metrics = _evaluate_tflite(e, os.fspath(model), data, split, batch_size)
     else:
         if isinstance(model, (str, os.PathLike)):
-            from keras_branch.saving import load_task_model
-
             model = load_task_model(model)
         if not model.compiled:
             compile_model(model)
@@ -277,9 +278,6 @@ def _evaluate_tflite(e: ZooEntry, path: str, data: Any, split: str, batch_size: 
     """Per-task metrics of a `.tflite` file of entry `e` on `split` (LiteRT, default signature)."""
     import numpy as np
 
-    from keras_branch.export import litert_runner
-    from keras_branch.export.saved_model import DEFAULT_SIGNATURE
-    from keras_branch.training import score_outputs
 
     if not os.path.isfile(path):
         raise ZooError(f"No TFLite file at --model {path!r}.")

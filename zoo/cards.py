@@ -13,6 +13,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from keras_branch.tasks import REGRESSION
+
 METRIC_WORDS = {
     "mse": "test MSE (standardised targets; lower is better)",
     "error": "test error (1 - accuracy; lower is better)",
@@ -175,3 +177,20 @@ def _results_lines(entry, results: dict[str, Any]) -> list[str]:
         "",
     ]
     return lines
+
+
+def headline_metric(tasks) -> str:
+    """The metric a card leads with: `"error"` (1 - accuracy) or `"mse"` when every task regresses."""
+    return "mse" if all(t.kind == REGRESSION for t in tasks) else "error"
+
+
+def task_values(metrics: dict[str, dict[str, float]], tasks, metric: str) -> dict[str, float]:
+    """Per task, `metric` from `{task: {metric: value}}` (error = 1 - accuracy for classifiers)."""
+    result = {}
+    for task in tasks:
+        values = metrics[task.name]
+        if metric in values:
+            result[task.name] = float(values[metric])
+        else:  # regression tasks in a mixed entry report their primary metric
+            result[task.name] = float(values[task.primary_metric])
+    return result

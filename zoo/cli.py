@@ -15,7 +15,16 @@ from __future__ import annotations
 
 import argparse
 
-from keras_branch.cli_args import positive_float, positive_int, seed
+from keras_branch import zoo
+from keras_branch.cli_args import (
+    add_out_arguments,
+    key_values,
+    positive_float,
+    positive_int,
+    seed,
+)
+from keras_branch.files import atomic_write_text
+from keras_branch.zoo.registry import ZooError
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -28,8 +37,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         The `zoo` parser (its `func` default is `run`).
 
     Example:
+    >>> parser = argparse.ArgumentParser(prog="keras-branch")
     >>> sub = parser.add_subparsers(dest="command", required=True)
-    >>> add_parser(sub)
+    >>> zoo_parser = add_parser(sub)
+    >>> parser.parse_args(["zoo", "show", "planted-affinity"]).name
+    'planted-affinity'
     """
     p = subparsers.add_parser("zoo", help="named model entries with measured cards")
     zsub = p.add_subparsers(dest="zoo_command", required=True)
@@ -45,8 +57,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     train.add_argument("name")
     train.add_argument("--data", default=None, help=data_help)
     train.add_argument("--seed", type=seed, default=0)
-    train.add_argument("--out", default=None, help="run folder to write (model.keras, metrics.json, ...)")
-    train.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    add_out_arguments(train, "run folder to write (model.keras, metrics.json, ...)", required=False)
     _add_recipe_arguments(train)
 
     ev = zsub.add_parser("evaluate", help="score a trained model and compare with the card")
@@ -83,10 +94,6 @@ def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _recipe(args: argparse.Namespace) -> dict:
-    from keras_branch.zoo.registry import ZooError
-
-    from keras_branch.cli import key_values
-
     recipe = key_values(args.recipe, "--recipe", ZooError)
     for key in ("epochs", "batch_size", "learning_rate"):
         if getattr(args, key) is not None:
@@ -96,8 +103,6 @@ def _recipe(args: argparse.Namespace) -> dict:
 
 def parse_seeds(text: str) -> list[int]:
     """`--seeds 0,1,2` as a list of ints; a `ZooError` naming the value otherwise."""
-    from keras_branch.zoo.registry import ZooError
-
     try:
         seeds = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
@@ -113,9 +118,6 @@ def run(args: argparse.Namespace) -> int:
     Returns:
         0. Input errors raise `KerasBranchError` (the main CLI turns them into status 2).
     """
-    from keras_branch import zoo
-    from keras_branch.files import atomic_write_text
-
     command = args.zoo_command
     if command == "list":
         print(zoo.format_list())

@@ -24,6 +24,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+from keras_branch.export import export_model, litert_runner
+from keras_branch.files import atomic_write_json, atomic_write_text
+from keras_branch.layers.conv_block import ConvBlock
+from keras_branch.layers.soft_ordering import SoftOrdering
+from keras_branch.zoo import cards
+from keras_branch.zoo.api import resolve_data
+from keras_branch.zoo.cards import headline_metric, task_values
+from keras_branch.zoo.registry import CARD_FILE, ENTRY_FILE, RESULTS_FILE, ZooError, load_entry
 
 #: TFLite formats a card reports (sizes; latency is timed on the float32 file).
 TFLITE_FORMATS = ("tflite", "tflite-fp16", "tflite-int8")
@@ -36,8 +44,6 @@ def _layer_flops(layer, input_shape: tuple) -> tuple[int, tuple]:
     """FLOPs of one layer call per sample, and its output shape (batch axis kept)."""
     import keras
 
-    from keras_branch.layers.conv_block import ConvBlock
-    from keras_branch.layers.soft_ordering import SoftOrdering
 
     if isinstance(layer, keras.Sequential):
         total, shape = 0, input_shape
@@ -73,7 +79,10 @@ def _layer_flops(layer, input_shape: tuple) -> tuple[int, tuple]:
         for sub in layer.layers:
             if isinstance(sub, keras.layers.InputLayer):
                 continue
-            flops, _ = _layer_flops(sub, _shape_of(sub.input))
+            # A merge layer (a residual Add) takes the shapes of all its inputs.
+            shape = ([tuple(t.shape) for t in sub.input] if isinstance(sub.input, (list, tuple))
+                     else _shape_of(sub.input))
+            flops, _ = _layer_flops(sub, shape)
             total += flops
         return total, tuple(layer.compute_output_shape(input_shape))
     output_shape = tuple(layer.compute_output_shape(input_shape))
@@ -112,8 +121,9 @@ def count_flops(model) -> int:
         FLOPs of one forward pass of one sample.
 
     Example:
-    >>> count_flops(keras_branch.zoo.get("planted-affinity"))
-    54784
+    >>> from keras_branch import zoo
+    >>> count_flops(zoo.get("planted-affinity"))
+    54408
     """
     import keras
 
@@ -165,8 +175,6 @@ def litert_latency_ms(path: str, x: np.ndarray, runs: int = 300, warmup: int = 1
     Returns:
         Median latency in milliseconds.
     """
-    from keras_branch.export import litert_runner
-
     interpreter = litert_runner.load(path, num_threads=threads)
     runner = interpreter.get_signature_runner("serving_default")
     x1 = np.asarray(x[:1], dtype="float32")
@@ -221,25 +229,6 @@ def machine_info() -> dict[str, Any]:
 # === Metrics ===
 
 
-def headline_metric(tasks) -> str:
-    """The metric a card leads with: `"error"` (1 - accuracy) or `"mse"` when every task regresses."""
-    from keras_branch.tasks import REGRESSION
-
-    return "mse" if all(t.kind == REGRESSION for t in tasks) else "error"
-
-
-def task_values(metrics: dict[str, dict[str, float]], tasks, metric: str) -> dict[str, float]:
-    """Per task, `metric` from `{task: {metric: value}}` (error = 1 - accuracy for classifiers)."""
-    result = {}
-    for task in tasks:
-        values = metrics[task.name]
-        if metric in values:
-            result[task.name] = float(values[metric])
-        else:  # regression tasks in a mixed entry report their primary metric
-            result[task.name] = float(values[task.primary_metric])
-    return result
-
-
 def mean_and_std(values: Sequence[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (n - 1; 0.0 for a single value).
 
@@ -285,16 +274,11 @@ def measure(
     Returns:
         The results dict written to `results.json`.
 
-    Example:
-    >>> results = measure("planted-affinity", seeds=(0, 1, 2))
-    >>> results["mean"], results["params"]
+    Example (not run as a doctest: it trains three seeds and, without `out`,
+    rewrites the entry's own `results.json` and card):
+    >>> results = measure("planted-affinity", seeds=(0, 1, 2), out="measured")  # doctest: +SKIP
+    >>> results["mean"], results["params"]  # doctest: +SKIP
     """
-    from keras_branch.export import export_model
-    from keras_branch.files import atomic_write_json, atomic_write_text
-    from keras_branch.zoo import cards
-    from keras_branch.zoo.api import resolve_data
-    from keras_branch.zoo.registry import CARD_FILE, ENTRY_FILE, RESULTS_FILE, ZooError, load_entry
-
     entry = load_entry(name)
     seeds = [int(s) for s in seeds]
     if not seeds:

@@ -32,7 +32,15 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from keras_branch import backbones
+from keras_branch.build import build_model
 from keras_branch.errors import KerasBranchError
+from keras_branch.results import TrainResult
+from keras_branch.search.evolution import evolve, pretrain_and_evolve
+from keras_branch.soft_ordering_model import build_soft_ordering_model, fit_soft_ordering
+from keras_branch.spec import TreeSpec
+from keras_branch.tasks import Task
+from keras_branch.training import fit_spec, train
 
 ZOO_DIR = os.path.dirname(os.path.abspath(__file__))
 ENTRY_FILE = "entry.json"
@@ -57,12 +65,15 @@ class Kind:
 
     Attributes:
         name: the `kind` field's value.
-        build: `build(entry, backbone, tasks) -> keras.Model` (not compiled).
-        fit: `fit(entry, backbone, data, seed, **recipe) -> TrainResult`.
+        build: `build(entry, input_shape, tasks) -> keras.Model` (not compiled).
+        fit: `fit(entry, data, seed, **recipe) -> TrainResult`.
         fit_function: the library function whose keyword arguments a recipe
-            may set (checked before training).
+            may set (checked before training); one that forwards `**kwargs`
+            to `keras_branch.training.train` also takes `train`'s.
         fixed: arguments of `fit_function` the zoo passes itself (never in a
             recipe).
+        forwards_to: where `fit_function`'s `**kwargs` go, whose keyword
+            arguments a recipe may set too (`keras_branch.training.train`).
     """
 
     name: str
@@ -70,10 +81,13 @@ class Kind:
     fit: Callable[..., Any]
     fit_function: Callable[..., Any]
     fixed: tuple[str, ...]
+    forwards_to: Callable[..., Any] = train
 
     def recipe_keys(self) -> list[str]:
         """Keyword arguments a recipe may set, as `fit_function` declares them."""
-        params = inspect.signature(self.fit_function).parameters
+        params = dict(inspect.signature(self.fit_function).parameters)
+        if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+            params = {**inspect.signature(self.forwards_to).parameters, **params}
         return [n for n, p in params.items()
                 if n not in self.fixed and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
@@ -90,29 +104,30 @@ def register_kind(kind: Kind) -> Kind:
     Returns:
         The same `Kind`.
 
-    Example:
+    Example (not run as a doctest: it registers a kind for the whole process;
+    the zoo's own kinds are registered this way):
     >>> register_kind(Kind("evolved", build_evolved, fit_evolved, fit_evolved_spec,
-    ...                    fixed=("spec", "data", "seed")))
+    ...                    fixed=("spec", "data", "seed")))  # doctest: +SKIP
     """
     KINDS[kind.name] = kind
     return kind
 
 
-_TREE_FIXED = ("spec", "backbone", "data", "seed", "verbose", "callbacks", "strategy",
-               "checkpoint_dir", "log")
-_SOFT_FIXED = ("data", "ordering", "depth", "width", "seed", "verbose", "callbacks")
+# What the zoo sets itself when it trains (never in a recipe).
+_RUN_FIXED = ("model", "data", "seed", "verbose", "callbacks", "strategy", "checkpoint_dir",
+              "log", "eval_splits")
+_TREE_FIXED = ("spec", "backbone", *_RUN_FIXED)
+_SOFT_FIXED = ("ordering", "depth", "width", *_RUN_FIXED)
 
 
-def _build_tree(entry: ZooEntry, backbone, tasks):
-    from keras_branch.build import build_model
+def _build_tree(entry: ZooEntry, input_shape, tasks):
+    return build_model(entry.make_spec(), entry.make_backbone(input_shape), tasks,
+                       name=_model_name(entry.name))
 
-    return build_model(entry.make_spec(), backbone, tasks, name=_model_name(entry.name))
 
-
-def _fit_tree(entry: ZooEntry, backbone, data, seed: int, **recipe):
-    from keras_branch.training import fit_spec
-
-    return fit_spec(entry.make_spec(), backbone, data, seed=seed, verbose=0, log=None, **recipe)
+def _fit_tree(entry: ZooEntry, data, seed: int, **recipe):
+    return fit_spec(entry.make_spec(), entry.make_backbone(data.input_shape), data, seed=seed,
+                    verbose=0, log=None, **recipe)
 
 
 def _soft_args(entry: ZooEntry) -> dict[str, Any]:
@@ -124,68 +139,31 @@ def _soft_args(entry: ZooEntry) -> dict[str, Any]:
     return args
 
 
-def _build_soft(entry: ZooEntry, backbone, tasks):
-    from keras_branch.soft_ordering_model import build_soft_ordering_model
-
-    return build_soft_ordering_model(tasks, backbone.input_shape if backbone else entry.input_shape,
-                                     seed=0, **_soft_args(entry))
+def _build_soft(entry: ZooEntry, input_shape, tasks):
+    return build_soft_ordering_model(tasks, input_shape, seed=0, name=_model_name(entry.name),
+                                     **_soft_args(entry))
 
 
-def _fit_soft(entry: ZooEntry, backbone, data, seed: int, **recipe):
-    from keras_branch.soft_ordering_model import fit_soft_ordering
-
-    return fit_soft_ordering(data, seed=seed, verbose=0, **_soft_args(entry), **recipe)
+def _fit_soft(entry: ZooEntry, data, seed: int, **recipe):
+    return fit_soft_ordering(data, seed=seed, verbose=0, log=None, **_soft_args(entry), **recipe)
 
 
-def _fit_spec_function():
-    from keras_branch.training import fit_spec
-
-    return fit_spec
-
-
-def _fit_soft_function():
-    from keras_branch.soft_ordering_model import fit_soft_ordering
-
-    return fit_soft_ordering
-
-
-class _LazyFunction:
-    """Imports the fit function when first inspected (keeps `import zoo` light)."""
-
-    def __init__(self, getter: Callable[[], Callable]):
-        self._getter = getter
-
-    @property
-    def __signature__(self):
-        return inspect.signature(self._getter())
-
-    def __call__(self, *args, **kwargs):
-        return self._getter()(*args, **kwargs)
-
-
-def _fit_evolved(entry: ZooEntry, backbone, data, seed: int, **recipe):
+def _fit_evolved(entry: ZooEntry, data, seed: int, **recipe):
     """Pretrains the root and evolves it (the spec in the entry is seed 0's result)."""
-    from keras_branch.search.evolve import pretrain_and_evolve
-    from keras_branch.training import TrainResult
-
+    backbone = entry.make_backbone(data.input_shape)
     result = pretrain_and_evolve(data, backbone, seed=seed, log=None, **recipe)
     history = {"candidates": result.history, "root": result.root_metrics}
     return TrainResult(result.model, history, result.metrics)
 
 
-def _pretrain_and_evolve_function():
-    from keras_branch.search.evolve import pretrain_and_evolve
+_EVOLVED_FIXED = ("data", "backbone", "seed", "state_dir", "log", "root", "tasks", "root_task",
+                  "out_dir", "overwrite")
 
-    return pretrain_and_evolve
-
-
-_EVOLVED_FIXED = ("data", "backbone", "seed", "state_dir", "log")
-
-register_kind(Kind("tree", _build_tree, _fit_tree, _LazyFunction(_fit_spec_function), _TREE_FIXED))
+register_kind(Kind("tree", _build_tree, _fit_tree, fit_spec, _TREE_FIXED))
 # An evolved spec builds with the tree builder; training it means evolving it again.
-register_kind(Kind("evolved", _build_tree, _fit_evolved, _LazyFunction(_pretrain_and_evolve_function),
-                   _EVOLVED_FIXED))
-register_kind(Kind("soft-ordering", _build_soft, _fit_soft, _LazyFunction(_fit_soft_function),
+register_kind(Kind("evolved", _build_tree, _fit_evolved, pretrain_and_evolve,
+                   _EVOLVED_FIXED, forwards_to=evolve))
+register_kind(Kind("soft-ordering", _build_soft, _fit_soft, fit_soft_ordering,
                    _SOFT_FIXED))
 
 
@@ -289,14 +267,10 @@ class ZooEntry:
 
     def make_tasks(self):
         """The entry's `Task` objects."""
-        from keras_branch.tasks import Task
-
         return [Task.from_config(t) for t in self.tasks]
 
     def make_spec(self):
         """The entry's `TreeSpec` (kind `tree` only)."""
-        from keras_branch.spec import TreeSpec
-
         if self.spec is None:
             raise ZooError(f"Entry {self.name!r} of kind {self.kind!r} has no `spec`.")
         return TreeSpec.from_dict(self.spec)
@@ -320,32 +294,21 @@ class ZooEntry:
 
     def make_backbone(self, input_shape: Sequence[int] | None = None):
         """The entry's backbone for `input_shape` (default: the entry's)."""
-        from keras_branch import backbones
-
-        if self.kind == "soft-ordering":
-            return None
         shape = self.resolve_input_shape(input_shape)
         return backbones.get(self.backbone["name"], shape, **dict(self.backbone.get("args") or {}))
 
     def build(self, input_shape: Sequence[int] | None = None):
         """The entry's model (fresh weights, not compiled)."""
-        backbone = self.make_backbone(input_shape)
-        if backbone is None:
-            # soft ordering builds from the input shape alone
-            from types import SimpleNamespace
-
-            backbone = SimpleNamespace(input_shape=self.resolve_input_shape(input_shape))
-        return KINDS[self.kind].build(self, backbone, self.make_tasks())
+        return KINDS[self.kind].build(self, self.resolve_input_shape(input_shape), self.make_tasks())
 
     def fit(self, data, seed: int = 0, recipe: Mapping[str, Any] | None = None):
         """Trains a fresh model on `data` with the recipe (updated by `recipe`).
 
         Returns:
-            `keras_branch.training.TrainResult`.
+            `keras_branch.results.TrainResult`.
         """
         full = {**self.recipe, **self.check_recipe(recipe or {})}
-        backbone = self.make_backbone(data.input_shape)
-        return KINDS[self.kind].fit(self, backbone, data, seed, **full)
+        return KINDS[self.kind].fit(self, data, seed, **full)
 
     def count_params(self, input_shape: Sequence[int] | None = None) -> int:
         """Parameters of the entry's model, counted without building it (trees)."""

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from keras_branch.checks import check_int
 from keras_branch.data.multitask import MultiTaskData, Split
 from keras_branch.errors import DataError
 from keras_branch.tasks import BINARY, Task
@@ -45,9 +46,7 @@ def default_data_dir() -> str:
 def _count(value, field: str) -> int | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise DataError(f"`{field}` must be a positive int or None. Received: {field}={value!r}")
-    return int(value)
+    return check_int(value, field, minimum=1, error=DataError)
 
 
 def load_celeba(
@@ -81,16 +80,15 @@ def load_celeba(
         DataError: CelebA is not prepared in `data_dir` (and `download` is
             off), an unknown attribute, a bad size.
 
-    Example:
-    >>> data = load_celeba("~/tensorflow_datasets", image_size=64, num_train=20000)
-    >>> data.task_names[:2]
+    Example (not run as a doctest: needs CelebA prepared in TFDS' `data_dir`):
+    >>> data = load_celeba("~/tensorflow_datasets", image_size=64, num_train=20000)  # doctest: +SKIP
+    >>> data.task_names[:2]  # doctest: +SKIP
     ['5_o_Clock_Shadow', 'Arched_Eyebrows']
     """
     import tensorflow as tf
     import tensorflow_datasets as tfds
 
-    if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < 8:
-        raise DataError(f"`image_size` must be an int >= 8. Received: image_size={image_size!r}")
+    check_int(image_size, "image_size", minimum=8, error=DataError)
     names = list(CELEBA_ATTRIBUTES if attributes is None else attributes)
     unknown = [a for a in names if a not in CELEBA_ATTRIBUTES]
     if unknown or not names:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from keras_branch.checks import check_int
 from keras_branch.errors import DataError
 from keras_branch.tasks import REGRESSION, Task, as_tasks
 
@@ -179,8 +180,7 @@ class MultiTaskData:
             augment: optional function applied to each batch of inputs.
             drop_remainder: drop the last incomplete batch.
         """
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise DataError(f"`batch_size` must be a positive int. Received: {batch_size!r}")
+        check_int(batch_size, "batch_size", minimum=1, error=DataError)
         x, y = self.arrays(split)
         ds = tf.data.Dataset.from_tensor_slices((x, y))
         if shuffle:
@@ -205,8 +205,7 @@ class MultiTaskData:
         e sees exactly the batches an uninterrupted run would. Each epoch has
         `steps(split, batch_size)` batches (the last one may be smaller).
         """
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise DataError(f"`batch_size` must be a positive int. Received: {batch_size!r}")
+        check_int(batch_size, "batch_size", minimum=1, error=DataError)
         x, y = self.arrays(split)
         n = len(x)
         orders = np.stack(
@@ -295,7 +294,9 @@ def pool_tasks(data: MultiTaskData, names: Sequence[str], pooled: str = "pooled"
     Returns:
         `MultiTaskData` with the single task `pooled`.
 
-    Example:
+    Example (paths relative to the repository root):
+    >>> from keras_branch.data import load_omniglot
+    >>> omniglot = load_omniglot("../shared/data/omniglot/images_background_small1.zip")
     >>> root_data = pool_tasks(omniglot, ["Balinese", "Greek"])
     >>> root_data.tasks[0].classes   # 24 + 24
     48

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
+from keras_branch.checks import check_int
 from keras_branch.data.multitask import MultiTaskData, merge_tasks
 from keras_branch.errors import DataError
 from keras_branch.tasks import MULTICLASS, Task
@@ -81,14 +82,13 @@ def load_omniglot(
         and, for every alphabet, labels 0..characters-1 (-1 on images of the
         other alphabets).
 
-    Example:
+    Example (paths relative to the repository root):
     >>> data = load_omniglot("../shared/data/omniglot/images_background_small1.zip")
     >>> [t.classes for t in data.tasks]
     [24, 22, 24, 40, 26]
     """
     path = os.fspath(path)
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 4:
-        raise DataError(f"`image_size` must be an int >= 4. Received: image_size={image_size!r}")
+    check_int(image_size, "image_size", minimum=4, error=DataError)
     if len(split_sizes) != 3 or any(int(n) < 1 for n in split_sizes):
         raise DataError(f"`split_sizes` must be 3 positive ints. Received: {split_sizes!r}")
     tree, archive = _list_drawings(path)

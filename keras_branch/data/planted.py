@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from keras_branch.checks import check_int
 from keras_branch.data.multitask import MultiTaskData, Split
 from keras_branch.errors import DataError
 from keras_branch.tasks import BINARY, REGRESSION, Task
@@ -73,12 +74,10 @@ def planted_groups(
     Returns:
         `MultiTaskData` whose `info["partition"]` is the planted groups.
     """
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
-        raise DataError(f"`seed` must be an int from 0 to 2**32 - 1. Received: seed={seed!r}")
+    check_int(seed, "seed", minimum=0, maximum=2**32 - 1, error=DataError)
     for field, value in (("num_train", num_train), ("num_validation", num_validation),
                          ("num_test", num_test)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise DataError(f"`{field}` must be an int >= 1. Received: {field}={value!r}")
+        check_int(value, field, minimum=1, error=DataError)
     sizes = [int(n) for n in group_sizes]
     if not sizes or any(n < 1 for n in sizes):
         raise DataError(f"`group_sizes` must be positive ints. Received: {group_sizes!r}")

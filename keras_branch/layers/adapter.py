@@ -11,6 +11,8 @@ from typing import Any
 
 import keras
 
+from keras_branch.checks import check_int
+
 
 def adapter_params(channels: int, dim: int) -> int:
     """Parameters of an `Adapter` of width `dim` on `channels` channels.
@@ -18,8 +20,8 @@ def adapter_params(channels: int, dim: int) -> int:
     LayerNorm (2C) + Dense C->r (C*r + r) + Dense r->C (r*C + C).
 
     Example:
-    >>> adapter_params(64, 16)
-    2240
+    >>> adapter_params(64, 16)   # LayerNorm 128 + Dense(16) 1040 + Dense(64) 1088
+    2256
     """
     return 2 * channels + channels * dim + dim + dim * channels + channels
 
@@ -47,9 +49,7 @@ class Adapter(keras.layers.Layer):
 
     def __init__(self, dim: int, epsilon: float = 1e-6, **kwargs: Any):
         super().__init__(**kwargs)
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"`dim` must be a positive integer. Received: dim={dim!r}")
-        self.dim = dim
+        self.dim = check_int(dim, "dim", minimum=1)
         self.epsilon = epsilon
 
     def build(self, input_shape):

@@ -16,22 +16,18 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_branch.checks import check_int, check_number
+
 # Keeps -log(-log U) finite: U is drawn from [_EPS, 1 - _EPS).
 _EPS = 1e-6
 
 
 def _positive_int(value: Any, field: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"`{field}` must be an integer >= 1. Received: {field}={value!r}")
-    return int(value)
+    return check_int(value, field, minimum=1)
 
 
 def _positive_float(value: Any, field: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not (
-        np.isfinite(value) and value > 0
-    ):
-        raise ValueError(f"`{field}` must be a finite number > 0. Received: {field}={value!r}")
-    return float(value)
+    return check_number(value, field, minimum=0)
 
 
 @keras.saving.register_keras_serializable(package="keras_branch")
@@ -157,9 +153,7 @@ class BranchPoint(keras.layers.Layer):
         if not isinstance(hard, (bool, np.bool_)):
             raise ValueError(f"`hard` must be a bool. Received: hard={hard!r}")
         self.hard = bool(hard)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
-            raise ValueError(f"`seed` must be an int or None. Received: seed={seed!r}")
-        self.seed = None if seed is None else int(seed)
+        self.seed = None if seed is None else check_int(seed, "seed")
         self.logits_initializer = keras.initializers.get(logits_initializer)
         self.logit_scale = _positive_float(logit_scale, "logit_scale")
         if not isinstance(per_example, (bool, np.bool_)):
@@ -167,11 +161,7 @@ class BranchPoint(keras.layers.Layer):
                 f"`per_example` must be a bool. Received: per_example={per_example!r}"
             )
         self.per_example = bool(per_example)
-        if isinstance(balance, bool) or not isinstance(balance, (int, float, np.floating)) or not (
-            np.isfinite(balance) and balance >= 0
-        ):
-            raise ValueError(f"`balance` must be a finite number >= 0. Received: balance={balance!r}")
-        self.balance = float(balance)
+        self.balance = check_number(balance, "balance", minimum=0, inclusive=True)
         if not isinstance(shared_noise, (bool, np.bool_)):
             raise ValueError(
                 f"`shared_noise` must be a bool. Received: shared_noise={shared_noise!r}"

@@ -17,6 +17,8 @@ from typing import Any
 
 import keras
 
+from keras_branch.checks import check_int
+
 
 @keras.saving.register_keras_serializable(package="keras_branch")
 class ConvBlock(keras.layers.Layer):
@@ -58,8 +60,7 @@ class ConvBlock(keras.layers.Layer):
     ):
         super().__init__(**kwargs)
         for field, value in (("filters", filters), ("depths", depths)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{field}` must be an int >= 1. Received: {field}={value!r}")
+            check_int(value, field, minimum=1)
         self.filters = filters
         self.depths = depths
         self.momentum = float(momentum)

@@ -19,6 +19,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_branch.checks import check_int
 from keras_branch.layers.branch_point import _positive_float
 
 SOFT = "soft"
@@ -138,14 +139,12 @@ class SoftOrdering(keras.layers.Layer):
                 f"`pool` must be a non-empty list of layers (or layer configs). "
                 f"Received: pool={pool!r}"
             )
-        if isinstance(num_tasks, bool) or not isinstance(num_tasks, (int, np.integer)) or num_tasks < 1:
-            raise ValueError(f"`num_tasks` must be an integer >= 1. Received: num_tasks={num_tasks!r}")
+        check_int(num_tasks, "num_tasks", minimum=1)
         if ordering not in ORDERINGS:
             raise ValueError(
                 f"`ordering` must be one of {list(ORDERINGS)}. Received: ordering={ordering!r}"
             )
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-            raise ValueError(f"`seed` must be an int. Received: seed={seed!r}")
+        check_int(seed, "seed")
         layers = [_as_layer(entry, i) for i, entry in enumerate(pool)]
         if len({id(layer) for layer in layers}) != len(layers):
             raise ValueError(

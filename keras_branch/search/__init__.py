@@ -1,16 +1,16 @@
 """Searches that produce TreeSpecs: task affinity, Learning to Branch, evolution."""
 
+import warnings
+
 from keras_branch.search.affinity import TaskAffinity, rdm, rdm_affinity, spearman, task_affinity
-from keras_branch.search.evolve import (
+from keras_branch.search.evolution import (
     EvolvedSystem,
-    EvolveResult,
-    Path,
+    TaskPath,
     evolve,
     mutate,
     pretrain_and_evolve,
 )
 from keras_branch.search.learn_to_branch import (
-    BranchingResult,
     BranchingSupernet,
     build_supernet,
     extract_model,
@@ -21,22 +21,16 @@ from keras_branch.search.learn_to_branch import (
 )
 from keras_branch.search.partitions import adjusted_rand_index
 from keras_branch.search.tree_search import BranchResult, Tree, branch, pareto_front, tree_cost
-from keras_branch.search.workflow import (
-    AffinitySearchResult,
-    affinity_search,
-    budget_for_blocks,
-    save_search,
-)
+from keras_branch.search.result import SearchResult
+from keras_branch.search.workflow import affinity_search, budget_for_blocks
 
 __all__ = [
-    "AffinitySearchResult",
-    "BranchingResult",
     "BranchingSupernet",
     "BranchResult",
-    "EvolveResult",
     "EvolvedSystem",
-    "Path",
+    "SearchResult",
     "TaskAffinity",
+    "TaskPath",
     "Tree",
     "adjusted_rand_index",
     "affinity_search",
@@ -54,8 +48,15 @@ __all__ = [
     "pretrain_and_evolve",
     "rdm",
     "rdm_affinity",
-    "save_search",
     "spearman",
     "task_affinity",
     "tree_cost",
 ]
+
+
+def __getattr__(name: str):
+    # `Path`, TaskPath's old name, shadowed `pathlib.Path`: a deprecated alias only.
+    if name == "Path":
+        warnings.warn("`Path` is deprecated; use `TaskPath`.", DeprecationWarning, stacklevel=2)
+        return TaskPath
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -29,11 +29,14 @@ import numpy as np
 
 from keras_branch.backbones import Backbone
 from keras_branch.build import block_name, build_model
+from keras_branch.checks import check_int
+from keras_branch.compiling import compile_model
 from keras_branch.data.multitask import MultiTaskData
 from keras_branch.errors import SearchError
+from keras_branch.evaluation import evaluate
 from keras_branch.files import atomic_write_text
+from keras_branch.seeding import seeded_layers
 from keras_branch.spec import TreeSpec
-from keras_branch.training import compile_model, evaluate
 
 # === RSA arithmetic ===
 
@@ -153,12 +156,6 @@ class TaskAffinity:
             raise SearchError(f"Affinity file {os.fspath(path)!r} is not valid JSON: {err}") from None
         return cls.from_dict(data)
 
-    def plot(self, path: str | os.PathLike) -> None:
-        """One heatmap per stage, tasks ordered by clustering (PNG)."""
-        from keras_branch.plots import plot_affinity
-
-        plot_affinity(self, path)
-
     def __repr__(self) -> str:
         return f"TaskAffinity(stages={self.num_stages}, tasks={self.tasks})"
 
@@ -232,8 +229,7 @@ def task_affinity(
     if len(names) < 2:
         raise SearchError(f"Affinity needs at least 2 tasks. Received: {names}")
     for field, value in (("probe_epochs", probe_epochs), ("num_inputs", num_inputs)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise SearchError(f"`{field}` must be a positive int. Received: {field}={value!r}")
+        check_int(value, field, minimum=1, error=SearchError)
     if num_inputs < 3:
         raise SearchError(f"`num_inputs` must be at least 3. Received: num_inputs={num_inputs}")
     by_name = {t.name: t for t in data.tasks}
@@ -241,8 +237,8 @@ def task_affinity(
     stages = backbone.num_stages
     shared_names = ["stem"] + [block_name(d, 0) for d in range(stages)]
 
-    keras.utils.set_random_seed(seed)
-    reference = build_model(TreeSpec.shared([names[0]], stages), backbone, [by_name[names[0]]])
+    with seeded_layers(seed):
+        reference = build_model(TreeSpec.shared([names[0]], stages), backbone, [by_name[names[0]]])
     initial = {
         layer.name: layer.get_weights() for layer in reference.layers if layer.name in shared_names
     }
@@ -252,9 +248,9 @@ def task_affinity(
         start = time.perf_counter()
         # One seed for every probe: heads of equal shape start equal too, so
         # probes differ by their targets alone.
-        keras.utils.set_random_seed(seed + 1)
         task = by_name[name]
-        probe = build_model(TreeSpec.shared([name], stages), backbone, [task], name="probe")
+        with seeded_layers(seed + 1):
+            probe = build_model(TreeSpec.shared([name], stages), backbone, [task], name="probe")
         for layer in probe.layers:
             if layer.name in initial:
                 layer.set_weights(initial[layer.name])

@@ -18,9 +18,8 @@ Reference:
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import os
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -30,14 +29,18 @@ import numpy as np
 from keras_branch.backbones import Backbone
 from keras_branch.build import BranchedModel, block_name, build_model
 from keras_branch.callbacks import TemperatureScheduler
+from keras_branch.checks import check_int, check_number
+from keras_branch.compiling import compile_model
 from keras_branch.data.multitask import MultiTaskData
 from keras_branch.errors import SearchError
-from keras_branch.files import atomic_path, atomic_write_json
+from keras_branch.files import atomic_write_json
 from keras_branch.layers.branch_point import BranchPoint
 from keras_branch.search.partitions import adjusted_rand_index, labels_from_groups, refines
+from keras_branch.search.result import SearchResult
+from keras_branch.seeding import seeded_layers
 from keras_branch.spec import TreeSpec
+from keras_branch.task_model import TaskModel
 from keras_branch.tasks import Task, as_tasks
-from keras_branch.training import compile_model
 
 
 #: Defaults of the search, chosen on planted task groups (benchmarks/ltb_planted.py;
@@ -112,7 +115,7 @@ def branch_name(stage: int) -> str:
 
 
 @keras.saving.register_keras_serializable(package="keras_branch")
-class BranchingSupernet(keras.Model):
+class BranchingSupernet(TaskModel):
     """The Learning-to-Branch supernet over a staged backbone.
 
     Stage d holds `widths[d]` nodes, each a fresh copy of the backbone's
@@ -178,7 +181,7 @@ class BranchingSupernet(keras.Model):
         **kwargs: Any,
     ):
         backbone = backbone if isinstance(backbone, Backbone) else Backbone.from_config(backbone)
-        task_list = as_tasks(tasks)
+        task_list = self.prepare_tasks(tasks)
         num_stages = backbone.num_stages
         if widths is None:
             widths = default_widths(num_stages, len(task_list))
@@ -236,8 +239,7 @@ class BranchingSupernet(keras.Model):
                 features = backbone.make_pooling(name=f"features_{task.key}")(current[t])
             else:
                 features = leaves[t]
-            head = task.make_head(name=f"head_{task.key}")(features)
-            outputs[task.key] = keras.layers.Identity(name=task.key, dtype="float32")(head)
+            outputs[task.key] = self.task_output(task, features)
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
 
         # === Config ===
@@ -270,11 +272,6 @@ class BranchingSupernet(keras.Model):
             if first is not weights:
                 head.set_weights(first)
 
-    @property
-    def task_keys(self) -> dict[str, str]:
-        """Task name -> output key."""
-        return {t.name: t.key for t in self.tasks}
-
     def parent_choices(self) -> list[np.ndarray]:
         """Argmax parent of every node of stages 2..D (one int array per stage)."""
         return [bp.parent_indices() for bp in self.branch_points]
@@ -283,12 +280,9 @@ class BranchingSupernet(keras.Model):
         """`softmax(logits)` of every BranchPoint: [widths[d], widths[d-1]] per stage d >= 1."""
         return [keras.ops.convert_to_numpy(bp.probabilities()) for bp in self.branch_points]
 
-    def get_config(self) -> dict[str, Any]:
+    def model_config(self) -> dict[str, Any]:
         return {
-            "name": self.name,
-            "trainable": self.trainable,
             "backbone": self.backbone.get_config(),
-            "tasks": [t.get_config() for t in self.tasks],
             "widths": list(self.widths),
             "temperature": self.temperature,
             "hard": self.hard,
@@ -300,40 +294,25 @@ class BranchingSupernet(keras.Model):
             "shared_noise": self.shared_noise,
         }
 
-    @classmethod
-    def from_config(cls, config: dict[str, Any], custom_objects=None) -> BranchingSupernet:
-        return cls(**config)
-
 
 def build_supernet(
     backbone: Backbone,
     tasks: Sequence[Task | Mapping[str, Any]],
     widths: Sequence[int] | None = None,
-    temperature: float = 1.0,
-    hard: bool = False,
-    seed: int | None = 0,
-    logit_scale: float = 10.0,
-    per_example: bool = False,
-    balance: float = DEFAULT_BALANCE,
-    tie_init: bool = True,
-    shared_noise: bool = True,
     name: str = "ltb_supernet",
+    **kwargs: Any,
 ) -> BranchingSupernet:
     """Builds the Learning-to-Branch supernet (see `BranchingSupernet`).
 
     Args:
         backbone: stages to replicate.
         tasks: the tasks, one leaf each.
-        widths: nodes per stage, ending with the number of tasks.
-        temperature: initial temperature.
-        hard: straight-through hard samples.
-        seed: Gumbel noise seed.
-        logit_scale: branching logits' learning-rate multiplier.
-        per_example: one Gumbel sample per example instead of per batch.
-        balance: usage-balance strength of every BranchPoint.
-        tie_init: equal initial weights within a stage.
-        shared_noise: one Gumbel draw per parent for all children.
+        widths: nodes per stage, ending with the number of tasks (default
+            `default_widths`).
         name: model name.
+        **kwargs: the supernet's other settings, as `BranchingSupernet`
+            takes them (`temperature`, `hard`, `seed`, `logit_scale`,
+            `per_example`, `balance`, `tie_init`, `shared_noise`).
 
     Returns:
         A `BranchingSupernet`, not compiled.
@@ -342,11 +321,7 @@ def build_supernet(
     >>> net = build_supernet(backbones.mlp(10, (8, 8)), [Task("a", "regression"),
     ...                      Task("b", "regression")], widths=(1, 2))
     """
-    return BranchingSupernet(
-        backbone, tasks, widths=widths, temperature=temperature, hard=hard, seed=seed,
-        logit_scale=logit_scale, per_example=per_example, balance=balance, tie_init=tie_init,
-        shared_noise=shared_noise, name=name,
-    )
+    return BranchingSupernet(backbone, tasks, widths=widths, name=name, **kwargs)
 
 
 def _node_routes(model: BranchingSupernet) -> dict[str, list[int]]:
@@ -447,7 +422,7 @@ def train_supernet(
 ) -> dict[str, list[float]]:
     """Trains a supernet's weights and branching logits together with `model.fit`.
 
-    Compiles with `keras_branch.training.compile_model` (masked per-task
+    Compiles with `keras_branch.compiling.compile_model` (masked per-task
     losses, one Adam optimizer for weights and logits) unless the model is
     already compiled, and anneals the temperature with a
     `TemperatureScheduler`.
@@ -468,15 +443,11 @@ def train_supernet(
         The Keras history, `{metric: [value per epoch]}`, with the
         temperature of every epoch under `"temperature"`.
     """
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise SearchError(f"`epochs` must be a positive int. Received: epochs={epochs!r}")
+    check_int(epochs, "epochs", minimum=1, error=SearchError)
     if warmup_epochs is None:
         # About 1% of the epochs, at least one, but never the whole run.
         warmup_epochs = min(max(1, math.ceil(0.01 * epochs)), epochs - 1)
-    if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) or warmup_epochs < 0:
-        raise SearchError(
-            f"`warmup_epochs` must be an int >= 0. Received: warmup_epochs={warmup_epochs!r}"
-        )
+    check_int(warmup_epochs, "warmup_epochs", minimum=0, error=SearchError)
     if warmup_epochs >= epochs:
         raise SearchError(
             f"`warmup_epochs` must be smaller than `epochs` ({epochs}). "
@@ -503,51 +474,21 @@ def train_supernet(
     return {k: [float(v) for v in vs] for k, vs in history.history.items()}
 
 
-@dataclasses.dataclass(frozen=True)
-class BranchingResult:
-    """What `learn_to_branch` found, and how decided each choice was.
+def undecided(branching: Sequence[Mapping[str, Any]], min_margin: float = MIN_MARGIN) -> list[str]:
+    """The used nodes whose choice of parent has a margin below `min_margin`, as text.
 
-    Attributes:
-        spec: the extracted tree (canonical block ids).
-        history: the search's Keras history (with `"temperature"`).
-        branching: one entry per BranchPoint (stages 2..D): `{"stage": d,
-            "nodes": [{"node": j, "probabilities": [...], "parent": i,
-            "margin": m, "used": bool}, ...]}`, where `margin` is the top
-            parent's probability minus the runner-up's and `used` says
-            whether a task's route passes through node j.
-        settings: the search's arguments (widths, learning rates, ...).
-        supernet: the trained `BranchingSupernet`.
+    Args:
+        branching: a branching report (`branching_report`, or a search
+            result's `scores["branching"]`).
+        min_margin: the margin under which a choice counts as undecided.
     """
-
-    spec: TreeSpec
-    history: dict[str, list[float]]
-    branching: list[dict[str, Any]]
-    settings: dict[str, Any]
-    supernet: BranchingSupernet | None = None
-
-    def undecided(self, min_margin: float = MIN_MARGIN) -> list[str]:
-        """The used nodes whose choice of parent has a margin below `min_margin`, as text."""
-        return [
-            f"{_stage_label(stage['stage'])} node {n['node']}: parent {n['parent']} "
-            f"(p={max(n['probabilities']):.2f}, margin {n['margin']:.2f})"
-            for stage in self.branching
-            for n in stage["nodes"]
-            if n["used"] and n["margin"] < min_margin
-        ]
-
-    def save(self, out_dir: str | os.PathLike, overwrite: bool = False) -> str:
-        """Writes `tree.json`, `branching.json` and `search.json` into one folder, atomically."""
-        with atomic_path(out_dir, overwrite=overwrite) as tmp:
-            os.makedirs(tmp)
-            self.spec.save(os.path.join(tmp, "tree.json"))
-            atomic_write_json(os.path.join(tmp, "branching.json"), {
-                "min_margin": MIN_MARGIN, "undecided": self.undecided(), "stages": self.branching,
-            })
-            atomic_write_json(os.path.join(tmp, "search.json"), {
-                "method": "ltb", **self.settings, "spec": self.spec.to_dict(),
-                "history": self.history,
-            })
-        return os.fspath(out_dir)
+    return [
+        f"{_stage_label(stage['stage'])} node {n['node']}: parent {n['parent']} "
+        f"(p={max(n['probabilities']):.2f}, margin {n['margin']:.2f})"
+        for stage in branching
+        for n in stage["nodes"]
+        if n["used"] and n["margin"] < min_margin
+    ]
 
 
 def _choice(node: int, probs: np.ndarray, used: bool) -> dict[str, Any]:
@@ -565,7 +506,7 @@ def _stage_label(stage: int | str) -> str:
 
 
 def branching_report(model: BranchingSupernet) -> list[dict[str, Any]]:
-    """Every child's distribution over parents, its choice, margin and use (see `BranchingResult`).
+    """Every child's distribution over parents, its choice, margin and use (see `learn_to_branch`).
 
     Stages are numbered from 1 (the BranchPoint feeding stage d is entry
     `"stage": d`); the BranchPoint through which heads pick a last-stage
@@ -626,11 +567,7 @@ def widths_for_budget(backbone: Backbone, tasks: Sequence[Task], budget: int | f
 
 
 def _positive_number(value: Any, field: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not (
-        math.isfinite(value) and value > 0
-    ):
-        raise SearchError(f"`{field}` must be a finite number > 0. Received: {field}={value!r}")
-    return float(value)
+    return check_number(value, field, minimum=0, error=SearchError)
 
 
 def learn_to_branch(
@@ -652,7 +589,7 @@ def learn_to_branch(
     shared_noise: bool = True,
     verbose: int | str = 0,
     callbacks: Sequence[keras.callbacks.Callback] = (),
-) -> BranchingResult:
+) -> SearchResult:
     """Runs Learning to Branch on `data` and returns the tree it found.
 
     Builds the supernet (seeded initialisation), trains weights and logits
@@ -697,9 +634,11 @@ def learn_to_branch(
         callbacks: extra Keras callbacks for the search's `fit`.
 
     Returns:
-        A `BranchingResult`: the extracted `TreeSpec` (`.spec`), the
-        history, every choice's probabilities and margin (`.branching`,
-        `.undecided()`), and the trained supernet.
+        A `SearchResult` (method `"ltb"`): the extracted `TreeSpec`
+        (`.spec`); scores `settings`, `history` and `branching` (every
+        choice's probabilities and margin; `undecided(result.branching)`
+        lists the weak ones); artifact `supernet` (the trained
+        `BranchingSupernet`); file `branching.json`.
 
     Example (the planted benchmark's setting, about 15 s):
     >>> data = planted_groups(group_sizes=(3, 3, 2), seed=0)
@@ -719,27 +658,26 @@ def learn_to_branch(
     if logits_learning_rate is None:
         logits_learning_rate = DEFAULT_LOGITS_LR_FACTOR * learning_rate
     logits_learning_rate = _positive_number(logits_learning_rate, "logits_learning_rate")
-    if isinstance(balance, bool) or not isinstance(balance, (int, float)) or not (
-        math.isfinite(balance) and balance >= 0
-    ):
-        raise SearchError(f"`balance` must be a finite number >= 0. Received: balance={balance!r}")
+    check_number(balance, "balance", minimum=0, inclusive=True, error=SearchError)
     if budget is not None:
         if widths is not None:
             raise SearchError(
                 f"Give `widths` or `budget`, not both. Received: widths={widths!r}, budget={budget!r}"
             )
         widths = widths_for_budget(backbone, data.tasks, budget)
-    keras.utils.set_random_seed(seed)
-    model = build_supernet(
-        backbone, data.tasks, widths=widths, hard=hard, seed=seed,
-        logit_scale=logits_learning_rate / learning_rate, per_example=per_example,
-        balance=balance, tie_init=tie_init, shared_noise=shared_noise,
-    )
+    with seeded_layers(seed):
+        model = build_supernet(
+            backbone, data.tasks, widths=widths, hard=hard, seed=seed,
+            logit_scale=logits_learning_rate / learning_rate, per_example=per_example,
+            balance=balance, tie_init=tie_init, shared_noise=shared_noise,
+        )
+    start = time.perf_counter()
     history = train_supernet(
         model, data, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
         seed=seed, schedule=schedule, warmup_epochs=warmup_epochs, verbose=verbose,
         callbacks=callbacks,
     )
+    seconds = {"search": time.perf_counter() - start}
     settings = {
         "widths": list(model.widths), "epochs": epochs, "seed": seed, "batch_size": batch_size,
         "learning_rate": learning_rate, "logits_learning_rate": logits_learning_rate,
@@ -748,7 +686,12 @@ def learn_to_branch(
         "balance": float(balance), "tie_init": tie_init, "shared_noise": shared_noise,
         "budget": budget,
     }
-    return BranchingResult(extract_spec(model), history, branching_report(model), settings, model)
+    branching = branching_report(model)
+    scores = {"settings": settings, "branching": branching, "history": history}
+    files = {"branching.json": lambda path: atomic_write_json(path, {
+        "min_margin": MIN_MARGIN, "undecided": undecided(branching), "stages": branching,
+    })}
+    return SearchResult("ltb", extract_spec(model), scores, {"supernet": model}, seconds, files)
 
 
 def format_branching(model: BranchingSupernet, digits: int = 2) -> str:

@@ -421,9 +421,13 @@ def branch(
     Returns:
         `BranchResult`; ties in cost go to the smaller tree.
 
-    Example:
+    Example (two clear pairs of tasks; a budget of 2x the shared model):
+    >>> tasks = [Task(name, "regression") for name in ("a", "b", "c", "d")]
+    >>> affinity = np.ones((3, 4, 4))
+    >>> affinity[1:, :2, 2:] = affinity[1:, 2:, :2] = 0.0   # {a, b} and {c, d} differ
     >>> result = branch(affinity, backbones.mlp(100), tasks, budget="2x")
-    >>> print(result.spec)
+    >>> result.spec.partition(1)
+    [['a', 'b'], ['c', 'd']]
     """
     dis, task_list, sizes = _prepare(affinity, backbone, tasks)
     limit = resolve_budget(budget, sizes.shared)

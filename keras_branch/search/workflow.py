@@ -2,35 +2,21 @@
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from keras_branch.backbones import Backbone
 from keras_branch.data.multitask import MultiTaskData
-from keras_branch.files import atomic_path, atomic_write_text
-from keras_branch.search.affinity import TaskAffinity, task_affinity
+from keras_branch.plots import plot_affinity, plot_pareto, plot_tree
+from keras_branch.search.affinity import task_affinity
+from keras_branch.search.result import SearchResult
 from keras_branch.search.tree_search import (
-    BranchResult,
-    Tree,
     branch,
     pareto_front,
     resolve_budget,
     shared_params,
 )
-
-
-@dataclasses.dataclass
-class AffinitySearchResult:
-    """Affinity, the chosen tree and the Pareto front of an affinity search."""
-
-    affinity: TaskAffinity
-    result: BranchResult
-    front: list[Tree]
-    seconds: dict[str, float]
 
 
 def budget_for_blocks(backbone: Backbone, tasks: Sequence[Any], blocks: Sequence[int]) -> int:
@@ -55,7 +41,7 @@ def affinity_search(
     method: str = "auto",
     batch_size: int = 64,
     log: Callable[[str], None] | None = print,
-) -> AffinitySearchResult:
+) -> SearchResult:
     """Measures task affinity with probes and picks the cheapest tree in budget.
 
     Args:
@@ -67,7 +53,11 @@ def affinity_search(
         log: progress lines (None for silence).
 
     Returns:
-        `AffinitySearchResult`.
+        A `SearchResult` (method `"affinity"`): the chosen tree; scores
+        `cost`, `params`, `budget`, `shared_params`, `tree_search`,
+        `stage_costs` and `pareto_front`; artifacts `affinity` (the
+        `TaskAffinity`), `tree` (the `BranchResult`) and `front` (the Pareto
+        front); files `affinity.json`, `affinity.png`, `tree.png`, `pareto.png`.
     """
     # An impossible budget is an error before minutes of probe training.
     resolve_budget(budget, shared_params(backbone, data.tasks))
@@ -86,28 +76,18 @@ def affinity_search(
         log(f"chosen tree: cost {result.cost:.4f}, {result.params:,} parameters "
             f"(budget {result.budget:,}; fully shared {result.shared_params:,})")
         log(str(result.spec))
-    return AffinitySearchResult(affinity, result, front, seconds)
-
-
-def save_search(out_dir: str | os.PathLike, search: AffinitySearchResult, overwrite: bool = False) -> str:
-    """Writes `affinity.json`, `affinity.png`, `tree.json`, `tree.png`,
-    `pareto.png` and `search.json` into one folder, atomically."""
-    from keras_branch.plots import plot_affinity, plot_pareto, plot_tree
-
-    result = search.result
-    chosen = next((t for t in search.front if t.spec == result.spec), None)
-    with atomic_path(out_dir, overwrite=overwrite) as tmp:
-        os.makedirs(tmp)
-        search.affinity.save(os.path.join(tmp, "affinity.json"))
-        result.spec.save(os.path.join(tmp, "tree.json"))
-        summary = result.to_dict()
-        summary["seconds"] = search.seconds
-        summary["pareto_front"] = [
-            {"params": t.params, "cost": t.cost, "blocks_per_stage": t.blocks_per_stage}
-            for t in search.front
-        ]
-        atomic_write_text(os.path.join(tmp, "search.json"), json.dumps(summary, indent=2) + "\n")
-        plot_affinity(search.affinity, os.path.join(tmp, "affinity.png"))
-        plot_tree(result.spec, os.path.join(tmp, "tree.png"))
-        plot_pareto(search.front, os.path.join(tmp, "pareto.png"), chosen=chosen, budget=result.budget)
-    return os.fspath(out_dir)
+    chosen = next((t for t in front if t.spec == result.spec), None)
+    scores = result.to_dict()
+    del scores["spec"]
+    scores["tree_search"] = scores.pop("method")
+    scores["pareto_front"] = [
+        {"params": t.params, "cost": t.cost, "blocks_per_stage": t.blocks_per_stage} for t in front
+    ]
+    files = {
+        "affinity.json": affinity.save,
+        "affinity.png": lambda path: plot_affinity(affinity, path),
+        "tree.png": lambda path: plot_tree(result.spec, path),
+        "pareto.png": lambda path: plot_pareto(front, path, chosen=chosen, budget=result.budget),
+    }
+    return SearchResult("affinity", result.spec, scores,
+                        {"affinity": affinity, "tree": result, "front": front}, seconds, files)

@@ -8,14 +8,31 @@
 The search state is written to `--state` (default `OUT.state`) after every
 candidate; rerunning the same command after a crash or a kill resumes there
 and keeps every candidate already scored.
+
+Reference:
+    Gesmundo & Dean, "An Evolutionary Approach to Dynamic Introduction of
+    Tasks in Large-scale Multitask Learning Systems", arXiv 2205.10937, 2022
+    (muNet).
 """
 
 from __future__ import annotations
 
 import argparse
-
-from keras_branch.cli_args import fraction, positive_int, probability, seed
 import os
+
+import keras
+
+from keras_branch import backbones
+from keras_branch.cli_args import fraction, positive_int, probability, seed
+from keras_branch.data import load_data
+from keras_branch.errors import ModelFileError, OutputExistsError, SearchError
+from keras_branch.evaluation import format_metrics
+from keras_branch.files import remove_owned_folder
+from keras_branch.saving import load_branched_model
+from keras_branch.search.evolution.loop import evolve
+from keras_branch.search.evolution.system import EvolvedSystem
+
+__all__ = ["add_parser", "run"]
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -26,6 +43,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
     Returns:
         The `evolve` parser (its `func` default is `run`).
+
+    Example:
+    >>> parser = argparse.ArgumentParser(prog="keras-branch")
+    >>> evolve_parser = add_parser(parser.add_subparsers())
+    >>> parser.parse_args(["evolve", "--root", "root.keras", "--data", "planted",
+    ...                    "--out", "system"]).out
+    'system'
     """
     p = subparsers.add_parser(
         "evolve", help="grow a trained root into a multi-task system (muNet evolution)"
@@ -58,12 +82,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from keras_branch.data import load_data
-    from keras_branch.errors import OutputExistsError, SearchError
-    from keras_branch.files import remove_owned_folder
-    from keras_branch.search.evolve import EvolvedSystem, evolve
-    from keras_branch.training import format_metrics
+    """Runs `keras-branch evolve` with parsed arguments.
 
+    Args:
+        args: what the `evolve` parser returned.
+
+    Returns:
+        0 (errors are raised as keras_branch errors, which the CLI reports).
+
+    Example (not run as a doctest: it needs a trained root model and evolves for minutes):
+    >>> run(parser.parse_args(["evolve", "--root", "root.keras", "--data", "planted",
+    ...                        "--out", "system"]))  # doctest: +SKIP
+    """
     if os.path.lexists(args.out) and not args.overwrite:
         raise OutputExistsError(f"--out exists: {args.out!r}; pass --overwrite to replace it.")
     if args.system:
@@ -101,20 +131,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _input_shape(root) -> tuple[int, ...]:
-    import keras
-
     if isinstance(root, keras.Model):
         return tuple(root.input_shape[1:])
     return tuple(root.input_shape)
 
 
 def _load_root(path: str, stages: str | None):
-    import keras
-
-    from keras_branch import backbones
-    from keras_branch.errors import ModelFileError
-    from keras_branch.saving import load_branched_model
-
     if stages is None:
         return load_branched_model(path)
     if not os.path.isfile(path):

@@ -1,0 +1,100 @@
+"""Argument checks of the library's public functions: one wording for every bad value.
+
+Each check returns the value normalised (a Python int or float) or raises the
+caller's error type with a message naming the field and the value received,
+e.g. "`epochs` must be an int >= 1. Received: epochs=0". `bool` is refused
+where a number is wanted (`True` is an int to Python, never to a user).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+
+def _int_range(minimum: int | None, maximum: int | None) -> str:
+    if minimum is not None and maximum is not None:
+        return f"an int from {minimum} to {maximum}"
+    if minimum is not None:
+        return f"an int >= {minimum}"
+    if maximum is not None:
+        return f"an int <= {maximum}"
+    return "an int"
+
+
+def check_int(
+    value: Any,
+    field: str,
+    minimum: int | None = None,
+    maximum: int | None = None,
+    error: type[Exception] = ValueError,
+) -> int:
+    """`value` as an int in [`minimum`, `maximum`] (either bound optional).
+
+    Args:
+        value: what the caller passed.
+        field: the argument's name, for the message.
+        minimum, maximum: inclusive bounds, or None.
+        error: the exception type to raise.
+
+    Returns:
+        `int(value)`.
+
+    Example:
+    >>> check_int(3, "epochs", minimum=1)
+    3
+    >>> check_int(0, "epochs", minimum=1)
+    Traceback (most recent call last):
+    ...
+    ValueError: `epochs` must be an int >= 1. Received: epochs=0
+    """
+    ok = (
+        not isinstance(value, bool)
+        and isinstance(value, (int, np.integer))
+        and (minimum is None or value >= minimum)
+        and (maximum is None or value <= maximum)
+    )
+    if not ok:
+        raise error(f"`{field}` must be {_int_range(minimum, maximum)}. Received: {field}={value!r}")
+    return int(value)
+
+
+def check_number(
+    value: Any,
+    field: str,
+    minimum: float | None = None,
+    inclusive: bool = False,
+    error: type[Exception] = ValueError,
+) -> float:
+    """`value` as a finite float above `minimum` (or at it, with `inclusive`).
+
+    Args:
+        value: what the caller passed.
+        field: the argument's name, for the message.
+        minimum: the lower bound, or None for any finite number.
+        inclusive: whether `minimum` itself is allowed.
+        error: the exception type to raise.
+
+    Returns:
+        `float(value)`.
+
+    Example:
+    >>> check_number(0.0, "weight_decay", minimum=0, inclusive=True)
+    0.0
+    >>> check_number(float("nan"), "learning_rate", minimum=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: `learning_rate` must be a finite number > 0. Received: learning_rate=nan
+    """
+    ok = (
+        not isinstance(value, bool)
+        and isinstance(value, (int, float, np.integer, np.floating))
+        and math.isfinite(value)
+        and (minimum is None or (value >= minimum if inclusive else value > minimum))
+    )
+    if not ok:
+        bound = "" if minimum is None else (f" >= {minimum:g}" if inclusive else f" > {minimum:g}")
+        raise error(f"`{field}` must be a finite number{bound}. Received: {field}={value!r}")
+    return float(value)

@@ -1,0 +1,156 @@
+"""Candidates: a child path's own components, its model, and its short training.
+
+A candidate is a one-task model on the child's path: blocks shared with the
+system are frozen and carry the system's weights; the candidate's own
+components (fresh clones, blocks its lineage cloned, adapters, head) train.
+Layers are constructed under `seeding.seeded_layers(layer_seed)`, so a
+candidate's initial weights depend only on the seed it is given, and the
+caller's Python `random` is left as it was.
+
+Reference:
+    Gesmundo & Dean, "An Evolutionary Approach to Dynamic Introduction of
+    Tasks in Large-scale Multitask Learning Systems", arXiv 2205.10937, 2022
+    (muNet).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from keras_branch.augment import make_augment
+from keras_branch.build import BranchedModel, adapter_name, block_name
+from keras_branch.compiling import compile_model
+from keras_branch.data.multitask import MultiTaskData
+from keras_branch.evaluation import evaluate
+from keras_branch.search.evolution.selection import quality
+from keras_branch.search.evolution.state import SearchState
+from keras_branch.search.evolution.system import EvolvedSystem, TaskPath
+from keras_branch.seeding import seeded_layers
+from keras_branch.spec import TreeSpec
+from keras_branch.tasks import Task
+
+__all__ = ["candidate_model", "child_weights", "train_candidate"]
+
+Weights = dict[str, list[np.ndarray] | None]
+
+
+def child_weights(system: EvolvedSystem, task: Task, parent: dict, path: TaskPath,
+                  state: SearchState) -> Weights:
+    """The child's own components and their starting weights (None: freshly initialised).
+
+    Negative route entries mark fresh clones (`-1 - source block`); they get
+    new block ids here (written into `path`), copied from their source. A
+    clone of a block the parent already trains keeps training the parent's
+    copy. Adapters of the parent's size and the head (same depth) start from
+    the parent's.
+
+    Args:
+        system: the system (its weights are read, never changed).
+        task: the task visited.
+        parent: the parent's population entry.
+        path: the child's path from `mutate`; clone markers are replaced.
+        state: the search state (the parent's weights, the visit's block ids).
+
+    Returns:
+        Layer name -> starting weights of every component the child trains.
+
+    Example (not run as a doctest: a step inside `evolve`, on its search state):
+    >>> owned = child_weights(system, task, parent, child_path, state)  # doctest: +SKIP
+    """
+    inherited = state.load_weights(parent["id"], state.current) if parent.get("trained") else {}
+    parent_path = TaskPath.from_dict(parent["path"])
+    owned: Weights = {}
+    for d in range(path.depth):
+        block = path.route[d]
+        if block < 0 and block_name(d, -1 - block) in inherited:
+            # Cloning what the lineage already trains: keep training it.
+            block = path.route[d] = -1 - block
+        if block < 0:
+            source = block_name(d, -1 - block)
+            weights = system.weights[source]
+            # One block per stage: the ids other candidates of this visit took
+            # are all a new clone must avoid.
+            new_id = system.next_block_id(d, state.taken_ids(d))
+            path.route[d] = new_id
+            owned[block_name(d, new_id)] = weights
+        elif block_name(d, block) in inherited:  # a clone the parent trained
+            owned[block_name(d, block)] = inherited[block_name(d, block)]
+    for d, dim in enumerate(path.adapters[: path.depth]):
+        if dim:
+            name = adapter_name(d, task.key)
+            same = parent_path.adapters[d] == dim and name in inherited
+            owned[name] = inherited[name] if same else None
+    head = f"head_{task.key}"
+    owned[head] = inherited.get(head) if parent_path.depth == path.depth else None
+    state.claim_ids(path)
+    return owned
+
+
+def candidate_model(system: EvolvedSystem, task: Task, path: TaskPath, owned: Weights,
+                    layer_seed: int) -> BranchedModel:
+    """The candidate's one-task model: shared blocks frozen, its own components trainable.
+
+    Args:
+        system: the system whose weights the shared blocks take.
+        task: the task.
+        path: the child's path (clone ids assigned by `child_weights`).
+        owned: `child_weights`' result.
+        layer_seed: seeds the initialisers of the components without
+            starting weights (`seeding.seeded_layers`).
+
+    Returns:
+        An uncompiled `BranchedModel` named "candidate".
+
+    Example (not run as a doctest: a step inside `evolve`, on its search state):
+    >>> model = candidate_model(system, task, path, owned, layer_seed=7)  # doctest: +SKIP
+    """
+    spec = TreeSpec([task.name], {task.name: path.route}, {task.name: path.depth},
+                    {task.name: path.adapters}, {task.name: path.hparams})
+    with seeded_layers(layer_seed):
+        model = BranchedModel(spec, system.backbone, [task], name="candidate")
+    for layer in model.layers:
+        if layer.name in owned:
+            if owned[layer.name] is not None:
+                layer.set_weights(owned[layer.name])
+            layer.trainable = True
+        elif layer.name in system.weights:
+            layer.set_weights(system.weights[layer.name])
+            layer.trainable = False  # frozen: shared with the system
+    return model
+
+
+def train_candidate(system: EvolvedSystem, task: Task, path: TaskPath, owned: Weights,
+                    data: MultiTaskData, epochs: int, augment: Mapping[str, float] | None,
+                    layer_seed: int, order_seed: int) -> tuple[float, dict[str, list[np.ndarray]]]:
+    """Trains a candidate's own components and judges it on the validation split.
+
+    Args:
+        system, task, path, owned, layer_seed: as in `candidate_model`.
+        data: the task's data (train and validation splits).
+        epochs: training epochs (the candidate's budget).
+        augment: image augmentation of the training batches, or None.
+        layer_seed: seeds the fresh components' initial weights.
+        order_seed: seeds the batch order and the augmentation.
+
+    Returns:
+        The candidate's quality (`selection.quality` on validation) and the
+        trained weights of its own components. The model itself is not
+        returned: once the caller drops it, `gc.collect()` frees it.
+
+    Example (not run as a doctest: a step inside `evolve`, on its search state):
+    >>> q, weights = train_candidate(system, task, path, owned, data, 3, None, 1, 2)  # doctest: +SKIP
+    """
+    model = candidate_model(system, task, path, owned, layer_seed)
+    batch_size = int(path.hparams["batch_size"])
+    compile_model(model, learning_rate=float(path.hparams["learning_rate"]))
+    model.fit(
+        data.epoch_dataset("train", batch_size, order_seed, 0, epochs,
+                           make_augment(augment, seed=order_seed)),
+        epochs=epochs, steps_per_epoch=data.steps("train", batch_size), verbose=0, shuffle=False,
+    )
+    value = quality(task, evaluate(model, data, "validation")[task.name])
+    weights = {layer.name: [np.array(w) for w in layer.get_weights()]
+               for layer in model.layers if layer.name in owned}
+    return value, weights

@@ -1,0 +1,288 @@
+"""`evolve`: the muNet search loop, and `pretrain_and_evolve`, the recipe from scratch.
+
+Per task visit (round robin over the tasks, `passes` times): the population
+is made (`state.SearchState.population`), each candidate draws a parent
+(`selection.select_parent`), mutates it (`mutations.mutate`), trains its own
+components (`candidates.train_candidate`) and joins the population when its
+score beats its parent's; at the end of the visit the best path is installed
+(`system.EvolvedSystem.install`). The state is written after every candidate.
+
+Randomness: every draw derives from `seed`. Candidate `c` of task `name` in
+pass `p` draws from `selection.candidate_rng(seed, p, name, c)`: its parent,
+its mutations, the seed of its fresh layers' initial weights (used through
+`seeding.seeded_layers`) and the seed of its batch order. No global random
+state (Python's, NumPy's, TensorFlow's, Keras') is seeded or read, and the
+Keras session is never cleared: a candidate's model is dropped and
+collected (`gc.collect()`) once its weights are copied out.
+
+Reference:
+    Gesmundo & Dean, "An Evolutionary Approach to Dynamic Introduction of
+    Tasks in Large-scale Multitask Learning Systems", arXiv 2205.10937, 2022
+    (muNet).
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import keras
+
+from keras_branch.backbones import Backbone
+from keras_branch.compiling import compile_model
+from keras_branch.data.multitask import MultiTaskData, pool_tasks
+from keras_branch.errors import SearchError
+from keras_branch.evaluation import evaluate
+from keras_branch.search.evolution.candidates import child_weights, train_candidate
+from keras_branch.search.evolution.mutations import mutate
+from keras_branch.search.evolution.selection import candidate_rng, score, select_parent
+from keras_branch.search.evolution.state import SearchState
+from keras_branch.search.evolution.system import EvolvedSystem, TaskPath
+from keras_branch.search.result import SearchResult
+from keras_branch.spec import TreeSpec
+from keras_branch.training import fit_spec
+
+__all__ = ["evolve", "pretrain_and_evolve"]
+
+
+def evolve(
+    root: Backbone | keras.Model | EvolvedSystem,
+    tasks: Sequence[str] | None,
+    data: MultiTaskData,
+    scale: float = 0.9,
+    passes: int = 2,
+    candidates: int = 16,
+    candidate_epochs: int = 3,
+    mutation_prob: float = 0.2,
+    seed: int = 0,
+    augment: Mapping[str, float] | None = None,
+    root_task: str | None = None,
+    state_dir: str | os.PathLike | None = None,
+    out_dir: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    log: Callable[[str], None] | None = print,
+) -> SearchResult:
+    """Evolves a path per task from a trained root (muNet).
+
+    Args:
+        root: a `Backbone` with trained weights, a trained `BranchedModel`
+            (its `root_task` path is the root), or an `EvolvedSystem` to
+            grow (its tasks keep their paths and weights).
+        tasks: names of the tasks to evolve, in visiting order (default: the
+            data's tasks the system lacks, or all of them).
+        data: the multi-task data (train, validation and test splits);
+            candidates train on `train` and are judged on `validation`.
+        scale: the scale-control factor s in (0, 1]: a candidate's score is
+            `quality * s ** (accounted_params / root_params)`; smaller s
+            favours fewer parameters per task.
+        passes: rounds over the tasks.
+        candidates: candidates trained per task visit.
+        candidate_epochs: training epochs of one candidate (its budget).
+        mutation_prob: probability of each mutation.
+        seed: everything random derives from it (a resumed run makes the
+            same candidates); no global random state is seeded or consumed.
+        augment: image augmentation of candidates' training batches (a
+            `keras_branch.augment` config such as `{"shift": 0.1,
+            "rotation": 10, "zoom": 0.1}`).
+        root_task: see `root`.
+        state_dir: where the search state is written after every candidate;
+            rerunning with the same arguments resumes from it.
+        out_dir: when given, the final system folder (`EvolvedSystem.save`).
+        overwrite: replace `out_dir` if it exists.
+        log: progress lines (None for silence).
+
+    Returns:
+        A `SearchResult` (method `"evolution"`): the system's TreeSpec;
+        scores `metrics` (split -> task -> metric), `history` (one record
+        per scored candidate: pass, task, parent, mutations, path, quality,
+        params, score, accepted, seconds) and `config` (the arguments);
+        artifacts `system` (the `EvolvedSystem`) and `model` (the system as
+        one Keras model); file `system` (the system folder, as
+        `EvolvedSystem.save` writes it).
+
+    Example (not run as a doctest: it trains candidates for minutes;
+    `docs/evolution.md` runs a small evolution):
+    >>> result = evolve(root_model, ["Latin"], data, scale=0.9, candidates=8)  # doctest: +SKIP
+    >>> result.system.spec.to_json()  # doctest: +SKIP
+
+    Reference:
+        Gesmundo & Dean, arXiv 2205.10937 (muNet).
+    """
+    _check_args(scale, passes, candidates, candidate_epochs, mutation_prob)
+    began = time.perf_counter()
+    say = log or (lambda _: None)
+    system = root if isinstance(root, EvolvedSystem) else EvolvedSystem.from_root(root, root_task)
+    system = copy.deepcopy(system)
+    by_name = {t.name: t for t in data.tasks}
+    if tasks is None:
+        tasks = [n for n in data.task_names if n not in system.task_names] or data.task_names
+    tasks = list(tasks)
+    unknown = [n for n in tasks if n not in by_name]
+    if unknown or not tasks:
+        raise SearchError(
+            f"`tasks` must name tasks of the data; unknown: {unknown or tasks}. "
+            f"Data tasks: {data.task_names}."
+        )
+    missing = [split for split in ("train", "validation") if split not in data.splits]
+    if missing:
+        raise SearchError(
+            f"Evolution trains candidates on `train` and judges them on `validation`; "
+            f"data {data.name!r} lacks {missing} (splits: {sorted(data.splits)})."
+        )
+    if tuple(data.input_shape) != tuple(system.backbone.input_shape):
+        raise SearchError(
+            f"The data's input shape {data.input_shape} differs from the root's "
+            f"{system.backbone.input_shape}."
+        )
+    config = {"tasks": tasks, "scale": scale, "passes": passes, "candidates": candidates,
+              "candidate_epochs": candidate_epochs, "mutation_prob": mutation_prob,
+              "seed": seed, "augment": dict(augment) if augment else None,
+              "data": data.name, "start_tasks": system.task_names}
+    state = SearchState(state_dir, config, system, say)
+    system = state.system
+    splits = {name: data.select_tasks([name]) for name in tasks}
+
+    for p in range(passes):
+        for i, name in enumerate(tasks):
+            visit = (p, i)
+            if state.finished(visit):
+                continue
+            task = by_name[name]
+            population = state.population(visit, task)
+            if state.done_in_visit(visit) == 0:
+                say(f"[pass {p + 1}/{passes}] task {name}: {len(population)} parent(s), "
+                    f"{candidates} candidates")
+            for c in range(state.done_in_visit(visit), candidates):
+                start = time.perf_counter()
+                rng = candidate_rng(seed, p, name, c)
+                parent = select_parent(population, rng)
+                path, mutations = mutate(TaskPath.from_dict(parent["path"]),
+                                         system.backbone.num_stages, rng, mutation_prob)
+                owned = child_weights(system, task, parent, path, state)
+                layer_seed = int(rng.integers(2**31))
+                order_seed = int(rng.integers(2**31))
+                quality, weights = train_candidate(system, task, path, owned, splits[name],
+                                                   candidate_epochs, augment, layer_seed,
+                                                   order_seed)
+                # The candidate's model is unreachable now (Keras models hold
+                # reference cycles): free it before the next one is built.
+                # TF 2.21 still keeps each traced train step (and the variables
+                # it captured) through `tf.custom_gradient`'s global gradient
+                # registry (tensorflow/tensorflow#97697); clearing the Keras
+                # session does not release that either.
+                gc.collect()
+                params = system.accounted_params(task, path)
+                value = score(quality, params, system.root_params, scale)
+                parent["children"] += 1
+                better = parent["score"] is None or value > parent["score"]
+                record = {
+                    "pass": p, "task": name, "candidate": c, "parent": parent["id"],
+                    "mutations": mutations, "path": path.to_dict(), "quality": quality,
+                    "params": params, "score": value, "accepted": better,
+                    "seconds": round(time.perf_counter() - start, 2),
+                }
+                entry = {"id": f"p{p}c{c}", "path": path.to_dict(), "score": value,
+                         "quality": quality, "params": params, "children": 0,
+                         "trained": True}
+                if better:
+                    population.append(entry)
+                state.record(visit, record, entry if better else None, weights if better else None)
+                say(f"  {name} {c + 1}/{candidates}: parent {parent['id']}, "
+                    f"{', '.join(mutations) or 'no mutation'} -> quality {quality:.4f}, "
+                    f"params/task {params:,.0f}, score {value:.4f}"
+                    f"{' (kept)' if better else ''}")
+            best = max((e for e in population if e["score"] is not None),
+                       key=lambda e: e["score"], default=None)
+            if best is None:
+                raise SearchError(f"No candidate of task {name!r} was trained; candidates={candidates}.")
+            path = TaskPath.from_dict(best["path"])
+            owned = state.load_weights(best["id"], visit)
+            system.install(task, path, owned, {k: best[k] for k in ("quality", "params", "score")})
+            state.finish(visit, system)
+            say(f"  {name}: installed {best['id']} (quality {best['quality']:.4f}, "
+                f"params/task {best['params']:,.0f}, score {best['score']:.4f})")
+
+    model = system.build()
+    compile_model(model)
+    system_data = data.select_tasks(system.task_names)
+    metrics = {
+        split: evaluate(model, system_data, split)
+        for split in ("validation", "test") if split in data.splits
+    }
+    history = state.history
+    if out_dir is not None:
+        system.save(out_dir, metrics, history, config, overwrite=overwrite)
+    scores = {"metrics": metrics, "history": history, "config": config}
+    files = {"system": lambda path: system.save(path, metrics, history, config)}
+    return SearchResult("evolution", system.spec, scores, {"system": system, "model": model},
+                        {"evolution": time.perf_counter() - began}, files)
+
+
+def pretrain_and_evolve(
+    data: MultiTaskData,
+    backbone: Backbone,
+    root_tasks: Sequence[str] | None = None,
+    root_epochs: int = 30,
+    root_learning_rate: float = 1e-3,
+    root_schedule: str = "constant",
+    batch_size: int = 32,
+    seed: int = 0,
+    augment: Mapping[str, float] | None = None,
+    log: Callable[[str], None] | None = print,
+    **kwargs: Any,
+) -> SearchResult:
+    """The whole recipe from scratch: a root trained on some tasks pooled, then evolution.
+
+    Args:
+        data: multi-task data with multiclass `root_tasks`.
+        backbone: the root's architecture (fresh weights; the root trains them).
+        root_tasks: tasks pooled into the root's one classification task
+            (default: all but the last task).
+        root_epochs, root_learning_rate, root_schedule, batch_size: the
+            root's training (`schedule` as in `fit_spec`).
+        seed, augment, log: as in `evolve` (`augment` serves the root too).
+        **kwargs: `evolve`'s other arguments (`scale`, `passes`,
+            `candidates`, `candidate_epochs`, `mutation_prob`, `state_dir`,
+            `out_dir`, `overwrite`); evolution grows the root to every task
+            of `data`.
+
+    Returns:
+        The `SearchResult` of `evolve`, with the root's metrics as score
+        `root_metrics` and the root's training time in `seconds["root"]`.
+
+    Example (not run as a doctest: it trains a root and evolves on Omniglot for minutes):
+    >>> result = pretrain_and_evolve(omniglot, backbones.convnet4((28, 28, 1)), scale=0.5)  # doctest: +SKIP
+
+    Reference:
+        Gesmundo & Dean, arXiv 2205.10937 (muNet).
+    """
+    root_tasks = list(root_tasks) if root_tasks is not None else data.task_names[:-1]
+    if not root_tasks:
+        raise SearchError("`root_tasks` must name at least one task to pretrain the root on.")
+    pooled = pool_tasks(data, root_tasks)
+    began = time.perf_counter()
+    root = fit_spec(TreeSpec.shared(["pooled"], backbone.num_stages), backbone, pooled,
+                    epochs=root_epochs, batch_size=batch_size, learning_rate=root_learning_rate,
+                    schedule=root_schedule, augment=augment, seed=seed, verbose=0, log=None)
+    if log:
+        log(f"root on {root_tasks} pooled: test error {root.metrics['test']['pooled']['error']:.4f}")
+    result = evolve(root.model, data.task_names, data, seed=seed, augment=augment, log=log,
+                    **kwargs)
+    result.scores["root_metrics"] = root.metrics
+    result.seconds["root"] = time.perf_counter() - began - result.seconds["evolution"]
+    return result
+
+
+def _check_args(scale, passes, candidates, candidate_epochs, mutation_prob) -> None:
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale <= 1:
+        raise SearchError(f"`scale` must be in (0, 1]. Received: scale={scale!r}")
+    for field, value in (("passes", passes), ("candidates", candidates),
+                         ("candidate_epochs", candidate_epochs)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise SearchError(f"`{field}` must be a positive int. Received: {field}={value!r}")
+    if not 0 <= mutation_prob <= 1:
+        raise SearchError(f"`mutation_prob` must be in [0, 1]. Received: mutation_prob={mutation_prob!r}")

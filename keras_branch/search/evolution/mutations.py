@@ -1,0 +1,92 @@
+"""Mutations: a child path from its parent's, each change drawn with one probability.
+
+`mutate(path, num_stages, rng, prob)` makes the child. With probability
+`prob`, independently:
+
+- per used stage: clone its block (a trainable copy of a frozen one);
+- per used stage without an adapter: insert a zero-initialised adapter of
+  the path's `adapter_dim`;
+- once: change the depth by one (up or down, reflected at the ends);
+- once: move one hyperparameter, drawn uniformly from `HPARAM_LISTS`, one
+  step along its list (reflected at the ends), so each of the three moves
+  with probability `prob / 3`.
+
+Every draw comes from the generator it is given.
+
+Reference:
+    Gesmundo & Dean, "An Evolutionary Approach to Dynamic Introduction of
+    Tasks in Large-scale Multitask Learning Systems", arXiv 2205.10937, 2022
+    (muNet).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+
+from keras_branch.search.evolution.system import TaskPath
+
+__all__ = ["HPARAM_LISTS", "MUTATIONS", "mutate"]
+
+#: Per-task hyperparameters and the lists a mutation moves them along.
+HPARAM_LISTS: dict[str, tuple] = {
+    "learning_rate": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2),
+    "adapter_dim": (4, 8, 16, 32, 64),
+    "batch_size": (16, 32, 64),
+}
+#: The kinds of mutation, as `mutate` names them in its description.
+MUTATIONS = ("clone", "adapter", "depth", "hparam")
+
+
+def mutate(path: TaskPath, num_stages: int, rng: np.random.Generator,
+           prob: float) -> tuple[TaskPath, list[str]]:
+    """A child path: each mutation applied with probability `prob`.
+
+    Args:
+        path: the parent's path (not modified).
+        num_stages: stages of the backbone (the largest depth).
+        rng: every draw comes from it.
+        prob: the probability of each mutation (`mutation_prob`).
+
+    Returns:
+        The child and a description of the mutations (empty: the child
+        continues training its parent's components). A cloned stage's route
+        entry is `-1 - block` until the child gets a new block id; a depth
+        change resets the stages past the new depth to the root.
+
+    Example:
+    >>> child, done = mutate(TaskPath.root(4), 4, np.random.default_rng(0), prob=1.0)
+
+    Reference:
+        Gesmundo & Dean, arXiv 2205.10937 (muNet).
+    """
+    child = copy.deepcopy(path)
+    done: list[str] = []
+    for d in range(child.depth):
+        if rng.random() < prob:
+            done.append(f"clone(stage {d + 1})")
+            child.route[d] = -1 - child.route[d] if child.route[d] >= 0 else child.route[d]
+    for d in range(child.depth):
+        if rng.random() < prob and not child.adapters[d]:
+            child.adapters[d] = int(child.hparams["adapter_dim"])
+            done.append(f"adapter(stage {d + 1}, {child.adapters[d]})")
+    if rng.random() < prob:
+        step = int(rng.choice([-1, 1]))
+        if not 1 <= child.depth + step <= num_stages:
+            step = -step
+        if 1 <= child.depth + step <= num_stages:
+            old = child.depth
+            child.depth += step
+            for d in range(child.depth, num_stages):
+                child.route[d], child.adapters[d] = 0, 0  # past the depth: back to the root
+            done.append(f"depth({old}->{child.depth})")
+    if rng.random() < prob:
+        name = str(rng.choice(sorted(HPARAM_LISTS)))
+        values = HPARAM_LISTS[name]
+        i = values.index(child.hparams[name]) if child.hparams[name] in values else 0
+        j = i + int(rng.choice([-1, 1]))
+        j = j if 0 <= j < len(values) else i - (j - i)
+        child.hparams[name] = values[j]
+        done.append(f"{name}({values[i]}->{values[j]})")
+    return child, done

@@ -1,0 +1,222 @@
+"""muNet's rules on hand-computed cases: parent selection, mutation rates, the score.
+
+Frequencies are checked against probabilities worked out by hand from the
+documented rules (never recomputed from the code's own output). A count of
+`n` independent draws of an event of probability `p` is Binomial(n, p): its
+frequency has standard deviation `sqrt(p (1 - p) / n)`. Each check allows
+`Z = 4.5` standard deviations, so a correct implementation fails one check
+with probability about 7e-6 (two-sided normal tail), and all of this file's
+~40 checks together with probability below 3e-4 (union bound), whatever the
+seed; the seeds are fixed, so the outcome is reproducible.
+"""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+
+from keras_branch import Task, backbones
+from keras_branch.search.evolution import (
+    DEFAULT_HPARAMS,
+    EvolvedSystem,
+    TaskPath,
+    mutate,
+    score,
+    select_parent,
+)
+
+Z = 4.5
+
+
+def _tolerance(p: float, n: int) -> float:
+    """Z standard deviations of the frequency of an event of probability p in n draws."""
+    return Z * math.sqrt(p * (1 - p) / n)
+
+
+def _assert_frequency(count: int, n: int, p: float, what: str) -> None:
+    assert abs(count / n - p) <= _tolerance(p, n), f"{what}: {count}/{n} = {count / n:.4f}, want {p}"
+
+
+# === Parent selection ===
+
+
+def _choose(population, n, seed):
+    rng = np.random.default_rng(seed)
+    counts = {e["id"]: 0 for e in population}
+    for _ in range(n):
+        counts[select_parent(population, rng)["id"]] += 1
+    return counts
+
+
+def test_parent_selection_follows_the_acceptance_walk():
+    # Ranked by score: a (1 child), b (2 children), c (3 children), accepted
+    # with probability 0.5, 0.25, 0.125 in turn; none accepted with
+    # 0.5 * 0.75 * 0.875 = 0.328125, then one of the three uniformly (0.109375 each).
+    population = [
+        {"id": "c", "score": 0.2, "children": 3},
+        {"id": "a", "score": 0.9, "children": 1},
+        {"id": "b", "score": 0.5, "children": 2},
+    ]
+    want = {
+        "a": 0.5 + 0.109375,                 # 0.609375
+        "b": 0.5 * 0.25 + 0.109375,          # 0.234375
+        "c": 0.5 * 0.75 * 0.125 + 0.109375,  # 0.15625
+    }
+    assert sum(want.values()) == 1.0
+    n = 20_000
+    counts = _choose(population, n, seed=0)
+    for name, p in want.items():
+        _assert_frequency(counts[name], n, p, name)
+    # A rule "probability proportional to 0.5 ** children" would give a
+    # 4/7 = 0.5714, which the tolerance (about 0.016 here) excludes.
+    assert abs(counts["a"] / n - 4 / 7) > _tolerance(4 / 7, n)
+    assert [e["children"] for e in population] == [3, 1, 2]  # not modified
+
+
+def test_unscored_parents_come_last_in_random_order():
+    # a is scored (1 child: accepted with 0.5); x and y are not scored yet and
+    # have no child, so whichever of them the shuffle puts first is accepted:
+    # 0.5 * 0.5 = 0.25 each.
+    population = [
+        {"id": "x", "score": None, "children": 0},
+        {"id": "a", "score": 0.1, "children": 1},
+        {"id": "y", "score": None, "children": 0},
+    ]
+    n = 20_000
+    counts = _choose(population, n, seed=1)
+    for name, p in {"a": 0.5, "x": 0.25, "y": 0.25}.items():
+        _assert_frequency(counts[name], n, p, name)
+
+
+def test_a_parent_without_children_is_always_taken_first():
+    population = [{"id": "a", "score": 0.9, "children": 0},
+                  {"id": "b", "score": 0.1, "children": 0}]
+    counts = _choose(population, 500, seed=2)
+    assert counts == {"a": 500, "b": 0}
+
+
+# === Mutation rates ===
+
+
+def _sample_mutations(parent, num_stages, prob, n, seed):
+    rng = np.random.default_rng(seed)
+    return [mutate(parent, num_stages, rng, prob) for _ in range(n)]
+
+
+def test_mutation_rates_from_the_root():
+    p, n = 0.3, 20_000
+    parent = TaskPath.root(4)
+    samples = _sample_mutations(parent, 4, p, n, seed=3)
+    done = [set(d) for _, d in samples]
+    for stage in range(1, 5):
+        _assert_frequency(sum(f"clone(stage {stage})" in d for d in done), n, p, f"clone {stage}")
+        _assert_frequency(sum(f"adapter(stage {stage}, 16)" in d for d in done), n, p,
+                          f"adapter {stage}")
+    # From the full depth the only step is down.
+    _assert_frequency(sum("depth(4->3)" in d for d in done), n, p, "depth down")
+    assert not any("depth(4->5)" in d for d in done)
+    # One hyperparameter of three moves with probability p: each p / 3, and
+    # from the middle of its list each direction p / 6.
+    moves = {
+        "learning_rate": ("learning_rate(0.001->0.0003)", "learning_rate(0.001->0.003)"),
+        "adapter_dim": ("adapter_dim(16->8)", "adapter_dim(16->32)"),
+        "batch_size": ("batch_size(32->16)", "batch_size(32->64)"),
+    }
+    for name, (down, up) in moves.items():
+        moved = sum(child.hparams[name] != DEFAULT_HPARAMS[name] for child, _ in samples)
+        _assert_frequency(moved, n, p / 3, name)
+        _assert_frequency(sum(down in d for d in done), n, p / 6, down)
+        _assert_frequency(sum(up in d for d in done), n, p / 6, up)
+    # Ten independent draws (4 clones, 4 adapters, depth, hyperparameter).
+    _assert_frequency(sum(not d for d in done), n, 0.7 ** 10, "no mutation")
+    # Stage 4's clone survives only if the depth does not drop: p * (1 - p).
+    _assert_frequency(sum(child.route[3] < 0 for child, _ in samples), n, p * (1 - p),
+                      "stage-4 clone kept")
+    assert parent == TaskPath.root(4)
+
+
+def test_mutation_rates_from_a_shallow_path_with_an_adapter():
+    # Depth 2 of 4, stage 2 already adapted: clones of stages 1-2 at p, an
+    # adapter only at stage 1, the depth up or down at p / 2 each.
+    p, n = 0.2, 20_000
+    parent = TaskPath([0, 3, 0, 0], 2, [0, 8, 0, 0],
+                      {"learning_rate": 1e-2, "adapter_dim": 4, "batch_size": 64})
+    samples = _sample_mutations(parent, 4, p, n, seed=4)
+    done = [set(d) for _, d in samples]
+    _assert_frequency(sum("clone(stage 1)" in d for d in done), n, p, "clone 1")
+    _assert_frequency(sum("clone(stage 2)" in d for d in done), n, p, "clone 2")
+    assert not any(x.startswith(("clone(stage 3", "clone(stage 4")) for d in done for x in d)
+    _assert_frequency(sum("adapter(stage 1, 4)" in d for d in done), n, p, "adapter 1")
+    assert not any(x.startswith("adapter(stage 2") for d in done for x in d)
+    _assert_frequency(sum("depth(2->1)" in d for d in done), n, p / 2, "depth down")
+    _assert_frequency(sum("depth(2->3)" in d for d in done), n, p / 2, "depth up")
+    # Every hyperparameter sits at an end of its list: a move always goes inwards.
+    for move in ("learning_rate(0.01->0.003)", "adapter_dim(4->8)", "batch_size(64->32)"):
+        _assert_frequency(sum(move in d for d in done), n, p / 3, move)
+    cloned = [child for child, d in samples if "clone(stage 2)" in d and "depth(2->1)" not in d]
+    assert cloned and all(child.route[1] == -1 - 3 for child in cloned)  # marks block 3's clone
+
+
+def test_mutation_prob_zero_and_one():
+    parent = TaskPath.root(3)
+    assert mutate(parent, 3, np.random.default_rng(0), 0.0) == (parent, [])
+    child, done = mutate(parent, 3, np.random.default_rng(0), 1.0)
+    assert sum(x.startswith("clone") for x in done) == 3
+    assert sum(x.startswith("adapter") for x in done) == 3
+    assert child.depth == 2 and len(done) == 3 + 3 + 1 + 1
+
+
+def test_path_is_a_deprecated_alias_of_task_path():
+    import keras_branch.search as search
+
+    with pytest.warns(DeprecationWarning, match="TaskPath"):
+        assert search.Path is TaskPath
+    assert "Path" not in search.__all__ and callable(search.evolve)
+
+
+# === The score ===
+
+
+def test_score_formula_on_numbers():
+    # 0.8 * 0.5 ** (3000 / 1000) = 0.8 / 8
+    assert score(0.8, 3000, 1000, 0.5) == pytest.approx(0.1, rel=1e-12)
+    assert score(0.8, 1234, 1000, 1.0) == 0.8  # s = 1: size does not count
+    # 0.6 * 0.9 ** 2 = 0.486
+    assert score(0.6, 500, 250, 0.9) == pytest.approx(0.486, rel=1e-12)
+
+
+def _two_stage_system():
+    # s1: Dense 7 -> 8 (7 * 8 + 8 = 64 params), s2: Dense 8 -> 4 (8 * 4 + 4 = 36):
+    # the root has 100 parameters.
+    inputs = keras.Input((7,))
+    x = keras.layers.Dense(8, name="s1")(inputs)
+    x = keras.layers.Dense(4, name="s2")(x)
+    net = keras.Model(inputs, x)
+    system = EvolvedSystem.from_root(backbones.from_keras_model(net, ["s1", "s2"]))
+    # Task a (binary) on the root path: its head reads 4 features (4 * 1 + 1).
+    task_a = Task("a", "binary")
+    system.install(task_a, TaskPath.root(2),
+                   {"head_a": [np.zeros((4, 1), "float32"), np.zeros((1,), "float32")]},
+                   {"quality": 0.9, "params": 105.0, "score": 0.0})
+    return system
+
+
+@pytest.mark.parametrize("path, accounted, want", [
+    # The root path, shared with a: 64 / 2 + 36 / 2 + head (4 + 1) * 3 = 65,
+    # score 0.8 * 0.5 ** 0.65.
+    (TaskPath.root(2), 65.0, 0.5098242509277),
+    # Its own clone of stage 2: 64 / 2 + 36 + 15 = 83, score 0.8 * 0.5 ** 0.83.
+    (TaskPath([0, 1], 2, [0, 0], dict(DEFAULT_HPARAMS)), 83.0, 0.4500233938755),
+    # Depth 1 plus an adapter of size 2 on 8 channels (LayerNorm 2 * 8, Dense
+    # 8 -> 2: 18, Dense 2 -> 8: 24, so 58); head reads 8 features: (8 + 1) * 3.
+    # 32 + 58 + 27 = 117, score 0.8 * 0.5 ** 1.17.
+    (TaskPath([0, 0], 1, [2, 0], dict(DEFAULT_HPARAMS)), 117.0, 0.3555370724666),
+])
+def test_score_of_a_path_on_a_hand_counted_system(path, accounted, want):
+    system = _two_stage_system()
+    assert system.root_params == 100
+    task_b = Task("b", "multiclass", classes=3)
+    params = system.accounted_params(task_b, path)
+    assert params == accounted
+    assert score(0.8, params, system.root_params, 0.5) == pytest.approx(want, rel=1e-10)
