@@ -44,7 +44,7 @@ from keras_branch.tasks import Task, as_tasks
 
 
 #: Defaults of the search, chosen on planted task groups (benchmarks/ltb_planted.py;
-#: the README has the measurements): without tied initialisation the tree follows
+#: docs/learning-to-branch.md has the measurements): without tied initialisation the tree follows
 #: the leaves' random weights, without the usage balance two groups often collapse
 #: onto one node, and without shared Gumbel noise a group is pulled apart in about
 #: one seed in five; a balance of 0.3 splits unequal groups.
