@@ -31,6 +31,9 @@ Methods (`METHODS`, each `method(data, backbone, recipe, seed) ->
   the extracted tree retrained from scratch under the recipe; with it
   `ltb_<budget>` (one per `--budgets` entry), the same search with supernet
   widths sized so every tree it can return fits the budget.
+* `evolved`: muNet evolution (`pretrain_and_evolve`) from a root pretrained
+  on all but the last alphabet pooled; `finetuned`: the same root, every
+  layer fine-tuned per task (one network per task), muNet's baseline.
 * `affinity_<budget>` (one per `--budgets` entry, e.g. `affinity_1.5x`):
   affinity search (probes `probe_epochs` long, shared by all budgets of a
   seed), the cheapest tree in budget retrained under the recipe.
@@ -60,6 +63,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from keras_branch import TreeSpec, backbones, build_model  # noqa: E402
+from keras_branch.build import block_name  # noqa: E402
 from keras_branch.augment import check_config  # noqa: E402
 from keras_branch.compiling import check_recipe  # noqa: E402
 from keras_branch.data import MultiTaskData, load_omniglot  # noqa: E402
@@ -67,10 +71,12 @@ from keras_branch.evaluation import evaluate, mean_metric  # noqa: E402
 from keras_branch.files import atomic_write_json  # noqa: E402
 from keras_branch.plots import plot_mixing_weights  # noqa: E402
 from keras_branch.search import learn_to_branch, task_affinity  # noqa: E402
+from keras_branch.search.evolution import pretrain_and_evolve, pretrain_root  # noqa: E402
 from keras_branch.search.learn_to_branch import undecided  # noqa: E402
 from keras_branch.search.tree_search import branch  # noqa: E402
 from keras_branch.soft_ordering_model import fit_soft_ordering  # noqa: E402
-from keras_branch.training import fit_spec  # noqa: E402
+from keras_branch.seeding import seeded_layers  # noqa: E402
+from keras_branch.training import fit_spec, train  # noqa: E402
 
 from keras_branch.zoo.cli import parse_seeds  # noqa: E402
 from keras_branch.zoo.measure import count_flops, mean_and_std, round_robin  # noqa: E402
@@ -135,8 +141,8 @@ def method_independent(data, backbone, recipe, seed):
     spec = TreeSpec.independent(data.task_names, backbone.num_stages)
     # The joint independent model (untrained) stands for the T networks in
     # parameter, FLOPs and latency accounting: the same blocks, run on one image.
-    keras.utils.set_random_seed(seed)
-    model = build_model(spec, backbone, data.tasks)
+    with seeded_layers(seed):
+        model = build_model(spec, backbone, data.tasks)
     return model, spec, {"metrics": metrics, "cost_model": "untrained joint independent model"}
 
 
@@ -223,8 +229,6 @@ def affinity_method(budget: str) -> Method:
 
 def method_evolved(data, backbone, recipe, seed):
     """muNet: a root pretrained on all but the last alphabet pooled, evolved to every task."""
-    from keras_branch.search.evolution import pretrain_and_evolve
-
     result = pretrain_and_evolve(
         data, backbone, root_epochs=recipe["epochs"], root_learning_rate=recipe["learning_rate"],
         root_schedule=recipe["schedule"], batch_size=recipe["batch_size"],
@@ -235,6 +239,35 @@ def method_evolved(data, backbone, recipe, seed):
     return result.model, result.system.spec, {"metrics": result.metrics["test"]}
 
 
+def method_finetuned(data, backbone, recipe, seed):
+    """muNet's baseline: the `evolved` root, every layer fine-tuned per task (one network each).
+
+    The root is `evolved`'s, made by the same call (all but the last
+    alphabet pooled, the recipe, the seed); each task then gets a copy of
+    its stem and stages plus a fresh head, trained on that task's samples
+    under the recipe. Parameters, FLOPs and latency are those of the joint
+    independent model (T networks on one image), as for `independent`.
+    """
+    root = pretrain_root(data, backbone, seed=seed, **_fit_kwargs(recipe)).model
+    trunk = [layer.name for layer in root.layers
+             if layer.name == "stem" or layer.name in
+             {block_name(d, 0) for d in range(backbone.num_stages)}]
+    metrics = {}
+    for name in data.task_names:
+        single = data.select_tasks([name])
+        with seeded_layers(seed):
+            model = build_model(TreeSpec.shared([name], backbone.num_stages), backbone,
+                                single.tasks)
+        for layer in trunk:
+            model.get_layer(layer).set_weights(root.get_layer(layer).get_weights())
+        run = train(model, single, seed=seed, verbose=0, log=None, **_fit_kwargs(recipe))
+        metrics.update(run.metrics["test"])
+    spec = TreeSpec.independent(data.task_names, backbone.num_stages)
+    with seeded_layers(seed):
+        model = build_model(spec, backbone, data.tasks)
+    return model, spec, {"metrics": metrics, "cost_model": "untrained joint independent model"}
+
+
 METHODS: dict[str, Method] = {
     "independent": method_independent,
     "shared": method_shared,
@@ -243,6 +276,7 @@ METHODS: dict[str, Method] = {
     "soft_ordering": ordering_method("soft"),
     "ltb": ltb_method(),
     "evolved": method_evolved,
+    "finetuned": method_finetuned,
 }
 
 

@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import warnings
 
-from keras_branch.search.evolution.loop import evolve, pretrain_and_evolve
+from keras_branch.search.evolution.loop import evolve, pretrain_and_evolve, pretrain_root
 from keras_branch.search.evolution.mutations import HPARAM_LISTS, MUTATIONS, mutate
 from keras_branch.search.evolution.selection import candidate_rng, quality, score, select_parent
 from keras_branch.search.evolution.state import STATE_FILE, SearchState
@@ -73,6 +73,7 @@ __all__ = [
     "evolve",
     "mutate",
     "pretrain_and_evolve",
+    "pretrain_root",
     "quality",
     "score",
     "select_parent",

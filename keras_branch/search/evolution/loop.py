@@ -37,6 +37,7 @@ from keras_branch.compiling import compile_model
 from keras_branch.data.multitask import MultiTaskData, pool_tasks
 from keras_branch.errors import SearchError
 from keras_branch.evaluation import evaluate
+from keras_branch.results import TrainResult
 from keras_branch.search.evolution.candidates import child_weights, train_candidate
 from keras_branch.search.evolution.mutations import mutate
 from keras_branch.search.evolution.selection import candidate_rng, score, select_parent
@@ -46,7 +47,7 @@ from keras_branch.search.result import SearchResult
 from keras_branch.spec import TreeSpec
 from keras_branch.training import fit_spec
 
-__all__ = ["evolve", "pretrain_and_evolve"]
+__all__ = ["evolve", "pretrain_and_evolve", "pretrain_root"]
 
 
 def evolve(
@@ -222,6 +223,38 @@ def evolve(
                         {"evolution": time.perf_counter() - began}, files)
 
 
+def pretrain_root(
+    data: MultiTaskData,
+    backbone: Backbone,
+    root_tasks: Sequence[str] | None = None,
+    seed: int = 0,
+    **kwargs: Any,
+) -> TrainResult:
+    """muNet's root: `backbone` trained on some tasks pooled into one classification task.
+
+    The root `pretrain_and_evolve` evolves from, and the one a per-task
+    fine-tuning baseline starts from.
+
+    Args:
+        data: multi-task data with multiclass `root_tasks`.
+        backbone: the root's architecture (fresh weights).
+        root_tasks: tasks pooled (`pool_tasks`) into the root's task
+            `"pooled"` (default: all but the last task).
+        seed: initialisation and shuffling seed.
+        **kwargs: the recipe, as `keras_branch.training.train` takes it.
+
+    Returns:
+        The root's `TrainResult` (a fully shared `BranchedModel` with the
+        one task `"pooled"`).
+    """
+    root_tasks = list(root_tasks) if root_tasks is not None else data.task_names[:-1]
+    if not root_tasks:
+        raise SearchError("`root_tasks` must name at least one task to pretrain the root on.")
+    pooled = pool_tasks(data, root_tasks)
+    return fit_spec(TreeSpec.shared(["pooled"], backbone.num_stages), backbone, pooled,
+                    seed=seed, verbose=0, log=None, **kwargs)
+
+
 def pretrain_and_evolve(
     data: MultiTaskData,
     backbone: Backbone,
@@ -260,16 +293,13 @@ def pretrain_and_evolve(
     Reference:
         Gesmundo & Dean, arXiv 2205.10937 (muNet).
     """
-    root_tasks = list(root_tasks) if root_tasks is not None else data.task_names[:-1]
-    if not root_tasks:
-        raise SearchError("`root_tasks` must name at least one task to pretrain the root on.")
-    pooled = pool_tasks(data, root_tasks)
     began = time.perf_counter()
-    root = fit_spec(TreeSpec.shared(["pooled"], backbone.num_stages), backbone, pooled,
-                    epochs=root_epochs, batch_size=batch_size, learning_rate=root_learning_rate,
-                    schedule=root_schedule, augment=augment, seed=seed, verbose=0, log=None)
+    root = pretrain_root(data, backbone, root_tasks, seed=seed, epochs=root_epochs,
+                         batch_size=batch_size, learning_rate=root_learning_rate,
+                         schedule=root_schedule, augment=augment)
     if log:
-        log(f"root on {root_tasks} pooled: test error {root.metrics['test']['pooled']['error']:.4f}")
+        log(f"root on {root_tasks or data.task_names[:-1]} pooled: test error "
+            f"{root.metrics['test']['pooled']['error']:.4f}")
     result = evolve(root.model, data.task_names, data, seed=seed, augment=augment, log=log,
                     **kwargs)
     result.scores["root_metrics"] = root.metrics
