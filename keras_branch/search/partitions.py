@@ -4,16 +4,25 @@ A partition of T tasks is written as a restricted growth string: a tuple of
 T group labels where the first task is in group 0 and each new group takes
 the next label (`(0, 0, 1, 0, 2)`). That form is canonical, so equal
 partitions are equal tuples.
+
+The beam search works on a second canonical form, `Blocks`: a tuple of group
+bitmasks (bit t set = task t in the group) ordered by each group's lowest
+task, which is the order of the string's labels (`(0, 0, 1, 0, 2)` is
+`(0b1011, 0b100, 0b10000)`). Hashing or comparing it costs one int per group
+rather than one per task.
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 
 Partition = tuple[int, ...]
+Blocks = tuple[int, ...]
 
 
 def canonical(labels: Sequence[int]) -> Partition:
@@ -52,6 +61,7 @@ def all_partitions(n: int) -> Iterator[Partition]:
     yield from extend([0], 0)
 
 
+@functools.cache  # the beam search asks for the same few sizes again and again
 def bell(n: int) -> int:
     """Number of partitions of n items."""
     row = [1]
@@ -88,6 +98,59 @@ def refinements(coarse: Partition) -> Iterator[Partition]:
 
 def count_refinements(coarse: Partition) -> int:
     return math.prod(bell(len(g)) for g in groups(coarse))
+
+
+# === Partitions as group bitmasks ===
+
+
+def lowest_bit(mask: int) -> int:
+    """The lowest set bit of a group mask (its first task, as a power of two): the sort key of `Blocks`."""
+    return mask & -mask
+
+
+def to_blocks(partition: Partition, tasks: Sequence[int] | None = None) -> Blocks:
+    """The group bitmasks of a restricted growth string, in label order.
+
+    `tasks` names the task of each label (default: label i belongs to task i).
+    """
+    masks = [0] * num_groups(partition)
+    for task, label in zip(range(len(partition)) if tasks is None else tasks, partition):
+        masks[label] |= 1 << task
+    return tuple(masks)
+
+
+def from_blocks(blocks: Blocks, num_tasks: int) -> Partition:
+    """The restricted growth string of group bitmasks ordered by lowest task."""
+    labels = [0] * num_tasks
+    for label, mask in enumerate(blocks):
+        for task in members(mask):
+            labels[task] = label
+    return tuple(labels)
+
+
+def members(mask: int) -> list[int]:
+    """Task indices of one group mask, ascending."""
+    return [task for task, bit in enumerate(reversed(bin(mask)[2:])) if bit == "1"]
+
+
+def count_block_refinements(coarse: Blocks) -> int:
+    """`count_refinements` of a partition given as group bitmasks."""
+    return math.prod(bell(mask.bit_count()) for mask in coarse)
+
+
+def block_refinements(coarse: Blocks) -> Iterator[Blocks]:
+    """`refinements` of group bitmasks, as group bitmasks and in the same order.
+
+    `refinements` varies the split of the first group slowest and splits each
+    group in `all_partitions` order; `itertools.product` over the groups'
+    splits has that order.
+    """
+    splits = []
+    for mask in coarse:
+        tasks = members(mask)
+        splits.append([to_blocks(sub, tasks) for sub in all_partitions(len(tasks))])
+    for combination in itertools.product(*splits):
+        yield tuple(sorted(itertools.chain.from_iterable(combination), key=lowest_bit))
 
 
 def adjusted_rand_index(a: Sequence[int], b: Sequence[int]) -> float:
