@@ -14,7 +14,6 @@ The folder, written atomically (a temporary sibling, renamed at the end):
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 from collections.abc import Callable, Sequence
@@ -30,7 +29,7 @@ from keras_branch.export import saved_model as _saved_model
 from keras_branch.export import tflite as _tflite
 from keras_branch.export.parity import ParityResult, check_parity
 from keras_branch.export.subset import subset_model
-from keras_branch.files import atomic_path
+from keras_branch.files import atomic_path, strict_json
 from keras_branch.saving import load_task_model
 from keras_branch.task_model import TaskModel
 
@@ -274,8 +273,7 @@ def export_model(
             "parity": None if parity is None else parity.to_dict(),
         }
         with open(os.path.join(tmp, MANIFEST), "w", encoding="utf-8") as f:
-            json.dump(manifest, f, indent=2, allow_nan=True)
-            f.write("\n")
+            f.write(strict_json(manifest, os.path.join(out_dir, MANIFEST)) + "\n")
     files = {fmt: os.path.join(out_dir, rel[fmt]) for fmt in written}
     return ExportResult(
         out_dir=out_dir, files=files, sizes=sizes, signatures=keys,

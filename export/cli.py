@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from keras_branch.cli_args import add_out_arguments, positive_int, seed
+from keras_branch.cli_args import DATA_HELP, add_out_arguments, examples, positive_int, seed
 from keras_branch.data import load_data
 from keras_branch.errors import ExportError
 from keras_branch.export.api import DEFAULT_FORMATS, export_model, parse_formats
@@ -42,7 +42,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     'run/export'
     """
     p = subparsers.add_parser(
-        "export", help="export a model to SavedModel and TFLite, optionally checked"
+        "export", help="export a model to SavedModel and TFLite, optionally checked",
+        epilog=examples("keras-branch export run/model.keras --out run/export --data planted "
+                        "--check"),
     )
     p.add_argument("model", help="the .keras file of a keras_branch model")
     add_out_arguments(p, "export folder to create")
@@ -51,8 +53,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--tasks", default=None,
                    help="comma-separated task names (or keys): export only these tasks")
     p.add_argument("--data", default=None,
-                   help="'planted[:opts]', 'omniglot:PATH' or 'npz:PATH': calibrates "
-                        "tflite-int8 (required for it) and feeds --check")
+                   help=f"{DATA_HELP}: calibrates tflite-int8 (required for it) and feeds "
+                        f"--check")
     p.add_argument("--check", action="store_true",
                    help="compare every format with Keras; exit 1 if one is out of tolerance")
     p.add_argument("--int8-io", action="store_true",

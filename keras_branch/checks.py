@@ -13,6 +13,14 @@ from typing import Any
 
 import numpy as np
 
+#: The widest adapter bottleneck (`TreeSpec.adapters`, `keras_branch.layers.Adapter`).
+#: An adapter is a bottleneck narrower than its stage's channels (a few
+#: thousand at most in the backbones keras_branch builds: ResNet-50's last
+#: stage has 2048); 2**16 leaves room for any such stage, while a width far
+#: beyond it asks for gigabytes of weights and would end in TensorFlow's
+#: ResourceExhaustedError instead of an error naming the field.
+MAX_ADAPTER_WIDTH = 2**16
+
 
 def _int_range(minimum: int | None, maximum: int | None) -> str:
     if minimum is not None and maximum is not None:
@@ -98,3 +106,32 @@ def check_number(
         bound = "" if minimum is None else (f" >= {minimum:g}" if inclusive else f" > {minimum:g}")
         raise error(f"`{field}` must be a finite number{bound}. Received: {field}={value!r}")
     return float(value)
+
+
+def check_utf8(value: str, field: str, error: type[Exception] = ValueError) -> str:
+    """`value` unchanged when UTF-8 can encode it (a string without lone surrogates).
+
+    A name such as `"a\\udc80"` (from `os.fsdecode` of bad bytes, or a JSON
+    escape) is a valid Python string that no file, log or terminal in UTF-8
+    can take: it would crash later, while printing or saving.
+
+    Args:
+        value: the string.
+        field: the argument's name, for the message.
+        error: the exception type to raise.
+
+    Returns:
+        `value`.
+
+    Example:
+    >>> check_utf8("a\\udc80", "name")
+    Traceback (most recent call last):
+    ...
+    ValueError: `name` must be text UTF-8 can encode (no lone surrogates). Received: name='a\\udc80'
+    """
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise error(f"`{field}` must be text UTF-8 can encode (no lone surrogates). "
+                    f"Received: {field}={value!r}") from None
+    return value

@@ -17,8 +17,10 @@ from keras_branch import backbones, distribute
 from keras_branch.augment import check_config
 from keras_branch.callbacks import EpochLogger
 from keras_branch.cli_args import (
+    DATA_HELP,
     OneLineParser,
     add_out_arguments,
+    examples,
     key_values,
     non_negative_float,
     non_negative_int,
@@ -272,14 +274,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
     """--data, --backbone, --backbone-arg and --image-size, shared by train and search."""
-    parser.add_argument("--data", required=True,
-                        help="'planted[:opts]', 'omniglot:PATH' or 'npz:PATH'")
+    parser.add_argument("--data", required=True, help=DATA_HELP)
     parser.add_argument("--backbone", default="auto",
                         help=f"{', '.join(backbones.BUILTIN)} (auto: mlp for vectors, "
                              f"convnet4 for images)")
     parser.add_argument("--backbone-arg", action="append", default=[], metavar="KEY=VALUE",
                         help="backbone argument, VALUE as JSON (e.g. widths=[64,64,32])")
-    parser.add_argument("--image-size", type=positive_int, default=32)
+    parser.add_argument("--image-size", type=positive_int, default=32,
+                        help="image side in pixels (image data sets)")
 
 
 def _refuse_existing_out(args: argparse.Namespace) -> None:
@@ -293,34 +295,50 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="keras-branch",
         description="Decide which layers a multi-task Keras network should share.",
+        epilog=examples("keras-branch demo",
+                        "keras-branch search --data planted --budget 2x --out search",
+                        "keras-branch train --spec search/tree.json --data planted --out run"),
     )
     try:
         installed = version("keras_branch")
     except PackageNotFoundError:  # run from a source tree that is not installed
         installed = "unknown (not installed)"
     parser.add_argument("--version", action="version", version=f"keras-branch {installed}")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show TensorFlow's own log lines and warnings (the console "
+                             "script hides them otherwise); give it before the subcommand")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="search, train and save a tree on built-in data")
-    demo.add_argument("--out", default="keras_branch_demo", help="run folder (replaced)")
-    demo.add_argument("--epochs", type=positive_int, default=20)
-    demo.add_argument("--seed", type=seed, default=0)
-    demo.add_argument("--probe-epochs", type=positive_int, default=3)
+    demo = sub.add_parser("demo", help="search, train and save a tree on built-in data",
+                          epilog=examples("keras-branch demo --seed 1 --out demo1"))
+    demo.add_argument("--out", default="keras_branch_demo",
+                      help="run folder (replaced when keras-branch wrote it)")
+    demo.add_argument("--epochs", type=positive_int, default=20,
+                      help="training epochs of the tree and the baselines")
+    demo.add_argument("--seed", type=seed, default=0, help="data, probe and initialisation seed")
+    demo.add_argument("--probe-epochs", type=positive_int, default=3,
+                      help="training epochs of each affinity probe")
     demo.add_argument("--no-baselines", action="store_true",
                       help="skip the fully shared and independent baselines")
     demo.set_defaults(func=cmd_demo)
 
-    train = sub.add_parser("train", help="train the model a tree spec describes")
+    train = sub.add_parser(
+        "train", help="train the model a tree spec describes",
+        epilog=examples("keras-branch train --spec tree.json --data planted --epochs 20 --out run",
+                        "keras-branch train --model soft-ordering --data omniglot:images.zip "
+                        "--out run"))
     train.add_argument("--spec", help="tree spec JSON file (required with --model tree)")
     train.add_argument("--model", default="tree",
                        choices=("tree", "soft-ordering", "parallel", "permuted"),
                        help="tree: the spec's branched model; soft-ordering, parallel, permuted: "
                             "a shared pool of layers mixed per task (soft layer ordering)")
     _add_data_arguments(train)
-    train.add_argument("--epochs", type=positive_int, default=10)
-    train.add_argument("--batch-size", type=positive_int, default=32)
-    train.add_argument("--learning-rate", type=positive_float, default=1e-3)
-    train.add_argument("--seed", type=seed, default=0)
+    train.add_argument("--epochs", type=positive_int, default=10, help="training epochs")
+    train.add_argument("--batch-size", type=positive_int, default=32,
+                       help="global batch size (split across replicas)")
+    train.add_argument("--learning-rate", type=positive_float, default=1e-3,
+                       help="peak learning rate (Adam, or AdamW with --weight-decay)")
+    train.add_argument("--seed", type=seed, default=0, help="initialisation and shuffling seed")
     add_out_arguments(train, "run folder to write")
     train.add_argument("--progress", choices=("short", "keras", "none"), default="short",
                        help="one line per epoch (short), Keras' progress bar, or nothing")
@@ -345,7 +363,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="write TensorBoard logs (per-task losses and metrics per epoch)")
     train.set_defaults(func=cmd_train)
 
-    search = sub.add_parser("search", help="search a tree spec under a parameter budget")
+    search = sub.add_parser(
+        "search", help="search a tree spec under a parameter budget",
+        epilog=examples("keras-branch search --data planted --budget 2x --out search",
+                        "keras-branch search --method ltb --data planted --widths 1,3,8 "
+                        "--out ltb"))
     search.add_argument("--method", default="affinity", choices=("affinity", "ltb"),
                         help="affinity: RSA task affinity + budgeted tree search; "
                              "ltb: Learning to Branch (a supernet of BranchPoints)")
@@ -353,13 +375,16 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--budget", help="parameters (e.g. 150000) or a multiple of the "
                         "fully shared model (e.g. 2x); ltb: sizes the supernet so every tree "
                         "it can return fits (instead of --widths)")
-    search.add_argument("--probe-epochs", type=positive_int, default=5)
+    search.add_argument("--probe-epochs", type=positive_int, default=5,
+                        help="affinity: training epochs of each task's probe")
     search.add_argument("--num-inputs", type=positive_int, default=256,
                         help="held-out inputs compared across probes (K)")
-    search.add_argument("--batch-size", type=positive_int, default=64)
+    search.add_argument("--batch-size", type=positive_int, default=64,
+                        help="batch size of the probes (affinity) or the supernet (ltb)")
     search.add_argument("--search", default="auto", choices=("auto", "exhaustive", "beam"),
                         help="tree search: exact up to 8 tasks (auto), beam beyond")
-    search.add_argument("--seed", type=seed, default=0)
+    search.add_argument("--seed", type=seed, default=0,
+                        help="initialisation, shuffling and sampling seed")
     search.add_argument("--widths", help="ltb: nodes per stage, e.g. 1,3,8 for 8 tasks (default: "
                         "2, 4, ... growing to one per task); a last stage narrower than the "
                         "task count makes the heads choose too")
@@ -379,11 +404,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_out_arguments(search, "folder to write")
     search.set_defaults(func=cmd_search)
 
-    ev = sub.add_parser("evaluate", help="re-score a saved model")
+    ev = sub.add_parser(
+        "evaluate", help="re-score a saved model",
+        epilog=examples("keras-branch evaluate --model run --data planted --out metrics.json"))
     ev.add_argument("--model", required=True, help="model.keras file, or a run folder holding one")
-    ev.add_argument("--data", required=True, help="'planted[:opts]', 'omniglot:PATH' or 'npz:PATH'")
-    ev.add_argument("--split", default="test")
-    ev.add_argument("--batch-size", type=positive_int, default=256)
+    ev.add_argument("--data", required=True, help=DATA_HELP)
+    ev.add_argument("--split", default="test", help="the split to score")
+    ev.add_argument("--batch-size", type=positive_int, default=256, help="evaluation batch size")
     ev.add_argument("--out", help="write the metrics as JSON here (refused if it exists)")
     ev.add_argument("--overwrite", action="store_true",
                     help="replace an existing --out file (never a folder keras-branch did not write)")

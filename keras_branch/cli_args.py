@@ -20,11 +20,56 @@ from typing import Any
 MAX_SEED = 2**32 - 1
 
 
+#: What `--data` takes, in every subcommand's help.
+DATA_HELP = ("'planted[:opts]', 'omniglot:PATH', 'celeba[:opts]' or 'npz:PATH' "
+             "(your own arrays, see keras_branch.data.arrays)")
+
+
+def examples(*lines: str) -> str:
+    """A `--help` epilog of example command lines.
+
+    Args:
+        *lines: the command lines, each shown on its own indented line.
+
+    Returns:
+        The epilog text (for a parser with `HelpFormatter`, which keeps it as written).
+
+    Example:
+    >>> print(examples("keras-branch demo"))
+    example:
+      keras-branch demo
+    """
+    return ("examples:" if len(lines) > 1 else "example:") + "".join(f"\n  {line}" for line in lines)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """`--help` with every default shown and the epilog's example lines kept as written.
+
+    A flag's default is appended as `(default: ...)` unless its help already
+    says what the default is, or it has none to show (None, an empty list,
+    an off switch).
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help = action.help or ""
+        default = action.default
+        nothing = default is None or default is False or default == [] \
+            or default is argparse.SUPPRESS  # `is`: a default of 0 is shown
+        if nothing or "default" in help.lower():
+            return help
+        return super()._get_help_string(action)
+
+
 class OneLineParser(argparse.ArgumentParser):
     """An `ArgumentParser` whose errors are one line (no usage block) and exit 2.
 
-    Subparsers made by `add_subparsers` inherit the class.
+    Its help shows every default (`HelpFormatter`). Subparsers made by
+    `add_subparsers` inherit the class.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         message = " ".join(str(message).split())

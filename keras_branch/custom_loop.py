@@ -72,7 +72,7 @@ def fit_custom_loop(
         model = build_model(spec, backbone, tasks)
         optimizer = keras.optimizers.Adam(learning_rate)
         optimizer.build(model.trainable_variables)
-    losses = {t.key: MaskedLoss(t.kind, reduction=None) for t in tasks}
+    losses = {t.key: MaskedLoss(t.kind, reduction=None, task=t.name) for t in tasks}
     weights = {t.key: t.loss_weight for t in tasks}
 
     first_epoch, history = 0, {}

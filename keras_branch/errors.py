@@ -31,6 +31,10 @@ class OutputExistsError(KerasBranchError):
     """An output path exists and overwriting was not asked for."""
 
 
+class OutputError(KerasBranchError):
+    """An output cannot be written as asked (e.g. NaN in a file that must be standard JSON)."""
+
+
 class ModelFileError(KerasBranchError):
     """A model file is missing, unreadable, or not a keras_branch model."""
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from typing import Any
 
-from keras_branch.errors import OutputExistsError
+from keras_branch.errors import OutputError, OutputExistsError
 
 # Written into every folder keras_branch creates; only such folders are ever removed.
 OWNER_MARKER = ".keras-branch"
@@ -127,9 +128,63 @@ def atomic_write_text(path: str | os.PathLike, text: str, overwrite: bool = True
             os.fsync(f.fileno())
 
 
+def strict_json(data: Any, what: str, indent: int | None = 2) -> str:
+    """`data` as standard JSON text: NaN and infinity are refused, never written.
+
+    Python's `json` writes them as the tokens `NaN` and `Infinity`, which
+    standard JSON (RFC 8259) and most readers other than Python refuse.
+
+    Args:
+        data: JSON-ready data.
+        what: the file or object being written, for the message.
+        indent: as `json.dumps`.
+
+    Returns:
+        The JSON text.
+
+    Raises:
+        OutputError: naming `what` and where in `data` a non-finite number is.
+
+    Example:
+    >>> strict_json({"loss": float("nan")}, "m.json")
+    Traceback (most recent call last):
+    ...
+    keras_branch.errors.OutputError: Cannot write 'm.json' as standard JSON: ["loss"] is nan (JSON has no NaN or infinity).
+    """
+    try:
+        return json.dumps(data, indent=indent, allow_nan=False)
+    except ValueError:
+        where, value = _first_non_finite(data)
+        raise OutputError(f"Cannot write {what!r} as standard JSON: {where or 'the value'} is "
+                          f"{value!r} (JSON has no NaN or infinity).") from None
+
+
+def _first_non_finite(data: Any, where: str = "") -> tuple[str, Any]:
+    """The place (`["a"][0]`) and value of the first NaN or infinity in `data`, else ("", None)."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return where, data
+    if isinstance(data, dict):
+        items = ((f"[{json.dumps(str(k))}]", v) for k, v in data.items())
+    elif isinstance(data, (list, tuple)):
+        items = ((f"[{i}]", v) for i, v in enumerate(data))
+    else:
+        return "", None
+    for step, value in items:
+        found = _first_non_finite(value, where + step)
+        if found[0]:
+            return found
+    return "", None
+
+
 def atomic_write_json(path: str | os.PathLike, data: Any, overwrite: bool = True) -> None:
-    """Writes `data` as indented JSON to `path`, atomically (see `atomic_path`)."""
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n", overwrite=overwrite)
+    """Writes `data` as indented standard JSON to `path`, atomically (see `atomic_path`).
+
+    Raises:
+        OutputError: `data` holds NaN or infinity (see `strict_json`);
+            nothing is written then.
+    """
+    text = strict_json(data, os.fspath(path))
+    atomic_write_text(path, text + "\n", overwrite=overwrite)
 
 
 def _temp_prefix(stem: str) -> str:
@@ -138,16 +193,28 @@ def _temp_prefix(stem: str) -> str:
     return f".{stem}.kbtmp-"
 
 
+# The temporaries this process is writing now (`atomic_path`), by path.
+_WRITING: set[str] = set()
+
+
 def _remove_stale_temporaries(parent: str, stem: str, suffix: str) -> None:
-    """Removes temporaries of `atomic_path` for the same target whose writer is gone."""
+    """Removes temporaries of `atomic_path` for the same target whose writer is gone.
+
+    The writer is gone when no process has its pid, or when the pid is this
+    process's own but this process is not writing that temporary (a killed
+    run whose pid came back, as happens in containers).
+    """
     prefix, end = _temp_prefix(stem), f".tmp{suffix}"
     for name in os.listdir(parent):
         if not (name.startswith(prefix) and name.endswith(end)):
             continue
         pid_text = name[len(prefix):].split("-", 1)[0]
-        if not pid_text.isdigit() or _process_alive(int(pid_text)):
+        if not pid_text.isdigit():
             continue
-        _remove(os.path.join(parent, name))
+        entry = os.path.join(parent, name)
+        pid = int(pid_text)
+        if (pid == os.getpid() and entry not in _WRITING) or not _process_alive(pid):
+            _remove(entry)
 
 
 def _process_alive(pid: int) -> bool:
@@ -170,7 +237,9 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = True) -> Iterator[str
     ends in `.keras`). A folder written there gets keras_branch's marker
     (`OWNER_MARKER`). On an exception the temporary file or folder is removed
     and `path` is left as it was. Temporaries for the same `path` left by a
-    process that was killed mid-write are removed first.
+    process that was killed mid-write (`.NAME.kbtmp-PID-*.tmp[SUFFIX]`,
+    whose PID no longer runs, or is this process's own) are removed first;
+    nothing else beside `path` is touched.
 
     With `overwrite`, an existing file at `path` is replaced, and so is an
     existing folder that keras_branch created; any other folder is refused.
@@ -197,6 +266,7 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = True) -> Iterator[str
                                suffix=f".tmp{suffix}", dir=parent)
     os.close(fd)
     os.remove(tmp)  # the writer creates it (a file or a folder)
+    _WRITING.add(tmp)
     try:
         yield tmp
         if os.path.isdir(tmp) and not os.path.islink(tmp):
@@ -209,3 +279,5 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = True) -> Iterator[str
     except BaseException:
         _remove(tmp)
         raise
+    finally:
+        _WRITING.discard(tmp)

@@ -8,6 +8,15 @@ NaN for regression tasks. Such a (sample, task) pair
   per-sample loss is multiplied by a 0/1 mask before reduction, and
 * is skipped by the metrics, which see it with sample weight 0.
 
+Labels a task cannot take (a binary label of 2, a class index past the
+head's width, an infinite regression target, a negative label other than
+-1) stop training: `MaskedLoss` checks every batch with a TensorFlow
+assertion naming the task, which runs inside `tf.function` and under a
+`tf.distribute` strategy and raises `InvalidArgumentError`. XLA drops
+assertions (`jit_compile=True`, which `compile_model` never sets): such a
+batch then gets a NaN loss instead, which `keras.callbacks.TerminateOnNaN`
+(and `keras_branch.training.train`) stop on.
+
 A task's loss on a batch is the sum of its labelled samples' losses divided by
 the batch size (Keras' `sum_over_batch_size`). With one task labelled per
 sample (Omniglot), the total loss is then the mean over samples of each
@@ -20,6 +29,7 @@ from __future__ import annotations
 from typing import Any
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 _KINDS = ("multiclass", "binary", "regression")
@@ -33,6 +43,32 @@ def label_mask(y_true: Any, kind: str) -> Any:
     else:
         present = ops.greater_equal(ops.cast(y, "float32"), 0.0)
     return ops.cast(present, "float32")
+
+
+def label_validity(y: Any, kind: str, classes: int | None = None) -> tuple[Any, str]:
+    """Which labels a task can take (missing ones included), and the rule in words.
+
+    Multiclass: -1 or an integer below `classes`; binary: -1, 0 or 1;
+    regression: anything but infinity (NaN is missing).
+
+    Args:
+        y: float labels, shape [batch].
+        kind: the task kind.
+        classes: the head's width (multiclass): an int, or a scalar tensor.
+
+    Returns:
+        A boolean tensor [batch] and the rule, for an error message.
+    """
+    if kind == "regression":
+        return ops.logical_not(ops.isinf(y)), "finite numbers (NaN for a missing label)"
+    if kind == "binary":
+        top, rule = 1.0, "0 or 1"
+    elif isinstance(classes, int):
+        top, rule = float(classes - 1), f"class indices 0 to {classes - 1}"
+    else:  # a width known only when the graph runs
+        top, rule = ops.cast(classes, "float32") - 1.0, "class indices below the width of the head"
+    # y is an integer from -1 to `top` exactly when rounding and clipping leave it as it is.
+    return ops.equal(y, ops.clip(ops.round(y), -1.0, top)), f"{rule} (-1 for a missing label)"
 
 
 def _safe_labels(y_true: Any, kind: str) -> tuple[Any, Any]:
@@ -51,12 +87,17 @@ def _safe_labels(y_true: Any, kind: str) -> tuple[Any, Any]:
 class MaskedLoss(keras.losses.Loss):
     """Per-task loss that ignores missing labels (-1, or NaN for regression).
 
+    Labels the task cannot take raise `tf.errors.InvalidArgumentError`
+    naming the task (see the module doc); missing labels never do.
+
     Args:
         kind: `"multiclass"` (sparse categorical cross-entropy on
             probabilities), `"binary"` (binary cross-entropy on a sigmoid
             output) or `"regression"` (squared error).
         name: loss name.
         reduction: Keras reduction; the default divides by the batch size.
+        dtype: the loss's dtype (Keras' `Loss` argument).
+        task: the task's name, for the error on a bad label (default: `name`).
 
     Example:
     >>> loss = MaskedLoss("multiclass")
@@ -71,6 +112,7 @@ class MaskedLoss(keras.losses.Loss):
         name: str | None = None,
         reduction: str = "sum_over_batch_size",
         dtype: Any = None,
+        task: str | None = None,
     ):
         if kind not in _KINDS:
             raise ValueError(
@@ -78,24 +120,44 @@ class MaskedLoss(keras.losses.Loss):
             )
         super().__init__(name=name or f"masked_{kind}", reduction=reduction, dtype=dtype)
         self.kind = kind
+        self.task = task
 
     def call(self, y_true, y_pred):
-        safe, mask = _safe_labels(y_true, self.kind)
-        if self.kind == "multiclass":
-            per_sample = keras.losses.sparse_categorical_crossentropy(safe, y_pred)
-        elif self.kind == "binary":
-            per_sample = keras.losses.binary_crossentropy(
-                safe, ops.reshape(y_pred, (-1, 1))
-            )
+        y = ops.reshape(ops.cast(y_true, "float32"), (-1,))
+        if self.kind == "regression":
+            present = ops.logical_not(ops.isnan(y))
         else:
-            diff = ops.reshape(y_pred, (-1, 1)) - safe
-            per_sample = ops.mean(ops.square(diff), axis=-1)
-        per_sample = ops.reshape(per_sample, (-1,))
-        return per_sample * ops.cast(mask, per_sample.dtype)
+            present = ops.greater_equal(y, 0.0)
+        classes = y_pred.shape[-1] if y_pred.shape[-1] is not None else ops.shape(y_pred)[-1]
+        valid, rule = label_validity(y, self.kind, classes)
+        smallest_bad = ops.min(ops.where(valid, float("inf"), y))
+        tf.debugging.Assert(
+            ops.all(valid),
+            [f"Task `{self.task or self.name}` ({self.kind}): labels must be {rule}. Received "
+             f"the label", smallest_bad],
+            name="check_labels",
+        )
+        # Missing and bad labels get a placeholder (a bad index never reaches the
+        # cross-entropy, whose own error names no task); missing ones then weigh 0.
+        kept = ops.logical_and(present, valid)
+        if self.kind == "multiclass":
+            safe = ops.where(kept, ops.cast(y, "int32"), 0)
+            per_sample = keras.losses.sparse_categorical_crossentropy(safe, y_pred)
+        else:
+            safe = ops.reshape(ops.where(kept, y, 0.0), (-1, 1))
+            if self.kind == "binary":
+                per_sample = keras.losses.binary_crossentropy(safe, ops.reshape(y_pred, (-1, 1)))
+            else:
+                per_sample = ops.mean(ops.square(ops.reshape(y_pred, (-1, 1)) - safe), axis=-1)
+        per_sample = ops.reshape(per_sample, (-1,)) * ops.cast(present, per_sample.dtype)
+        # Where assertions are dropped (XLA), a bad label makes the loss NaN, which stops
+        # training, with no gradient through it (the weights stay finite).
+        return ops.where(valid, per_sample, ops.cast(float("nan"), per_sample.dtype))
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config["kind"] = self.kind
+        config["task"] = self.task
         return config
 
 

@@ -25,10 +25,12 @@ depth are neither built nor counted for it. Adapters are owned by their task.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from keras_branch.checks import MAX_ADAPTER_WIDTH, check_int, check_utf8
 from keras_branch.errors import SpecError
 from keras_branch.files import atomic_write_text
 
@@ -50,9 +52,11 @@ class TreeSpec:
             last used stage.
         adapters: optional task -> one int per stage: the width of a
             zero-initialised residual adapter (`keras_branch.layers.Adapter`)
-            after that stage, 0 for none. Adapters belong to their task.
+            after that stage, 0 for none, at most `MAX_ADAPTER_WIDTH`
+            (2**16). Adapters belong to their task.
         hparams: optional task -> dict of JSON scalars (the per-task recipe
-            evolution found). Not used by the builder.
+            evolution found; numbers finite, as strict JSON has no NaN or
+            infinity). Not used by the builder.
 
     Raises:
         SpecError: naming the field and the value received, for anything
@@ -501,6 +505,7 @@ def _validate_tasks(tasks: Any) -> list[str]:
             raise SpecError(
                 f"Every entry of `tasks` must be a non-empty string. Received: {_short(name)}"
             )
+        check_utf8(name, "tasks", error=SpecError)
         if name in seen:
             raise SpecError(f"Duplicate task name in `tasks`: {name!r}")
         seen.add(name)
@@ -584,11 +589,9 @@ def _validate_adapters(adapters: Any, tasks: list[str], num_stages: int) -> dict
                 f"({num_stages}), 0 for none. Received: {_short(dims)}"
             )
         for d, dim in enumerate(dims):
-            if isinstance(dim, bool) or not isinstance(dim, int) or dim < 0:
-                raise SpecError(
-                    f"`adapters[{task!r}][{d}]` must be a non-negative integer width. "
-                    f"Received: {_short(dim)}"
-                )
+            # 0: no adapter; the bound keeps a typo (or 10**18) from allocating the machine away.
+            check_int(dim, f"adapters[{task!r}][{d}]", minimum=0, maximum=MAX_ADAPTER_WIDTH,
+                      error=SpecError)
         if any(dims):
             result[task] = [int(d) for d in dims]
     return result
@@ -608,6 +611,11 @@ def _validate_hparams(hparams: Any, tasks: list[str]) -> dict[str, dict[str, Any
                 raise SpecError(
                     f"`hparams[{task!r}]` values must be JSON scalars. "
                     f"Received: {_short(name)}: {_short(value)}"
+                )
+            if isinstance(value, float) and not math.isfinite(value):
+                raise SpecError(
+                    f"`hparams[{task!r}][{name!r}]` must be a finite number (JSON has no NaN "
+                    f"or infinity). Received: hparams[{task!r}][{name!r}]={value!r}"
                 )
         if values:
             result[task] = dict(values)

@@ -14,6 +14,7 @@ from typing import Any
 
 import keras
 
+from keras_branch.checks import check_utf8
 from keras_branch.errors import SpecError, TaskError
 from keras_branch.masked import MaskedLoss, MaskedMetric
 
@@ -44,8 +45,9 @@ class Task:
     """One prediction task of a multi-task model.
 
     Args:
-        name: free-text task name (any non-empty string). Reports and metric
-            files use it as given; the model's output key is `Task.key`.
+        name: free-text task name (any non-empty string UTF-8 can encode, so
+            no lone surrogates). Reports and metric files use it as given;
+            the model's output key is `Task.key`.
         kind: `"multiclass"` (softmax over `classes`, integer labels
             `0..classes-1`), `"binary"` (one sigmoid unit, labels 0/1) or
             `"regression"` (one linear unit, float labels).
@@ -74,6 +76,7 @@ class Task:
             raise TaskError(
                 f"Task `name` must be a non-empty string. Received: name={name!r}"
             )
+        check_utf8(name, "name", error=TaskError)
         if kind not in KINDS:
             raise TaskError(
                 f"Task {name!r}: `kind` must be one of {list(KINDS)}. "
@@ -152,7 +155,7 @@ class Task:
         return keras.layers.Dense(self.units, activation=self.activation, name=name, dtype="float32")
 
     def make_loss(self) -> MaskedLoss:
-        return MaskedLoss(self.kind, name=f"{self.kind}_loss")
+        return MaskedLoss(self.kind, name=f"{self.kind}_loss", task=self.name)
 
     def make_metrics(self) -> list[MaskedMetric]:
         if self.kind == MULTICLASS:

@@ -130,3 +130,33 @@ def test_search_cli_rejects_impossible_budget(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "No tree fits `budget`=1000" in err and "\n" not in err
     assert not (tmp_path / "s").exists()
+
+
+def _without_train_labels(task_name):
+    from keras_branch.data import MultiTaskData, Split
+
+    data = planted_groups(group_sizes=(2, 1), num_train=40, num_validation=40, num_test=10)
+    train = data.split("train")
+    y = dict(train.y)
+    y[task_name] = np.full(len(train), np.nan, "float32")  # an all-missing regression task
+    return MultiTaskData(data.tasks, {**data.splits, "train": Split(train.x, y)}, name="holes")
+
+
+def test_a_task_without_training_labels_is_refused_before_any_probe(tmp_path, capsys):
+    from keras_branch.data import save_npz
+    from keras_branch.search import task_affinity
+
+    data = _without_train_labels("g1_t0")
+    with pytest.raises(SearchError) as err:
+        task_affinity(data, backbones.mlp(100, widths=(8, 8, 4)), probe_epochs=1, num_inputs=8,
+                      log=pytest.fail)  # no probe may start
+    assert str(err.value) == (
+        "Task(s) ['g1_t0'] of 'holes' have no labelled training sample (every label missing): "
+        "their probes would train on nothing. Remove them from the data or label some samples.")
+    save_npz(tmp_path / "holes.npz", data)
+    out = tmp_path / "search"
+    assert main(["search", "--data", f"npz:{tmp_path / 'holes.npz'}", "--budget", "2x",
+                 "--probe-epochs", "1", "--num-inputs", "8", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("keras-branch search: error: Task(s) ['g1_t0']"), err
+    assert not out.exists()

@@ -137,6 +137,17 @@ def test_demo_prints_one_line_per_task(tmp_path, capsys):
     assert (tmp_path / "demo" / "search" / "tree.json").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_demo_tree_beats_both_baselines(tmp_path, capsys, seed):
+    # Measured (2 CPU cores, about 50 s each): mean test mse of tree / shared / independent
+    # 0.1364 / 0.1424 / 0.1719 (seed 0), 0.1405 / 0.1612 / 0.1814 (1), 0.1381 / 0.1412 / 0.1766 (2).
+    assert main(["demo", "--seed", str(seed), "--out", str(tmp_path / "demo")]) == 0
+    rows = {line[:14].strip(): float(line.split()[-1]) for line in capsys.readouterr().out.splitlines()
+            if line.startswith(("found tree ", "fully shared ", "independent "))}
+    assert rows["found tree"] < min(rows["fully shared"], rows["independent"]), rows
+
+
 # === Bad input: exit status 2 and one line naming field and value ===
 
 
@@ -532,3 +543,201 @@ def test_the_printed_train_command_builds_the_searched_model(tmp_path, capsys):
     data = load_data(PLANTED)
     expected = spec.count_params(backbones.mlp(100, widths=[8, 8, 4]), data.tasks)
     assert load_task_model(run / "model.keras").count_params() == expected
+
+
+# === Issue 18: bad files, bad specs, stale temporaries, help, quiet console ===
+
+
+def _one_line_error(capsys, command):
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err, err
+    assert err.startswith(f"keras-branch {command}: error: "), err
+    return err
+
+
+def _bad_data_files(tmp_path):
+    """`--data` values whose files are not what they claim, with the fragment of their error."""
+    import pickle
+    import zipfile
+
+    import tensorflow as tf
+
+    (tmp_path / "pickle.npz").write_bytes(pickle.dumps({"x_train": [1, 2]}))
+    np.savez(tmp_path / "ragged.npz", tasks=np.array('[{"name": "a", "kind": "binary"}]'),
+             x_train=np.array([[1.0], [2.0, 3.0]], dtype=object), y_train_0=np.array([0, 1]))
+    np.savez(tmp_path / "surrogate.npz", tasks=np.array(
+        json.dumps([{"name": "a\udc80", "kind": "binary"}])), x_train=np.zeros((2, 2)),
+        y_train_0=np.array([0, 1]))
+    png = tf.io.encode_png(tf.zeros((8, 8, 1), tf.uint8)).numpy()
+    with zipfile.ZipFile(tmp_path / "fake.zip", "w") as z:
+        for character in ("character01", "character02"):
+            for drawer in range(1, 21):
+                fake = character == "character01" and drawer == 7
+                z.writestr(f"A/{character}/0001_{drawer:02d}.png", b"GIF89a?" if fake else png)
+    return [
+        (f"npz:{tmp_path / 'pickle.npz'}", "it holds pickled Python objects"),
+        (f"npz:{tmp_path / 'ragged.npz'}", "`x_train` is an object array"),
+        (f"npz:{tmp_path / 'surrogate.npz'}", "Received: name='a\\udc80'"),
+        (f"omniglot:{tmp_path / 'fake.zip'}", "'A/character01/0001_07.png' is not a readable PNG"),
+    ]
+
+
+def test_bad_data_files_end_with_one_line_naming_them(tmp_path, capsys):
+    spec = _spec_file(tmp_path, ONE_TASK)
+    for data, fragment in _bad_data_files(tmp_path):
+        before = sorted(os.listdir(tmp_path))
+        assert main(["train", "--spec", spec, "--data", data, "--out", str(tmp_path / "out"),
+                     "--epochs", "1", "--progress", "none"]) == 2, data
+        assert fragment in _one_line_error(capsys, "train"), data
+        assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_a_huge_adapter_width_ends_with_one_line(tmp_path, capsys):
+    spec = _spec_file(tmp_path, '{"tasks": ["g0_t0"], "routes": {"g0_t0": [0, 0, 0]}, '
+                                '"adapters": {"g0_t0": [0, 1000000000000000000, 0]}}')
+    assert main(["train", "--spec", spec, "--data", PLANTED, "--out", str(tmp_path / "out"),
+                 "--epochs", "1", "--progress", "none"]) == 2
+    assert ("`adapters['g0_t0'][1]` must be an int from 0 to 65536. Received: "
+            "adapters['g0_t0'][1]=1000000000000000000") in _one_line_error(capsys, "train")
+    assert not (tmp_path / "out").exists()
+
+
+def test_metrics_that_are_nan_are_not_written_as_json(trained_run, tmp_path, capsys):
+    model = keras.saving.load_model(trained_run / "model.keras")
+    model.set_weights([np.full_like(w, np.nan) for w in model.get_weights()])
+    model.save(tmp_path / "nan.keras")
+    out = tmp_path / "metrics.json"
+    assert main(["evaluate", "--model", str(tmp_path / "nan.keras"), "--data", PLANTED,
+                 "--out", str(out)]) == 2
+    assert (f"Cannot write {str(out)!r} as standard JSON: [\"test\"][\"g0_t0\"][\"loss\"] is nan"
+            in _one_line_error(capsys, "evaluate"))
+    assert not out.exists()
+
+
+def test_stale_temporaries_of_a_killed_save_are_cleaned_by_the_next_run(trained_run, tmp_path):
+    # What a kill during the final save (or the export) leaves beside --out: a temporary
+    # named after the target and the dead writer's pid (no process has pid 99999999).
+    stale_run = tmp_path / ".run.kbtmp-99999999-a1b2c3.tmp"
+    stale_run.mkdir()
+    (stale_run / "model.keras").write_text("half")
+    stale_export = tmp_path / ".export.kbtmp-99999999-d4e5f6.tmp"
+    stale_export.mkdir()
+    users = [tmp_path / ".run.backup.tmp", tmp_path / ".run.kbtmp-notes.tmp",
+             tmp_path / ".other.kbtmp-99999999-x.tmp"]  # not ours, or another target's
+    for path in users:
+        path.write_text("mine")
+    assert main(["train", "--spec", _spec_file(tmp_path, ONE_TASK), "--data", PLANTED,
+                 "--out", str(tmp_path / "run"), "--epochs", "1", "--progress", "none"]) == 0
+    assert main(["export", str(tmp_path / "run" / "model.keras"), "--out", str(tmp_path / "export"),
+                 "--formats", "saved_model"]) == 0
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        ["spec.json", "run", "export"] + [p.name for p in users])
+    assert all(p.read_text() == "mine" for p in users)
+
+
+def test_zoo_train_without_out_says_nothing_is_saved(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["zoo", "train", "planted-affinity", "--epochs", "2"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert "no --out: the model is trained and scored but not saved" in lines[1]
+    assert any(line.startswith("epoch 1/2 ") for line in lines)  # progress, one line per epoch
+    assert lines[-1] == "nothing saved (no --out); pass --out DIR to keep the model and its metrics"
+    assert os.listdir(tmp_path) == []
+
+
+def _parsers(parser, path=()):
+    """Every parser of the CLI with its command words (argparse keeps subparsers in `choices`)."""
+    import argparse
+
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _parsers(sub, (*path, name))
+
+
+def test_every_help_shows_its_defaults_and_an_example():
+    import argparse
+
+    from keras_branch.cli import build_parser
+
+    seen = []
+    for path, parser in _parsers(build_parser()):
+        text = " ".join(parser.format_help().split())
+        words = " ".join(("keras-branch", *path))
+        assert "example" in text and f"{words} " in text.split("example")[-1] + " ", words
+        for action in parser._actions:
+            default = action.default
+            if default is None or default is False or default == [] or default is argparse.SUPPRESS:
+                continue
+            assert (f"(default: {default})" in text
+                    or "default" in (action.help or "").lower()), (words, action.option_strings)
+        seen.append(words)
+    assert len(seen) == 14  # top, 7 subcommands, 6 zoo subcommands
+    help_of_evaluate = " ".join(_help_text(["evaluate"]).split())
+    assert "'npz:PATH'" in help_of_evaluate and "(default: test)" in help_of_evaluate
+
+
+def _help_text(argv):
+    import contextlib
+    import io
+
+    from keras_branch.cli import build_parser
+
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer), pytest.raises(SystemExit):
+        build_parser().parse_args([*argv, "--help"])
+    return buffer.getvalue()
+
+
+def _console(*args, cwd):
+    """Runs the installed console script as a user would (no TF_CPP_MIN_LOG_LEVEL of ours)."""
+    script = os.path.join(os.path.dirname(sys.executable), "keras-branch")
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    return subprocess.run([script, *args], capture_output=True, text=True, cwd=cwd, env=env,
+                          timeout=600)
+
+
+def _tf_log_lines(stderr):
+    return [line for line in stderr.splitlines() if line.startswith(("I0000", "W0000", "E0000"))]
+
+
+def test_the_console_script_keeps_tensorflow_logs_out_unless_verbose(tmp_path):
+    spec = _spec_file(tmp_path, '{"tasks": ["g0_t0", "g0_t1", "g1_t0"], "routes": '
+                                '{"g0_t0": [0, 0, 0], "g0_t1": [0, 0, 0], "g1_t0": [0, 0, 1]}}')
+    version = _console("--version", cwd=tmp_path)
+    assert version.returncode == 0 and version.stdout.startswith("keras-branch ")
+    assert version.stderr == ""
+    train = _console("train", "--spec", spec, "--data", "planted:groups=2-1,train=100",
+                     "--epochs", "1", "--out", "run", cwd=tmp_path)
+    assert train.returncode == 0, train.stderr
+    assert _tf_log_lines(train.stderr) == [] and train.stderr == "", train.stderr
+    assert "saved to run" in train.stdout
+    bad = _console("train", "--spec", spec, "--data", "planted", "--epochs", "0", "--out", "o",
+                   cwd=tmp_path)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr
+    assert bad.stderr.startswith("keras-branch train: error: argument --epochs")
+    verbose = _console("--verbose", "--version", cwd=tmp_path)
+    assert verbose.returncode == 0 and _tf_log_lines(verbose.stderr) != []
+
+
+def test_noise_filter_drops_tensorflow_lines_only():
+    from keras_branch_launcher import is_noise
+
+    for line in [
+        b"I0000 00:00:1796070151.216408   24746 port.cc:153] oneDNN custom operations are on.",
+        b"W0000 00:00:1796070166.187339   24827 tf_tfl_flatbuffer_helpers.cc:364] Ignored output_format.",
+        b"E0000 00:00:1796070163.111096   24827 cuda_platform.cc:52] failed call to cuInit",
+        b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+        b"fully_quantize: 0, inference_type: 6, input_inference_type: FLOAT32",
+        b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.",
+    ]:
+        assert is_noise(line), line
+    for line in [
+        b"keras-branch train: error: --epochs must be an int >= 1. Received: '0'",
+        b"Traceback (most recent call last):",
+        b"F0000 00:00:1796070163.111096   24827 some.cc:1] Check failed: fatal",
+        b"I0000 is the name of my task",
+    ]:
+        assert not is_noise(line), line

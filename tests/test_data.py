@@ -181,3 +181,107 @@ def test_training_refuses_no_training_samples():
                         data.tasks)
     with pytest.raises(DataError, match="empty: no training samples; nothing to train on"):
         train(model, empty, epochs=1, verbose=0)
+
+
+# === Bad .npz contents: one DataError naming the file and entry, never an unpickling ===
+
+
+class _Exploit:
+    """Unpickling it would create a file: proof that a pickle was (not) loaded."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def _npz_cases(tmp_path):
+    import io
+    import json
+    import pickle
+
+    from numpy.lib import format as npy_format
+
+    tasks = np.array(json.dumps([{"name": "a", "kind": "multiclass", "classes": 3}]))
+    cases = {}
+
+    def savez(name, **arrays):
+        np.savez(tmp_path / name, **arrays)
+        cases[name] = tmp_path / name
+
+    savez("ragged.npz", tasks=tasks, x_train=np.array([[1.0, 2.0], [3.0]], dtype=object),
+          y_train_0=np.array([0, 1]))
+    savez("object_labels.npz", tasks=tasks, x_train=np.zeros((2, 2)),
+          y_train_0=np.array([0, None], dtype=object))
+    savez("string_labels.npz", tasks=tasks, x_train=np.zeros((2, 2)),
+          y_train_0=np.array(["cat", "dog"]))
+    savez("tasks_not_text.npz", tasks=np.zeros((2, 2)), x_train=np.zeros((2, 2)),
+          y_train_0=np.array([0, 1]))
+    savez("scalar_inputs.npz", tasks=tasks, x_train=np.array(3.0), y_train_0=np.array([0, 1]))
+    (tmp_path / "empty.npz").write_bytes(b"")
+    cases["empty.npz"] = tmp_path / "empty.npz"
+    np.save(tmp_path / "single.npy", np.zeros(3))
+    (tmp_path / "single.npy").rename(tmp_path / "single.npz")
+    cases["single.npz"] = tmp_path / "single.npz"
+    (tmp_path / "pickle.npz").write_bytes(pickle.dumps(_Exploit(tmp_path / "pwned")))
+    cases["pickle.npz"] = tmp_path / "pickle.npz"
+    with zipfile.ZipFile(tmp_path / "raw_member.npz", "w") as z:
+        z.writestr("tasks.npy", b"garbage")
+    cases["raw_member.npz"] = tmp_path / "raw_member.npz"
+    whole = (tmp_path / "ragged.npz").read_bytes()
+    (tmp_path / "truncated.npz").write_bytes(whole[: len(whole) // 2])
+    cases["truncated.npz"] = tmp_path / "truncated.npz"
+    header = io.BytesIO()  # a header promising 32 TiB
+    npy_format.write_array_header_1_0(
+        header, {"descr": "<f8", "fortran_order": False, "shape": (2**42,)})
+    buffer = io.BytesIO()
+    np.save(buffer, tasks)
+    with zipfile.ZipFile(tmp_path / "huge.npz", "w") as z:
+        z.writestr("tasks.npy", buffer.getvalue())
+        z.writestr("x_train.npy", header.getvalue() + b"\0" * 64)
+        z.writestr("y_train_0.npy", buffer.getvalue())
+    cases["huge.npz"] = tmp_path / "huge.npz"
+    return cases
+
+
+NPZ_ERRORS = {
+    "ragged.npz": "`x_train` is an object array (ragged rows or Python objects); keras_branch "
+                  "reads numeric arrays only and never unpickles a file.",
+    "object_labels.npz": "`y_train_0` is an object array",
+    "string_labels.npz": "labels of task 'a' must be real numbers (class indices, or floats for "
+                         "regression). Received dtype <U3.",
+    "tasks_not_text.npz": "`tasks` must be one string of JSON task configs",
+    "scalar_inputs.npz": "inputs must have shape (samples, features...). Received shape ().",
+    "empty.npz": "as .npz (np.savez): the file is empty.",
+    "single.npz": "holds a single array (ndarray), not an .npz archive of named arrays",
+    "pickle.npz": "it holds pickled Python objects; keras_branch never unpickles a file.",
+    "raw_member.npz": "`tasks` is not a .npy array (np.savez writes one per name).",
+    "truncated.npz": "as .npz (np.savez): File is not a zip file.",
+    "huge.npz": "`x_train` cannot be read: Unable to allocate",
+}
+
+
+def test_bad_npz_contents_are_one_data_error(tmp_path):
+    for name, path in _npz_cases(tmp_path).items():
+        with pytest.raises(DataError) as err:
+            load_data(f"npz:{path}")
+        assert NPZ_ERRORS[name] in str(err.value), (name, str(err.value))
+    assert not (tmp_path / "pwned").exists()  # nothing was unpickled
+
+
+def test_omniglot_member_that_is_not_a_png_is_named(tmp_path):
+    import tensorflow as tf
+
+    png = tf.io.encode_png(tf.zeros((12, 12, 1), tf.uint8)).numpy()
+    fake = "root/Alpha/character01/0002_02.png"
+    with zipfile.ZipFile(tmp_path / "fake.zip", "w") as z:
+        for character in ("character01", "character02"):
+            for drawer in (1, 2, 3):
+                name = f"root/Alpha/{character}/000{drawer}_0{drawer}.png"
+                z.writestr(name, b"<html>not an image</html>" if name == fake else png)
+    with pytest.raises(DataError) as err:
+        load_omniglot(tmp_path / "fake.zip", split_sizes=(1, 1, 1))
+    assert str(err.value) == (
+        f"{str(tmp_path / 'fake.zip')!r}: {fake!r} is not a readable PNG image: Unknown image "
+        f"file format. One of JPEG, JPEG XL, PNG, GIF, BMP, WebP required.")

@@ -220,3 +220,12 @@ def test_score_of_a_path_on_a_hand_counted_system(path, accounted, want):
     params = system.accounted_params(task_b, path)
     assert params == accounted
     assert score(0.8, params, system.root_params, 0.5) == pytest.approx(want, rel=1e-10)
+
+
+def test_a_diverged_candidate_has_the_worst_quality_not_nan():
+    from keras_branch.search.evolution.selection import quality
+
+    # NaN would reach the score, the search state and evolution.json (all strict JSON).
+    assert quality(Task("r", "regression"), {"mse": math.nan}) == 0.0
+    assert quality(Task("r", "regression"), {"mse": math.inf}) == 0.0
+    assert quality(Task("r", "regression"), {"mse": 1.0}) == 0.5

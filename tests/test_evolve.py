@@ -102,7 +102,7 @@ def test_plain_specs_are_unchanged_by_the_new_fields():
     ("depths", {"a": 5}, "Received: 5"),
     ("depths", {"zz": 1}, "zz"),
     ("adapters", {"b": [0, 8]}, "adapters['b']"),
-    ("adapters", {"b": [0, -1, 0, 0]}, "Received: -1"),
+    ("adapters", {"b": [0, -1, 0, 0]}, "Received: adapters['b'][1]=-1"),
     ("hparams", {"b": {"lr": [1, 2]}}, "JSON scalars"),
     ("hparams", [1], "`hparams` must map"),
 ])

@@ -122,8 +122,10 @@ def test_temporaries_of_a_killed_writer_are_cleaned_on_the_next_write(tmp_path):
     dead_dir = tmp_path / ".out.kbtmp-99999999-def.tmp.json"
     dead_dir.mkdir()
     (dead_dir / "part").write_text("half")
-    live = tmp_path / f".out.kbtmp-{os.getpid()}-ghi.tmp.json"  # still being written
+    live = tmp_path / f".out.kbtmp-{os.getppid()}-ghi.tmp.json"  # another process writes it
     live.write_text("busy")
+    ours = tmp_path / f".out.kbtmp-{os.getpid()}-mno.tmp.json"  # a killed run that had our pid
+    ours.write_text("half")
     other = tmp_path / ".other.kbtmp-99999999-jkl.tmp.json"  # another target's
     other.write_text("not ours to judge")
     user = tmp_path / ".out.backup.tmp.json"  # not our pattern
@@ -131,3 +133,20 @@ def test_temporaries_of_a_killed_writer_are_cleaned_on_the_next_write(tmp_path):
     atomic_write_text(tmp_path / "out.json", "{}")
     assert sorted(os.listdir(tmp_path)) == sorted(
         [live.name, other.name, user.name, "out.json"])
+
+
+def test_json_is_written_strict_or_not_at_all(tmp_path):
+    import json
+
+    from keras_branch.errors import OutputError
+    from keras_branch.files import atomic_write_json
+
+    target = tmp_path / "system.json"
+    with pytest.raises(OutputError) as err:
+        atomic_write_json(target, {"hparams": {"a": {"learning_rate": float("nan")}}})
+    assert str(err.value) == (
+        f"Cannot write {str(target)!r} as standard JSON: [\"hparams\"][\"a\"][\"learning_rate\"] "
+        f"is nan (JSON has no NaN or infinity).")
+    assert os.listdir(tmp_path) == []
+    atomic_write_json(target, {"scores": [1.0, 2]})
+    assert json.loads(target.read_text(), parse_constant=pytest.fail) == {"scores": [1.0, 2]}

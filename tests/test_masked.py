@@ -78,3 +78,86 @@ def test_fit_with_missing_labels_leaves_unlabelled_head_unchanged():
     assert logs["b_loss"] == 0.0
     for w0, w1 in zip(before, after):
         np.testing.assert_array_equal(w0, w1)
+
+
+# === Labels a task cannot take stop training with an error naming the task ===
+
+import pytest  # noqa: E402
+
+BAD_LABELS = [
+    ("binary", [0, 1, 2, -1], "Task `is cat` (binary): labels must be 0 or 1 (-1 for a missing "
+                              "label). Received the label] [2]"),
+    ("multiclass", [0, 2, 5, -1], "Task `is cat` (multiclass): labels must be class indices 0 "
+                                  "to 2 (-1 for a missing label). Received the label] [5]"),
+    ("multiclass", [0, 2, 1.5, -1], "Received the label] [1.5]"),
+    ("multiclass", [0, -2, 1, 1], "Received the label] [-2]"),
+    ("regression", [0.5, np.inf, np.nan, 1.0], "Task `is cat` (regression): labels must be finite "
+                                               "numbers (NaN for a missing label). Received the "
+                                               "label] [inf]"),
+]
+
+
+def _one_task_model(kind, jit_compile=False):
+    task = Task("is cat", kind, classes=3 if kind == "multiclass" else None)
+    model = build_model(TreeSpec.shared([task.name], 2), backbones.mlp(5, widths=(8, 8)), [task])
+    model.compile(optimizer="adam", loss={task.key: task.make_loss()}, jit_compile=jit_compile)
+    return model, task
+
+
+@pytest.mark.parametrize("kind, labels, message", BAD_LABELS)
+def test_fit_refuses_labels_the_task_cannot_take(kind, labels, message):
+    model, task = _one_task_model(kind)
+    x = np.zeros((8, 5), "float32")
+    good = np.array([0, 1, -1, 0, 1, -1, 0, 1] if kind != "regression"
+                    else [0.5, np.nan, 1.0, 0.0, 0.5, np.nan, 1.0, 0.0], "float32")
+    model.fit(x, {task.key: good}, batch_size=4, epochs=1, verbose=0)  # missing labels pass
+    bad = np.concatenate([good[:4], np.array(labels, "float32")])
+    with pytest.raises(tf.errors.InvalidArgumentError) as err:
+        model.fit(x, {task.key: bad}, batch_size=4, epochs=1, verbose=0)  # inside tf.function
+    assert message in str(err.value)
+
+
+def test_under_xla_a_bad_label_gives_a_nan_loss():
+    # XLA drops assertions: the batch's loss becomes NaN (TerminateOnNaN's cue), the weights stay finite.
+    model, task = _one_task_model("binary", jit_compile=True)
+    x = np.zeros((8, 5), "float32")
+    history = model.fit(x, {task.key: np.array([0, 1, -1, 1, 2, 0, 1, 0])}, batch_size=4,
+                        epochs=1, verbose=0)
+    assert np.isnan(history.history["loss"][0])
+    assert all(np.isfinite(np.asarray(w)).all() for w in model.weights)
+
+
+MIRRORED = """
+import sys
+import numpy as np
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from keras_branch import Task, TreeSpec, backbones, build_model
+from keras_branch.compiling import compile_model
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+task = Task("is cat", "binary")
+with strategy.scope():
+    model = compile_model(build_model(TreeSpec.shared([task.name], 2),
+                                      backbones.mlp(5, widths=(8, 8)), [task]))
+x = np.zeros((16, 5), "float32")
+model.fit(x, {task.key: np.array([0, 1, -1, 1] * 4)}, batch_size=8, epochs=1, verbose=0)
+try:
+    model.fit(x, {task.key: np.array([0, 1, -1, 1] * 3 + [0, 0, 2, 1])}, batch_size=8,
+              epochs=1, verbose=0)
+except tf.errors.InvalidArgumentError as err:
+    print("REFUSED", *[line for line in str(err).splitlines() if "assertion failed" in line])
+    sys.exit(0)
+sys.exit("a label of 2 trained under MirroredStrategy")
+"""
+
+
+def test_bad_labels_are_refused_under_a_distribution_strategy(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", MIRRORED], capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "REFUSED" in proc.stdout and "Task `is cat` (binary)" in proc.stdout, proc.stdout

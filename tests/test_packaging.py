@@ -5,8 +5,10 @@ from pathlib import Path
 
 
 def test_only_keras_branch_is_a_top_level_package():
+    # Beside the package, one module: the console script's launcher, which must not
+    # import keras_branch (and with it TensorFlow) before it has quieted TensorFlow.
     top_level = importlib.metadata.distribution("keras-branch").read_text("top_level.txt")
-    assert top_level.split() == ["keras_branch"]
+    assert sorted(top_level.split()) == ["keras_branch", "keras_branch_launcher"]
 
 
 def test_zoo_and_export_live_under_keras_branch():
@@ -20,8 +22,19 @@ def test_zoo_and_export_live_under_keras_branch():
 def test_console_script_is_declared():
     scripts = importlib.metadata.distribution("keras-branch").entry_points
     assert {(e.name, e.value) for e in scripts if e.group == "console_scripts"} == {
-        ("keras-branch", "keras_branch.cli:main")
+        ("keras-branch", "keras_branch_launcher:main")
     }
+
+
+def test_the_launcher_imports_neither_tensorflow_nor_keras_branch():
+    import subprocess
+    import sys
+
+    code = ("import sys, keras_branch_launcher; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('tensorflow', 'keras', 'keras_branch')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def _required_distributions(name: str) -> set[str]:

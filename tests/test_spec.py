@@ -172,3 +172,35 @@ def test_loader_accepts_or_raises_spec_error(value):
     # Whatever is accepted is a coherent spec that survives its own JSON.
     assert TreeSpec.from_json(spec.to_json()).to_dict() == spec.to_dict()
     assert all(len(r) == spec.num_stages for r in spec.routes.values())
+
+
+@pytest.mark.parametrize("width", [10**18, 2**16 + 1, -1, 1.5, True])
+def test_adapter_widths_are_bounded(width):
+    with pytest.raises(SpecError) as err:
+        TreeSpec(["e"], {"e": [0, 0]}, adapters={"e": [0, width]})
+    assert str(err.value) == (f"`adapters['e'][1]` must be an int from 0 to 65536. "
+                              f"Received: adapters['e'][1]={width!r}")
+    assert TreeSpec(["e"], {"e": [0, 0]}, adapters={"e": [0, 2**16]}).adapter_dims("e") == [0, 2**16]
+
+
+def test_adapter_layer_width_is_bounded():
+    from keras_branch.layers import Adapter
+
+    with pytest.raises(ValueError, match=r"`dim` must be an int from 1 to 65536. Received: dim=10"):
+        Adapter(10**18)
+
+
+@pytest.mark.parametrize("text", [
+    '{"tasks": ["a"], "routes": {"a": [0]}, "hparams": {"a": {"learning_rate": NaN}}}',
+    '{"tasks": ["a"], "routes": {"a": [0]}, "hparams": {"a": {"learning_rate": -Infinity}}}',
+])
+def test_hparams_must_be_finite(text):
+    # Python's json reads the non-standard NaN and Infinity tokens; a spec refuses them.
+    with pytest.raises(SpecError, match=r"`hparams\['a'\]\['learning_rate'\]` must be a finite "
+                                        r"number \(JSON has no NaN or infinity\)"):
+        TreeSpec.from_json(text)
+
+
+def test_task_names_utf8_cannot_encode_are_refused():
+    with pytest.raises(SpecError, match="no lone surrogates"):
+        TreeSpec.from_json('{"tasks": ["a\\udc80"], "routes": {"a\\udc80": [0]}}')

@@ -60,3 +60,13 @@ def test_task_lists():
     with pytest.raises(TaskError, match=r"Unknown task field\(s\) \['colour'\]"):
         as_tasks([{"name": "a", "kind": "binary", "colour": "red"}])
     assert as_tasks([{"name": "a", "kind": "binary"}]) == [Task("a", "binary")]
+
+
+def test_a_name_utf8_cannot_encode_is_refused_at_construction():
+    with pytest.raises(TaskError) as err:
+        Task("a\udc80", "binary")
+    assert str(err.value) == ("`name` must be text UTF-8 can encode (no lone surrogates). "
+                              "Received: name='a\\udc80'")
+    with pytest.raises(TaskError, match="no lone surrogates"):
+        Task.from_config({"name": "\ud800", "kind": "regression"})
+    assert Task("Ελληνικά", "binary").name == "Ελληνικά"  # any text UTF-8 can encode is fine

@@ -189,7 +189,9 @@ def train(
         recipe: overrides of recipe keys (e.g. `{"epochs": 1}`); unknown keys
             raise `ZooError` listing the allowed ones.
         overwrite: replace `out` if it exists.
-        log: progress and metric lines (None: silent).
+        log: progress (one line per epoch), metric lines and, without
+            `out`, a notice at the start and the end that nothing is saved
+            (None: silent).
 
     Returns:
         `keras_branch.results.TrainResult` (model, history, metrics per split and task).
@@ -208,7 +210,9 @@ def train(
     source, data = resolve_data(e, data)
     if log:
         log(f"training {name} on {source}, seed {seed}, recipe {({**e.recipe, **(recipe or {})})}")
-    result = e.fit(data, seed=seed, recipe=recipe)
+        if out is None:
+            log("no --out: the model is trained and scored but not saved")
+    result = e.fit(data, seed=seed, recipe=recipe, log=log)
     tasks = e.make_tasks()
     metric = headline_metric(tasks)
     values = task_values(result.metrics["test"], tasks, metric) if "test" in result.metrics else {}
@@ -222,6 +226,8 @@ def train(
         save_run(out, result, config, overwrite=overwrite)
         if log:
             log(f"saved to {os.fspath(out)}")
+    elif log:
+        log("nothing saved (no --out); pass --out DIR to keep the model and its metrics")
     return result
 
 

@@ -17,7 +17,9 @@ import argparse
 
 from keras_branch import zoo
 from keras_branch.cli_args import (
+    DATA_HELP,
     add_out_arguments,
+    examples,
     key_values,
     positive_float,
     positive_int,
@@ -43,32 +45,42 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     >>> parser.parse_args(["zoo", "show", "planted-affinity"]).name
     'planted-affinity'
     """
-    p = subparsers.add_parser("zoo", help="named model entries with measured cards")
+    p = subparsers.add_parser(
+        "zoo", help="named model entries with measured cards",
+        epilog=examples("keras-branch zoo list", "keras-branch zoo train planted-affinity --out run"))
     zsub = p.add_subparsers(dest="zoo_command", required=True)
 
-    zsub.add_parser("list", help="every entry with its measured headline numbers")
+    zsub.add_parser("list", help="every entry with its measured headline numbers",
+                    epilog=examples("keras-branch zoo list"))
 
-    show = zsub.add_parser("show", help="print an entry's card")
-    show.add_argument("name")
+    show = zsub.add_parser("show", help="print an entry's card",
+                           epilog=examples("keras-branch zoo show planted-affinity"))
+    show.add_argument("name", help="the entry (see `keras-branch zoo list`)")
 
-    data_help = ("'planted[:opts]', 'omniglot:PATH', 'celeba[:data_dir=DIR,train=N,...]' or "
-                 "'npz:PATH' (default: the entry's built-in data, when it has one)")
-    train = zsub.add_parser("train", help="train an entry with its recipe (one seed)")
-    train.add_argument("name")
+    data_help = f"{DATA_HELP}; default: the entry's built-in data, when it has one"
+    train = zsub.add_parser(
+        "train", help="train an entry with its recipe (one seed)",
+        epilog=examples("keras-branch zoo train planted-affinity --epochs 5 --out run"))
+    train.add_argument("name", help="the entry (see `keras-branch zoo list`)")
     train.add_argument("--data", default=None, help=data_help)
-    train.add_argument("--seed", type=seed, default=0)
-    add_out_arguments(train, "run folder to write (model.keras, metrics.json, ...)", required=False)
+    train.add_argument("--seed", type=seed, default=0, help="initialisation and shuffling seed")
+    add_out_arguments(train, "run folder to write (model.keras, metrics.json, ...); without it "
+                      "the model is trained and scored but not saved", required=False)
     _add_recipe_arguments(train)
 
-    ev = zsub.add_parser("evaluate", help="score a trained model and compare with the card")
-    ev.add_argument("name")
+    ev = zsub.add_parser(
+        "evaluate", help="score a trained model and compare with the card",
+        epilog=examples("keras-branch zoo evaluate planted-affinity --model run/model.keras"))
+    ev.add_argument("name", help="the entry (see `keras-branch zoo list`)")
     ev.add_argument("--model", required=True, help="the trained model's .keras file, or a .tflite file exported from it")
     ev.add_argument("--data", default=None, help=data_help)
-    ev.add_argument("--split", default="test")
-    ev.add_argument("--batch-size", type=positive_int, default=256)
+    ev.add_argument("--split", default="test", help="the split to score")
+    ev.add_argument("--batch-size", type=positive_int, default=256, help="evaluation batch size")
 
-    measure = zsub.add_parser("measure", help="train every seed, measure, write results.json and the card")
-    measure.add_argument("name")
+    measure = zsub.add_parser(
+        "measure", help="train every seed, measure, write results.json and the card",
+        epilog=examples("keras-branch zoo measure planted-affinity --seeds 0,1,2 --out measured"))
+    measure.add_argument("name", help="the entry (see `keras-branch zoo list`)")
     measure.add_argument("--data", default=None, help=data_help)
     measure.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     measure.add_argument("--out", default=None,
@@ -77,8 +89,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     measure.add_argument("--threads", type=positive_int, default=1, help="LiteRT threads")
     _add_recipe_arguments(measure)
 
-    card = zsub.add_parser("card", help="regenerate an entry's README.md from its files")
-    card.add_argument("name")
+    card = zsub.add_parser("card", help="regenerate an entry's README.md from its files",
+                           epilog=examples("keras-branch zoo card planted-affinity"))
+    card.add_argument("name", help="the entry (see `keras-branch zoo list`)")
 
     p.set_defaults(func=run)
     return p

@@ -34,6 +34,7 @@ from typing import Any
 
 from keras_branch import backbones
 from keras_branch.build import build_model
+from keras_branch.callbacks import EpochLogger
 from keras_branch.errors import KerasBranchError
 from keras_branch.results import TrainResult
 from keras_branch.search.evolution import evolve, pretrain_and_evolve
@@ -66,7 +67,8 @@ class Kind:
     Attributes:
         name: the `kind` field's value.
         build: `build(entry, input_shape, tasks) -> keras.Model` (not compiled).
-        fit: `fit(entry, data, seed, **recipe) -> TrainResult`.
+        fit: `fit(entry, data, seed, log, **recipe) -> TrainResult`; `log`
+            takes progress lines (one per epoch), or is None for silence.
         fit_function: the library function whose keyword arguments a recipe
             may set (checked before training); one that forwards `**kwargs`
             to `keras_branch.training.train` also takes `train`'s.
@@ -125,9 +127,14 @@ def _build_tree(entry: ZooEntry, input_shape, tasks):
                        name=_model_name(entry.name))
 
 
-def _fit_tree(entry: ZooEntry, data, seed: int, **recipe):
+def _epoch_lines(data, log: Callable[[str], None] | None) -> list:
+    """One progress line per epoch through `log` (none when `log` is None)."""
+    return [EpochLogger(data.tasks, log)] if log else []
+
+
+def _fit_tree(entry: ZooEntry, data, seed: int, log=None, **recipe):
     return fit_spec(entry.make_spec(), entry.make_backbone(data.input_shape), data, seed=seed,
-                    verbose=0, log=None, **recipe)
+                    verbose=0, log=log, callbacks=_epoch_lines(data, log), **recipe)
 
 
 def _soft_args(entry: ZooEntry) -> dict[str, Any]:
@@ -144,14 +151,15 @@ def _build_soft(entry: ZooEntry, input_shape, tasks):
                                      **_soft_args(entry))
 
 
-def _fit_soft(entry: ZooEntry, data, seed: int, **recipe):
-    return fit_soft_ordering(data, seed=seed, verbose=0, log=None, **_soft_args(entry), **recipe)
+def _fit_soft(entry: ZooEntry, data, seed: int, log=None, **recipe):
+    return fit_soft_ordering(data, seed=seed, verbose=0, log=log,
+                             callbacks=_epoch_lines(data, log), **_soft_args(entry), **recipe)
 
 
-def _fit_evolved(entry: ZooEntry, data, seed: int, **recipe):
+def _fit_evolved(entry: ZooEntry, data, seed: int, log=None, **recipe):
     """Pretrains the root and evolves it (the spec in the entry is seed 0's result)."""
     backbone = entry.make_backbone(data.input_shape)
-    result = pretrain_and_evolve(data, backbone, seed=seed, log=None, **recipe)
+    result = pretrain_and_evolve(data, backbone, seed=seed, log=log, **recipe)
     history = {"candidates": result.history, "root": result.root_metrics}
     return TrainResult(result.model, history, result.metrics)
 
@@ -301,14 +309,21 @@ class ZooEntry:
         """The entry's model (fresh weights, not compiled)."""
         return KINDS[self.kind].build(self, self.resolve_input_shape(input_shape), self.make_tasks())
 
-    def fit(self, data, seed: int = 0, recipe: Mapping[str, Any] | None = None):
+    def fit(self, data, seed: int = 0, recipe: Mapping[str, Any] | None = None,
+            log: Callable[[str], None] | None = None):
         """Trains a fresh model on `data` with the recipe (updated by `recipe`).
+
+        Args:
+            data: a `MultiTaskData`.
+            seed: initialisation and shuffling seed.
+            recipe: overrides of recipe keys.
+            log: progress lines (one per epoch; None for silence).
 
         Returns:
             `keras_branch.results.TrainResult`.
         """
         full = {**self.recipe, **self.check_recipe(recipe or {})}
-        return KINDS[self.kind].fit(self, data, seed, **full)
+        return KINDS[self.kind].fit(self, data, seed, log, **full)
 
     def count_params(self, input_shape: Sequence[int] | None = None) -> int:
         """Parameters of the entry's model, counted without building it (trees)."""

@@ -43,6 +43,12 @@ def validate_labels(tasks: Sequence[Task], split: Split, split_name: str = "data
         if task.name not in split.y:
             raise DataError(f"{split_name}: no labels for task {task.name!r}.")
         y = np.asarray(split.y[task.name])
+        if y.dtype != bool and (not np.issubdtype(y.dtype, np.number)
+                                or np.issubdtype(y.dtype, np.complexfloating)):
+            raise DataError(
+                f"{split_name}: labels of task {task.name!r} must be real numbers (class "
+                f"indices, or floats for regression). Received dtype {y.dtype}."
+            )
         if y.shape != (n,):
             raise DataError(
                 f"{split_name}: labels of task {task.name!r} must have shape ({n},). "
@@ -75,6 +81,11 @@ def validate_inputs(split: Split, split_name: str = "data") -> None:
     x = split.x
     if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
         raise DataError(f"{split_name}: inputs must be real numbers. Received dtype {x.dtype}.")
+    if x.ndim < 2:
+        raise DataError(
+            f"{split_name}: inputs must have shape (samples, features...). "
+            f"Received shape {x.shape}."
+        )
     if np.issubdtype(x.dtype, np.floating) and x.size:
         finite = np.isfinite(x.reshape(len(x), -1)).all(axis=1)
         if not finite.all():

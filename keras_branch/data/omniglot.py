@@ -42,7 +42,10 @@ def _list_drawings(path: str) -> tuple[dict[str, dict[str, list[tuple[int, str]]
                 if f.endswith(".png"):
                     names.append(os.path.relpath(os.path.join(dirpath, f), path).replace(os.sep, "/"))
     elif zipfile.is_zipfile(path):
-        archive = zipfile.ZipFile(path)
+        try:
+            archive = zipfile.ZipFile(path)
+        except (OSError, zipfile.BadZipFile) as err:
+            raise DataError(f"Cannot read the Omniglot zip {path!r}: {err}") from None
         names = archive.namelist()
     else:
         raise DataError(f"Omniglot data path is neither a folder nor a zip file: {path!r}")
@@ -131,13 +134,31 @@ def load_omniglot(
 
 
 def _decode(members: list[str], root: str, archive: zipfile.ZipFile | None, size: int) -> np.ndarray:
-    raw = []
+    """The drawings as [N, size, size, 1] float32 in [0, 1], strokes 1 on 0.
+
+    Raises:
+        DataError: naming the member (and `root`) that cannot be read or is
+            not a PNG image.
+    """
+    images = []
     for member in members:
-        if archive is not None:
-            raw.append(archive.read(member))
-        else:
-            with open(os.path.join(root, member), "rb") as f:
-                raw.append(f.read())
-    images = tf.stack([tf.io.decode_png(r, channels=1) for r in raw])
-    images = tf.image.resize(tf.cast(images, "float32") / 255.0, (size, size), method="area")
+        try:
+            if archive is not None:
+                raw = archive.read(member)
+            else:
+                with open(os.path.join(root, member), "rb") as f:
+                    raw = f.read()
+            images.append(tf.io.decode_png(raw, channels=1))
+        except (OSError, zipfile.BadZipFile, NotImplementedError, tf.errors.OpError) as err:
+            # TensorFlow's message without its op and function-node decorations.
+            reason = re.sub(r"\{\{.*?\}\}|\[Op:\w+\]", "", getattr(err, "message", str(err)))
+            raise DataError(
+                f"{root!r}: {member!r} is not a readable PNG image: {' '.join(reason.split())}"
+            ) from None
+    if len({tuple(image.shape) for image in images}) == 1:
+        images = tf.image.resize(tf.cast(tf.stack(images), "float32") / 255.0, (size, size),
+                                 method="area")
+    else:  # drawings of different sizes (not the official release): resize one by one
+        images = tf.stack([tf.image.resize(tf.cast(image, "float32") / 255.0, (size, size),
+                                           method="area") for image in images])
     return (1.0 - images).numpy().astype("float32")

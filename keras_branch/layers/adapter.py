@@ -11,7 +11,7 @@ from typing import Any
 
 import keras
 
-from keras_branch.checks import check_int
+from keras_branch.checks import MAX_ADAPTER_WIDTH, check_int
 
 
 def adapter_params(channels: int, dim: int) -> int:
@@ -31,7 +31,7 @@ class Adapter(keras.layers.Layer):
     """A zero-initialised residual adapter on the last axis.
 
     Args:
-        dim: bottleneck width (>= 1).
+        dim: bottleneck width, from 1 to `MAX_ADAPTER_WIDTH` (2**16).
         epsilon: LayerNorm epsilon.
         **kwargs: `keras.layers.Layer` arguments (name, dtype, trainable).
 
@@ -49,7 +49,7 @@ class Adapter(keras.layers.Layer):
 
     def __init__(self, dim: int, epsilon: float = 1e-6, **kwargs: Any):
         super().__init__(**kwargs)
-        self.dim = check_int(dim, "dim", minimum=1)
+        self.dim = check_int(dim, "dim", minimum=1, maximum=MAX_ADAPTER_WIDTH)
         self.epsilon = epsilon
 
     def build(self, input_shape):

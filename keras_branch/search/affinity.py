@@ -34,7 +34,7 @@ from keras_branch.compiling import compile_model
 from keras_branch.data.multitask import MultiTaskData
 from keras_branch.errors import SearchError
 from keras_branch.evaluation import evaluate
-from keras_branch.files import atomic_write_text
+from keras_branch.files import atomic_write_text, strict_json
 from keras_branch.seeding import seeded_layers
 from keras_branch.spec import TreeSpec
 
@@ -143,7 +143,7 @@ class TaskAffinity:
         return cls(values, data["tasks"], data.get("info"))
 
     def save(self, path: str | os.PathLike) -> None:
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
+        atomic_write_text(path, strict_json(self.to_dict(), os.fspath(path), indent=1) + "\n")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> TaskAffinity:
@@ -221,6 +221,14 @@ def task_affinity(
 
     Returns:
         `TaskAffinity` with values [stages, tasks, tasks].
+
+    Raises:
+        SearchError: naming the task(s) without a single labelled training
+            sample (every label missing). Their probes would learn nothing
+            and their affinities would be noise that places them in the
+            tree, so they are refused before any probe trains rather than
+            skipped: the tree must route every task the data has. Drop
+            such tasks from the data (or label some samples) and search again.
     """
     names = list(tasks) if tasks is not None else data.task_names
     unknown = [n for n in names if n not in data.task_names]
@@ -228,6 +236,14 @@ def task_affinity(
         raise SearchError(f"Unknown task(s) {unknown}; data tasks are {data.task_names}.")
     if len(names) < 2:
         raise SearchError(f"Affinity needs at least 2 tasks. Received: {names}")
+    counts = data.labelled_counts("train")
+    unlabelled = [n for n in names if counts[n] == 0]
+    if unlabelled:
+        raise SearchError(
+            f"Task(s) {unlabelled} of {data.name!r} have no labelled training sample (every "
+            f"label missing): their probes would train on nothing. Remove them from the data "
+            f"or label some samples."
+        )
     for field, value in (("probe_epochs", probe_epochs), ("num_inputs", num_inputs)):
         check_int(value, field, minimum=1, error=SearchError)
     if num_inputs < 3:

@@ -23,7 +23,7 @@ import os
 import keras
 
 from keras_branch import backbones
-from keras_branch.cli_args import fraction, positive_int, probability, seed
+from keras_branch.cli_args import DATA_HELP, examples, fraction, positive_int, probability, seed
 from keras_branch.data import load_data
 from keras_branch.errors import ModelFileError, OutputExistsError, SearchError
 from keras_branch.evaluation import format_metrics
@@ -52,7 +52,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     'system'
     """
     p = subparsers.add_parser(
-        "evolve", help="grow a trained root into a multi-task system (muNet evolution)"
+        "evolve", help="grow a trained root into a multi-task system (muNet evolution)",
+        epilog=examples("keras-branch evolve --root run/model.keras --data planted --out system",
+                        "keras-branch evolve --system system --add-task g2_t0 --data planted "
+                        "--out system2"),
     )
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--root", help="the trained root: a .keras file")
@@ -61,8 +64,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    "(default: its first task)")
     p.add_argument("--stages", help="with a plain Keras root: comma-separated names of the "
                    "layers that end each stage")
-    p.add_argument("--data", required=True,
-                   help="'planted[:opts]', 'omniglot:PATH' or 'npz:PATH'")
+    p.add_argument("--data", required=True, help=DATA_HELP)
     p.add_argument("--tasks", help="comma-separated tasks to evolve (default: every data task "
                    "the system lacks)")
     p.add_argument("--add-task", help="with --system: comma-separated tasks to add")
@@ -71,8 +73,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--passes", type=positive_int, help="rounds over the tasks (default 2; 1 with --system)")
     p.add_argument("--candidates", type=positive_int, default=16, help="candidates per task visit")
     p.add_argument("--candidate-epochs", type=positive_int, default=3, help="training epochs per candidate")
-    p.add_argument("--mutation-prob", type=probability, default=0.2)
-    p.add_argument("--seed", type=seed, default=0)
+    p.add_argument("--mutation-prob", type=probability, default=0.2,
+                   help="probability of each mutation of a candidate")
+    p.add_argument("--seed", type=seed, default=0, help="mutation, initialisation and shuffling seed")
     p.add_argument("--state", help="search state folder (default: OUT.state): a new or empty "
                    "folder, or an interrupted search's to resume; one with other files is refused")
     p.add_argument("--out", required=True, help="system folder to write")

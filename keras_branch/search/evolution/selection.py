@@ -90,14 +90,19 @@ def quality(task: Task, metrics: Mapping[str, float]) -> float:
         metrics: its validation metrics (`accuracy`, or `mse` for regression).
 
     Returns:
-        A number in [0, 1]; higher is better.
+        A number in [0, 1]; higher is better. A candidate whose training
+        diverged (NaN mse) has quality 0, the worst, so no NaN reaches a
+        score, the search state or `evolution.json` (strict JSON).
 
     Example:
     >>> quality(Task("t", "regression"), {"mse": 1.0})
     0.5
+    >>> quality(Task("t", "regression"), {"mse": float("nan")})
+    0.0
     """
     if task.kind == REGRESSION:
-        return 1.0 / (1.0 + float(metrics["mse"]))
+        mse = float(metrics["mse"])
+        return 0.0 if math.isnan(mse) else 1.0 / (1.0 + mse)
     return float(metrics["accuracy"])
 
 
