@@ -21,7 +21,6 @@ checkout tables 2 and 3 show the current code only.
 from __future__ import annotations
 
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ import numpy as np
 from keras_branch import Task, backbones
 from keras_branch.search.tree_search import _beam_trees, _exhaustive_trees, _Sizes, _sizes, dissimilarity
 from keras_branch.testing import random_affinity
+from keras_branch.zoo.measure import machine_info
 
 BEFORE = "b00ef364b2e2d24bca2724db5c33f112ec6ab6a8"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,15 +56,10 @@ def before_module() -> ModuleType | None:
 
 
 def machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    info = machine_info()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"{model}, {os.cpu_count()} cores, load average {load:.1f} at the start (shared machine); "
-            f"the search is NumPy on the CPU, no GPU")
+    return (f"{info['cpu']}, {info['cpu_cores']} cores, load average {load:.1f} at the start "
+            f"(shared machine); the search is NumPy on the CPU, no GPU")
 
 
 def random_cases(cases: int, seed: int):

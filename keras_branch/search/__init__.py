@@ -1,4 +1,4 @@
-"""Searches that produce TreeSpecs: task affinity, Learning to Branch, evolution."""
+"""Searches that produce TreeSpecs: task affinity (RSA, TAG), Learning to Branch, evolution."""
 
 import warnings
 
@@ -22,17 +22,20 @@ from keras_branch.search.learn_to_branch import (
 from keras_branch.search.partitions import adjusted_rand_index
 from keras_branch.search.tree_search import BranchResult, Tree, branch, pareto_front, tree_cost
 from keras_branch.search.result import SearchResult
+from keras_branch.search.tag import LookaheadMeter, affinity_from_z, tag_affinity
 from keras_branch.search.workflow import affinity_search, budget_for_blocks
 
 __all__ = [
     "BranchingSupernet",
     "BranchResult",
     "EvolvedSystem",
+    "LookaheadMeter",
     "SearchResult",
     "TaskAffinity",
     "TaskPath",
     "Tree",
     "adjusted_rand_index",
+    "affinity_from_z",
     "affinity_search",
     "branch",
     "budget_for_blocks",
@@ -49,6 +52,7 @@ __all__ = [
     "rdm",
     "rdm_affinity",
     "spearman",
+    "tag_affinity",
     "task_affinity",
     "tree_cost",
 ]

@@ -1,0 +1,424 @@
+"""Task affinity from one joint training: TAG's lookahead, measured per stage.
+
+The fully shared model trains on every task. Every `every` steps, before the
+step's update, for each stage d and each task i the parameters of stage d
+alone take a lookahead SGD step on task i's loss,
+
+    theta_d^{t+1|i} = theta_d^t - lookahead_lr * grad_{theta_d} L_i(X^t),
+
+and every task j's loss on the same batch is compared before and after:
+
+    Z^t[d, i -> j] = 1 - L_j(X^t; theta^{t+1|i}) / L_j(X^t; theta^t)
+
+(positive: a step on i helps j). `Z[d]` is the mean of `Z^t[d]` over the
+measured steps. TAG's paper takes the lookahead over all shared parameters
+and gives one matrix; restricting it to one stage gives one matrix per stage,
+the input the budgeted tree search needs (`keras_branch.search.tree_search`).
+
+From Z to a `TaskAffinity` (symmetric, 1 on the diagonal, in [-1, 1] like
+the RSA affinity, so `1 - A` is the tree cost's dissimilarity), per stage
+(`affinity_from_z`):
+
+1. Symmetrise: `S = (Z + Z^T) / 2` (a tree shares a block both ways).
+2. Cosine: `C[i, j] = clip(S[i, j] / sqrt(S[i, i] * S[j, j]), -1, 1)`. To
+   first order in the lookahead rate `Z[i -> j] ~ lr * g_i . g_j / L_j`
+   (g_i: task i's gradient of the stage), so C is about the cosine of the
+   two tasks' stage gradients: free of the step size, of each task's
+   gradient and loss scale and of the stage's size. A task whose
+   self-affinity `S[i, i]` is not positive at a stage (its own lookahead did
+   not lower its loss on average: `lookahead_lr` too large, or a stage
+   without trainable weights) carries no information there: its C entries
+   are 0, and `info["degenerate"]` names it.
+3. Profiles: `A[i, j] = cos(C[i, :], C[j, :])`, the cosine of the two rows:
+   tasks are alike when they help and hurt the same tasks, themselves
+   included. The tree cost (the mean over groups of each group's largest
+   `1 - A`) keeps a group together only when it is tight: with RSA,
+   within-group affinity 0.74 was not enough on planted groups and 0.93 was
+   (docs/affinity-search.md). Lookahead cosines of related tasks are lower
+   (0.3-0.6 on planted groups: a batch's gradient is noisy and every task has
+   its own head), and on C alone the search split single tasks off the
+   planted groups. Comparing whole rows, as RSA compares whole RDMs, lifts g
+   tasks of mutual cosine c (and 0 to the rest) to
+   `(2c + (g - 2) c^2) / (1 + (g - 1) c^2)` (c = 0.5: 0.8 for two tasks,
+   0.875 for five) and leaves unrelated tasks near 0; for two tasks it is
+   `2c / (1 + c^2)`, monotone in c. `affinity_from_z(z, profile=False)` stops
+   at C.
+
+`info["z"]` keeps the raw mean Z, so either form can be recomputed.
+
+Missing labels (-1, or NaN for regression; see `keras_branch.masked`): a
+task's loss on a batch is the mean over its labelled samples, and a task
+without a labelled sample in a measured batch takes part in no pair of that
+batch (neither its row nor its column of `Z^t` counts). The mean of each
+pair is over the steps where both tasks were present.
+
+Measurement runs in inference mode (`training=False`: no dropout, batch
+normalization on its moving statistics), so before and after differ by the
+lookahead alone.
+
+Reference:
+    Fifty et al., "Efficiently Identifying Task Groupings for Multi-Task
+    Learning", NeurIPS 2021 (arXiv 2109.04617); Vandenhende et al.,
+    "Branched Multi-Task Networks: Deciding What Layers To Share", BMVC 2020.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_branch import distribute
+from keras_branch.backbones import Backbone
+from keras_branch.build import block_name, build_model
+from keras_branch.checks import check_int, check_number
+from keras_branch.data.multitask import MultiTaskData
+from keras_branch.errors import SearchError
+from keras_branch.masked import MaskedLoss, label_mask
+from keras_branch.search.affinity import TaskAffinity
+from keras_branch.seeding import seeded_layers
+from keras_branch.spec import TreeSpec
+
+_SUM = tf.distribute.ReduceOp.SUM
+
+
+def _any_batch_size(value: Any) -> tf.TensorSpec:
+    value = tf.convert_to_tensor(value)
+    return tf.TensorSpec([None, *value.shape[1:]], value.dtype)
+
+
+def affinity_from_z(z: np.ndarray, profile: bool = True) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """TAG's asymmetric Z [stages, T, T] as affinities: symmetric, 1 on the diagonal.
+
+    Per stage, with `S = (Z + Z^T) / 2`:
+
+    1. the lookahead cosine `C[i, j] = clip(S[i, j] / sqrt(S[i, i] S[j, j]), -1, 1)`,
+       `C[i, i] = 1`; a task whose self-affinity `S[i, i]` is not positive
+       gets `C[i, j] = 0` for every other task j;
+    2. with `profile` (the default), the cosine of the two tasks' rows of C,
+       `A[i, j] = C[i] . C[j] / (|C[i]| |C[j]|)`: tasks are alike when they
+       help and hurt the same tasks (see the module docstring); otherwise A = C.
+
+    Args:
+        z: mean lookahead affinities, `z[d, i, j]` for a step on i seen by j.
+        profile: compare affinity profiles (step 2) or stop at the cosine.
+
+    Returns:
+        `(values, degenerate)`: the affinities [stages, T, T] in [-1, 1] and
+        the `(stage, task)` pairs whose self-affinity was not positive.
+
+    Example:
+    >>> z = np.array([[[0.75, -0.625], [-1.5, 0.75]]])
+    >>> affinity_from_z(z, profile=False)[0][0].tolist()
+    [[1.0, -1.0], [-1.0, 1.0]]
+    >>> cosine = affinity_from_z(np.array([[[0.4, 0.1], [0.1, 0.1]]]), profile=False)[0]
+    >>> cosine[0].tolist()
+    [[1.0, 0.5], [0.5, 1.0]]
+    >>> affinity_from_z(np.array([[[0.4, 0.1], [0.1, 0.1]]]))[0][0].round(4).tolist()
+    [[1.0, 0.8], [0.8, 1.0]]
+    """
+    z = np.asarray(z, dtype="float64")
+    if z.ndim != 3 or z.shape[1] != z.shape[2] or not np.all(np.isfinite(z)):
+        raise SearchError(f"`z` must be a finite array of shape [stages, tasks, tasks]. "
+                          f"Received shape {z.shape}.")
+    s = (z + np.swapaxes(z, 1, 2)) / 2.0
+    self_affinity = np.diagonal(s, axis1=1, axis2=2)  # [stages, T]
+    informative = self_affinity > 0
+    scale = np.sqrt(np.where(informative, self_affinity, 1.0))
+    values = np.clip(s / (scale[:, :, None] * scale[:, None, :]), -1.0, 1.0)
+    values = np.where(informative[:, :, None] & informative[:, None, :], values, 0.0)
+    diagonal = np.arange(z.shape[1])
+    values[:, diagonal, diagonal] = 1.0
+    if profile:
+        # Every row holds its diagonal 1, so no norm is below 1.
+        unit = values / np.linalg.norm(values, axis=2, keepdims=True)
+        values = np.clip(unit @ np.swapaxes(unit, 1, 2), -1.0, 1.0)
+        values[:, diagonal, diagonal] = 1.0
+    degenerate = [(int(d), int(t)) for d, t in zip(*np.nonzero(~informative))]
+    return values, degenerate
+
+
+class LookaheadMeter:
+    """Measures and accumulates TAG's per-stage lookahead affinity Z on batches.
+
+    Args:
+        model: a fully shared `BranchedModel` (`TreeSpec.shared`: one block
+            per stage), built under `strategy.scope()` when a strategy is given.
+        lookahead_lr: the SGD rate of the lookahead step.
+        strategy: the `tf.distribute` strategy the model lives under (None:
+            the default strategy). With more than one replica, batches must
+            come from `strategy.experimental_distribute_dataset`.
+        input_signature: the `(x, y)` batch spec (a distributed dataset's
+            `element_spec`), so that one trace serves every batch size;
+            default: made from the first batch with any batch size.
+
+    Attributes:
+        total: [stages, T, T] sum of `Z^t` over measured steps.
+        pairs: [T, T] number of measured steps where both tasks were present.
+        steps: number of measured batches.
+
+    Example:
+    >>> tasks = [Task("a", "regression"), Task("b", "regression")]
+    >>> model = build_model(TreeSpec.shared(["a", "b"], 2), backbones.mlp(3, (4, 4)), tasks)
+    >>> meter = LookaheadMeter(model, lookahead_lr=0.1)
+    >>> x = np.ones((8, 3), "float32")
+    >>> y = {"a": np.ones(8, "float32"), "b": np.full(8, np.nan, "float32")}
+    >>> z, pairs = meter.measure(x, y)   # task b has no label in this batch
+    >>> z.shape, pairs.tolist()
+    ((2, 2, 2), [[True, False], [False, False]])
+    """
+
+    def __init__(self, model: keras.Model, lookahead_lr: float = 0.01,
+                 strategy: tf.distribute.Strategy | None = None, input_signature: Any = None):
+        self.lookahead_lr = check_number(lookahead_lr, "lookahead_lr", minimum=0, error=SearchError)
+        spec = getattr(model, "spec", None)
+        if not isinstance(spec, TreeSpec) or any(spec.blocks(d) != [0] for d in range(spec.num_stages)):
+            raise SearchError("TAG measures a fully shared BranchedModel (TreeSpec.shared); "
+                              f"received {type(model).__name__} with spec {spec}.")
+        self.model = model
+        self.strategy = distribute.get_strategy(strategy)
+        self.tasks = list(model.tasks)
+        self.num_stages = spec.num_stages
+        num_tasks = len(self.tasks)
+        self.total = np.zeros((self.num_stages, num_tasks, num_tasks))
+        self.pairs = np.zeros((num_tasks, num_tasks), dtype=np.int64)
+        self.steps = 0
+        # Tasks of one kind and width share one loss call (a few ops instead of
+        # a few per task: tracing and running the vectorized lookahead is faster).
+        kinds: dict[tuple[str, int], list[int]] = {}
+        for i, task in enumerate(self.tasks):
+            kinds.setdefault((task.kind, task.units), []).append(i)
+        self._kinds = [
+            (units, members, MaskedLoss(kind, reduction=None,
+                                        task=", ".join(self.tasks[i].name for i in members)))
+            for (kind, units), members in kinds.items()
+        ]
+        self._order = np.argsort(np.concatenate([m for _, m, _ in self._kinds]))
+        stages = [model.get_layer(block_name(d, 0)) for d in range(self.num_stages)]
+        self._stage_vars = [list(layer.trainable_variables) for layer in stages]
+        # The stage inputs and outputs of one forward pass; from stage d on, the
+        # rest of the network (what a lookahead on stage d changes).
+        self._reader = keras.Model(model.input, [[s.input for s in stages], model.output])
+        self._tails = [keras.Model(s.input, model.output) for s in stages]
+        self._signature = input_signature
+        self._step: Callable | None = None
+
+    def task_sums(self, y: dict[str, Any], outputs: dict[str, Any]) -> tf.Tensor:
+        """[T] sums over the batch of each task's masked per-sample loss."""
+        sums = []
+        for units, members, loss in self._kinds:
+            keys = [self.tasks[i].key for i in members]
+            labels = tf.stack([tf.reshape(y[k], [-1]) for k in keys], axis=1)  # [B, n]
+            predicted = tf.stack([tf.reshape(outputs[k], [-1, units]) for k in keys], axis=1)
+            per_sample = loss(tf.reshape(labels, [-1]), tf.reshape(predicted, [-1, units]))
+            sums.append(tf.reduce_sum(tf.reshape(tf.cast(per_sample, "float32"), [-1, len(keys)]), 0))
+        return tf.gather(tf.concat(sums, 0), self._order)
+
+    def _lookahead_sums(self, d: int, stage_input: tf.Tensor, y: dict[str, Any],
+                        grads: list[tf.Tensor], before: tf.Tensor) -> tf.Tensor:
+        """[T (step on i), T (loss of j)] loss sums after a lookahead on stage d."""
+        variables = self._stage_vars[d]
+        if not variables:
+            return tf.tile(before[None, :], [len(self.tasks), 1])
+
+        def after_step_on(task_grads):
+            mapping = [(v, v - self.lookahead_lr * g) for v, g in zip(variables, task_grads)]
+            with keras.StatelessScope(state_mapping=mapping):
+                return self.task_sums(y, self._tails[d](stage_input, training=False))
+
+        # One vectorized pass over the T lookahead weight sets instead of T passes.
+        return tf.vectorized_map(after_step_on, grads)
+
+    def _replica_step(self, x: tf.Tensor, y: dict[str, Any]):
+        context = tf.distribute.get_replica_context()
+        counts = tf.stack([tf.reduce_sum(label_mask(y[t.key], t.kind)) for t in self.tasks])
+        global_counts = context.all_reduce(_SUM, counts)
+        flat = [v for stage in self._stage_vars for v in stage]
+        with tf.GradientTape() as tape:
+            stage_inputs, outputs = self._reader(x, training=False)
+            before = self.task_sums(y, outputs)
+            means = tf.math.divide_no_nan(before, global_counts)  # L_i over labelled samples
+        # Row i: the gradient of L_i; pfor computes the T of them in one pass.
+        jacobian = tape.jacobian(means, flat, experimental_use_pfor=True) if flat else []
+        jacobian = context.all_reduce(_SUM, jacobian) if flat else []
+        after, start = [], 0
+        for d, variables in enumerate(self._stage_vars):
+            grads = jacobian[start: start + len(variables)]
+            start += len(variables)
+            after.append(self._lookahead_sums(d, stage_inputs[d], y, grads, before))
+        return before, tf.stack(after), counts
+
+    def _distributed_step(self, x, y):
+        per_replica = self.strategy.run(self._replica_step, args=(x, y))
+        return self.strategy.reduce(_SUM, per_replica, axis=None)
+
+    def measure(self, x: Any, y: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        """Z of one batch at the model's current weights, added to the running totals.
+
+        Args:
+            x: the batch's inputs (a distributed value under a multi-replica strategy).
+            y: `{task_key: labels}`, missing labels marked as in `keras_branch.masked`.
+
+        Returns:
+            `(z, pairs)`: this batch's `Z^t` [stages, T, T] (NaN for pairs not
+            measured) and the [T, T] mask of measured pairs (both tasks labelled
+            in the batch, with a positive loss). The model's weights are unchanged.
+        """
+        if self._step is None:
+            if self._signature is None and not isinstance(x, tf.distribute.DistributedValues):
+                self._signature = tf.nest.map_structure(_any_batch_size, (x, y))
+            self._step = tf.function(self._distributed_step, input_signature=self._signature,
+                                     reduce_retracing=True)
+        before, after, counts = (np.asarray(v, dtype="float64") for v in self._step(x, y))
+        present = (counts > 0) & (before > 0)
+        pairs = present[:, None] & present[None, :]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z = np.where(pairs[None], 1.0 - after / before[None, None, :], np.nan)
+        self.total += np.where(pairs[None], z, 0.0)
+        self.pairs += pairs
+        self.steps += 1
+        return z, pairs
+
+    @property
+    def z(self) -> np.ndarray:
+        """[stages, T, T] mean Z per pair over the steps that measured it (0 if none did)."""
+        return self.total / np.maximum(self.pairs, 1)[None]
+
+
+def _check_tag_data(data: MultiTaskData, tasks: Sequence[str] | None) -> list[str]:
+    names = data.task_names if tasks is None else list(tasks)
+    unknown = sorted(set(names) - set(data.task_names))
+    if unknown:
+        raise SearchError(f"Unknown task(s) {unknown}; data tasks are {data.task_names}.")
+    if len(names) < 2:
+        raise SearchError(f"Affinity needs at least 2 tasks. Received: {names}")
+    labelled = data.labelled_counts("train")
+    if any(labelled[n] == 0 for n in names):
+        raise SearchError(
+            f"Task(s) {[n for n in names if labelled[n] == 0]} of {data.name!r} have no labelled "
+            f"training sample (every label missing): TAG would never measure them. Remove them "
+            f"from the data or label some samples."
+        )
+    return names
+
+
+def tag_affinity(
+    data: MultiTaskData,
+    backbone: Backbone,
+    tasks: Sequence[str] | None = None,
+    epochs: int = 10,
+    batch_size: int = 64,
+    learning_rate: float = 1e-3,
+    every: int = 10,
+    lookahead_lr: float = 0.01,
+    seed: int = 0,
+    strategy: str | tf.distribute.Strategy | None = None,
+    log: Callable[[str], None] | None = print,
+) -> TaskAffinity:
+    """Measures task affinity per stage during one training of the fully shared model (TAG).
+
+    The fully shared `BranchedModel` trains with Adam on the sum of the
+    tasks' masked losses (each weighted by `Task.loss_weight`) for `epochs`
+    epochs; every `every` steps (the first step included), before the step's
+    update, `LookaheadMeter` measures Z on the step's batch.
+
+    Args:
+        data: multi-task data; its `train` split is used.
+        backbone: the staged backbone.
+        tasks: names of the tasks to compare (default: all of `data`).
+        epochs, batch_size, learning_rate: the joint training (global batch).
+        every: measure the lookahead affinity every `every` steps (k).
+        lookahead_lr: SGD rate of the lookahead steps.
+        seed: seed of the initial weights and of the batch order.
+        strategy: a `tf.distribute` strategy or its name (see
+            `keras_branch.distribute.get_strategy`); None: the default one.
+        log: progress lines (None for silence).
+
+    Returns:
+        `TaskAffinity` [stages, tasks, tasks] made from Z by
+        `affinity_from_z`; `info` holds `method: "tag"`, the settings, the
+        raw mean `z`, the measured `pairs`, `measured_steps`, `degenerate`
+        and the training loss per epoch.
+
+    Raises:
+        SearchError: bad settings, or a task without any labelled training
+            sample (refused before training, as `task_affinity` does).
+
+    Example:
+    >>> data = planted_groups(group_sizes=(2, 2), num_train=256, seed=0)
+    >>> aff = tag_affinity(data, backbones.mlp(100, (16, 16)), epochs=2, every=2, log=None)
+    >>> aff.values.shape, aff.info["method"]
+    ((2, 4, 4), 'tag')
+
+    Reference:
+        Fifty et al., "Efficiently Identifying Task Groupings for Multi-Task
+        Learning", NeurIPS 2021.
+    """
+    names = _check_tag_data(data, tasks)
+    for field, value in (("epochs", epochs), ("batch_size", batch_size), ("every", every)):
+        check_int(value, field, minimum=1, error=SearchError)
+    check_number(learning_rate, "learning_rate", minimum=0, error=SearchError)
+    check_number(lookahead_lr, "lookahead_lr", minimum=0, error=SearchError)
+    check_int(seed, "seed", minimum=0, error=SearchError)
+    if tasks is not None:
+        data = data.select_tasks(names)
+    strategy = distribute.get_strategy(strategy)
+    by_name = {t.name: t for t in data.tasks}
+    with seeded_layers(seed), strategy.scope():
+        model = build_model(TreeSpec.shared(names, backbone.num_stages),
+                            distribute.prepare_backbone(backbone, strategy),
+                            [by_name[n] for n in names])
+        optimizer = keras.optimizers.Adam(learning_rate)
+        optimizer.build(model.trainable_variables)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    # tf.data's autotuning held up the iterator's deletion, at random, until about
+    # 20 s after its creation (TF 2.21, 2 cores); gathers from memory need no tuning.
+    options.autotune.enabled = False
+    dataset = data.epoch_dataset("train", batch_size, seed, 0, epochs).with_options(options)
+    distributed = strategy.experimental_distribute_dataset(dataset)
+    # One trace for every batch size (the last batch of an epoch is smaller).
+    meter = LookaheadMeter(model, lookahead_lr, strategy, input_signature=distributed.element_spec)
+    weights = tf.constant([t.loss_weight for t in model.tasks], "float32")
+
+    def replica_train(x, y):
+        size = tf.distribute.get_replica_context().all_reduce(_SUM, tf.cast(tf.shape(x)[0], "float32"))
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(weights * meter.task_sums(y, model(x, training=True))) / size
+        optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables),
+                                      model.trainable_variables))
+        return loss
+
+    @tf.function(input_signature=distributed.element_spec)
+    def train_step(x, y):
+        return strategy.reduce(_SUM, strategy.run(replica_train, args=(x, y)), axis=None)
+
+    batches = iter(distributed)
+    steps, history = data.steps("train", batch_size), []
+    for epoch in range(epochs):
+        start, total = time.perf_counter(), 0.0
+        for step in range(epoch * steps, (epoch + 1) * steps):
+            x, y = next(batches)
+            if step % every == 0:
+                meter.measure(x, y)
+            total += float(train_step(x, y))
+        history.append(total / steps)
+        if log:
+            log(f"tag epoch {epoch + 1}/{epochs}: loss {history[-1]:.4f}, "
+                f"{meter.steps} lookaheads so far ({time.perf_counter() - start:.1f} s)")
+    values, degenerate = affinity_from_z(meter.z)
+    if degenerate and log:
+        log(f"tag: no self-affinity (affinities set to 0) at (stage, task) {degenerate}")
+    info = {"method": "tag", "epochs": epochs, "batch_size": batch_size,
+            "learning_rate": learning_rate, "every": every, "lookahead_lr": lookahead_lr,
+            "seed": seed, "backbone": backbone.name, "replicas": strategy.num_replicas_in_sync,
+            "measured_steps": meter.steps, "loss": history,
+            "normalisation": "S = (Z + Z^T) / 2; C = clip(S_ij / sqrt(S_ii S_jj), -1, 1); "
+                             "A = cosine of the rows of C",
+            "degenerate": [[d, names[t]] for d, t in degenerate],
+            "z": meter.z.tolist(), "pairs": meter.pairs.tolist()}
+    return TaskAffinity(values, names, info)
