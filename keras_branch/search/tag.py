@@ -309,7 +309,6 @@ def _check_tag_data(data: MultiTaskData, tasks: Sequence[str] | None) -> list[st
 def tag_affinity(
     data: MultiTaskData,
     backbone: Backbone,
-    tasks: Sequence[str] | None = None,
     epochs: int = 10,
     batch_size: int = 64,
     learning_rate: float = 1e-3,
@@ -318,6 +317,7 @@ def tag_affinity(
     seed: int = 0,
     strategy: str | tf.distribute.Strategy | None = None,
     log: Callable[[str], None] | None = print,
+    tasks: Sequence[str] | None = None,
 ) -> TaskAffinity:
     """Measures task affinity per stage during one training of the fully shared model (TAG).
 
@@ -329,7 +329,6 @@ def tag_affinity(
     Args:
         data: multi-task data; its `train` split is used.
         backbone: the staged backbone.
-        tasks: names of the tasks to compare (default: all of `data`).
         epochs, batch_size, learning_rate: the joint training (global batch).
         every: measure the lookahead affinity every `every` steps (k).
         lookahead_lr: SGD rate of the lookahead steps.
@@ -337,6 +336,7 @@ def tag_affinity(
         strategy: a `tf.distribute` strategy or its name (see
             `keras_branch.distribute.get_strategy`); None: the default one.
         log: progress lines (None for silence).
+        tasks: names of the tasks to compare (default: all of `data`).
 
     Returns:
         `TaskAffinity` [stages, tasks, tasks] made from Z by
