@@ -192,7 +192,7 @@ class TemperatureScheduler(keras.callbacks.Callback):
 
 
 class EpochLogger(keras.callbacks.Callback):
-    """One short line per epoch: losses, mean validation metric, time.
+    """One short line per epoch: losses, mean validation metric, task weights, time.
 
     Keras' own progress prints every metric of every task, which for many
     tasks is a wall of text; this prints what a person watches.
@@ -223,6 +223,11 @@ class EpochLogger(keras.callbacks.Callback):
             value = mean_metric(metrics, name)
             if not math.isnan(value):
                 parts.append(f"mean val {name} {value:.4f}")
+        # A weighting's per-task weights (`<key>_weight`, see keras_branch.weighting).
+        weights = [f"{t.name}={float(logs[f'{t.key}_weight']):.3g}" for t in self.tasks
+                   if f"{t.key}_weight" in logs]
+        if weights:
+            parts.append("weights " + " ".join(weights))
         parts.append(f"({time.perf_counter() - self._start:.1f} s)")
         self.log("  ".join(parts))
 

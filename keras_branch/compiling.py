@@ -1,8 +1,9 @@
 """Compiling a multi-task model: the optimizer of a recipe and masked per-task losses.
 
 Kept apart from the architecture (LibMTL's habit): how tasks share layers is
-the TreeSpec's business; how their losses combine is decided here (each
-task's masked loss times its `loss_weight`, summed).
+the TreeSpec's business; how their losses combine is decided here: each
+task's masked loss times its `loss_weight`, summed, unless a weighting of
+`keras_branch.weighting` is given.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from typing import Any
 import keras
 
 from keras_branch.checks import check_int, check_number
-from keras_branch.errors import DataError
+from keras_branch.errors import DataError, WeightingError
 from keras_branch.tasks import Task
+from keras_branch.weighting import Weighting, get_weighting
 
 SCHEDULES = ("constant", "cosine")
 
@@ -92,6 +94,7 @@ def compile_model(
     tasks: Sequence[Task] | None = None,
     learning_rate: float = 1e-3,
     optimizer: keras.optimizers.Optimizer | None = None,
+    weighting: str | Weighting | None = None,
 ) -> keras.Model:
     """Compiles a multi-task model with masked losses and metrics per task.
 
@@ -102,11 +105,32 @@ def compile_model(
         learning_rate: Adam's learning rate when `optimizer` is None.
         optimizer: any Keras optimizer (`make_optimizer` builds the
             scheduled / weight-decayed ones of a recipe).
+        weighting: how task losses combine: a
+            `keras_branch.weighting.Weighting` or its name (see
+            `keras_branch.weighting`; `"equal"`, the sum, detaches one
+            attached before); None keeps the model's (equal by default).
+            Needs a `TaskModel`.
 
     Returns:
         The same model, compiled.
+
+    Example:
+    >>> model = compile_model(build_model(TreeSpec.shared(["a", "b"], num_stages=1),
+    ...                                   backbones.mlp(4, (4,)),
+    ...                                   [Task("a", "regression"), Task("b", "regression")]),
+    ...                       weighting="uncertainty")
+    >>> model.weighting.method
+    'uncertainty'
     """
     tasks = list(tasks if tasks is not None else model.tasks)
+    if weighting is None:
+        pass  # a weighting attached before stays
+    elif hasattr(model, "set_weighting"):
+        model.set_weighting(weighting)
+    elif (chosen := get_weighting(weighting)) is not None:
+        raise WeightingError(
+            f"A {chosen.method} weighting needs a keras_branch TaskModel (BranchedModel, "
+            f"SoftOrderingModel); received a {type(model).__name__}.")
     model.compile(
         optimizer=optimizer or keras.optimizers.Adam(learning_rate),
         loss={t.key: t.make_loss() for t in tasks},

@@ -34,6 +34,7 @@ from keras_branch.results import TrainResult
 from keras_branch.seeding import seeded_layers
 from keras_branch.spec import TreeSpec
 from keras_branch.tasks import spec_tasks
+from keras_branch.weighting import Weighting, weight_logs, weighted_train_step
 
 
 def fit_custom_loop(
@@ -49,6 +50,7 @@ def fit_custom_loop(
     mixed_precision: str | None = None,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     log: Callable[[str], None] | None = print,
+    weighting: str | Weighting | None = None,
 ):
     """Trains a spec's model with a custom loop under `strategy`.
 
@@ -61,6 +63,8 @@ def fit_custom_loop(
         mixed_precision: None, "float16" or "bfloat16".
         callbacks: Keras callbacks; only `on_epoch_end(epoch, logs)` is called.
         log: progress lines (chief only; None for silence).
+        weighting: how task losses combine (`keras_branch.weighting`; None
+            sums them); its weights join the history as `<task key>_weight`.
 
     Returns:
         `keras_branch.results.TrainResult` on every worker.
@@ -71,9 +75,10 @@ def fit_custom_loop(
     with seeded_layers(seed), strategy.scope(), distribute.dtype_policy(mixed_precision):
         model = build_model(spec, backbone, tasks)
         optimizer = keras.optimizers.Adam(learning_rate)
+        model.set_weighting(weighting)
         optimizer.build(model.trainable_variables)
     losses = {t.key: MaskedLoss(t.kind, reduction=None, task=t.name) for t in tasks}
-    weights = {t.key: t.loss_weight for t in tasks}
+    weights = tf.constant([t.loss_weight for t in tasks], "float32")
 
     first_epoch, history = 0, {}
     checkpoint = None
@@ -89,15 +94,16 @@ def fit_custom_loop(
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     iterator = iter(strategy.experimental_distribute_dataset(dataset.with_options(options)))
 
+    def shares(y, outputs):
+        return [tf.nn.compute_average_loss(tf.cast(losses[t.key](y[t.key], outputs[t.key]), "float32"),
+                                           global_batch_size=batch_size) for t in tasks]
+
     def replica_step(x, y):
+        if model.weighting is not None:
+            return weighted_train_step(model, model.weighting, optimizer, x, y, shares).total / (
+                strategy.num_replicas_in_sync)
         with tf.GradientTape() as tape:
-            outputs = model(x, training=True)
-            total = 0.0
-            for key, loss in losses.items():
-                per_sample = tf.cast(loss(y[key], outputs[key]), "float32")
-                total += weights[key] * tf.nn.compute_average_loss(
-                    per_sample, global_batch_size=batch_size
-                )
+            total = tf.reduce_sum(weights * tf.stack(shares(y, model(x, training=True))))
         grads = tape.gradient(total, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         return total
@@ -114,6 +120,9 @@ def fit_custom_loop(
             total += float(train_step(next(iterator)))
             count += 1
         logs = {"loss": total / max(count, 1)}
+        if model.weighting is not None:
+            logs.update(weight_logs(model.weighting))
+            model.weighting.end_epoch()
         for key, value in logs.items():
             history.setdefault(key, []).append(value)
         if checkpoint is not None:
@@ -125,6 +134,9 @@ def fit_custom_loop(
     # Scoring and saving happen outside the strategy, on a plain copy.
     with seeded_layers(seed), distribute.dtype_policy(mixed_precision):
         plain = build_model(spec, backbone, tasks)
+    if model.weighting is not None:  # its state is part of the weights
+        plain.set_weighting(keras.saving.deserialize_keras_object(
+            keras.saving.serialize_keras_object(model.weighting)))
     plain.set_weights([np.asarray(w) for w in model.get_weights()])
     compile_model(plain, learning_rate=learning_rate)
     metrics = {

@@ -49,3 +49,7 @@ class ExportError(KerasBranchError):
 
 class TrainingError(KerasBranchError):
     """Training went wrong in a way the inputs caused (e.g. the loss became NaN)."""
+
+
+class WeightingError(KerasBranchError):
+    """A task weighting is unknown or got settings it cannot take (name, weights, tasks)."""

@@ -4,8 +4,9 @@ A task model is a functional Keras model with one output per task, named by
 the task's key (the key names the loss, the metrics and the serving
 signature). The base holds what every such model shares: the task list and
 its keys, the head-plus-named-output of a task, the label-structure check
-before the loss, and the config (`name`, `trainable`, `tasks` plus the
-subclass's own fields).
+before the loss, the task weighting (`set_weighting`: a weighted model
+trains through `keras_branch.weighting.step`), and the config (`name`,
+`trainable`, `tasks`, `weighting` plus the subclass's own fields).
 """
 
 from __future__ import annotations
@@ -14,9 +15,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import keras
+import numpy as np
+import tensorflow as tf
 
-from keras_branch.errors import TaskError
+from keras_branch.errors import TaskError, WeightingError
 from keras_branch.tasks import Task, as_tasks, check_keys_free, check_label_structure
+from keras_branch.weighting import Weighting, WeightingEpochs, get_weighting, weighted_train_step
 
 
 class TaskModel(keras.Model):
@@ -28,6 +32,7 @@ class TaskModel(keras.Model):
     """
 
     tasks: list[Task]
+    weighting: Weighting | None = None
 
     @staticmethod
     def prepare_tasks(tasks: Sequence[Task | dict[str, Any]], reserved: str | None = None,
@@ -65,14 +70,85 @@ class TaskModel(keras.Model):
         """The subclass's constructor arguments besides `tasks`, `name` and `trainable`."""
         raise NotImplementedError(f"{type(self).__name__} must define model_config().")
 
+    def set_weighting(self, weighting: str | Weighting | None) -> None:
+        """Attaches a task weighting (`keras_branch.weighting`); None is equal weighting.
+
+        The weighting's state is created in the model's strategy and becomes
+        part of the model: it trains, checkpoints and saves with it.
+
+        Raises:
+            WeightingError: an unknown weighting, or settings naming tasks the
+                model does not have.
+        """
+        weighting = get_weighting(weighting)
+        if self.weighting is weighting:
+            return
+        if weighting is not None:
+            with self.distribute_strategy.scope():
+                weighting.attach([t.key for t in self.tasks])
+        if self.weighting is not None:
+            del self.weighting  # untracks the old one's variables
+        if weighting is not None:
+            self.weighting = weighting
+        # A compiled step of the other weighting must not be reused.
+        self.train_function = None
+
+    def train_step(self, data):
+        if self.weighting is None:
+            return super().train_step(data)
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        if sample_weight is not None:
+            raise WeightingError(
+                f"A {self.weighting.method} weighting takes no sample weights (missing labels "
+                f"are -1 or NaN). Received: sample_weight={sample_weight!r}")
+        check_label_structure(self.tasks, y)
+        if not isinstance(self.loss, dict):
+            raise WeightingError("A weighted model needs one loss per task key: compile it with "
+                                 f"`compile_model`. Received: loss={self.loss!r}")
+
+        def shares(y, y_pred):
+            # A reduced Keras loss is already this replica's share (divided by the replicas).
+            return [tf.cast(self.loss[t.key](y[t.key], y_pred[t.key]), "float32")
+                    for t in self.tasks]
+
+        result = weighted_train_step(self, self.weighting, self.optimizer, x, y, shares)
+        # Keras' own per-task loss metrics (`<key>_loss`) are updated by its
+        # compute_loss; its statically weighted total is not used.
+        self.compute_loss(x=x, y=y, y_pred=result.y_pred, training=True)
+        loss_tracker = next(m for m in self.metrics if m.name == "loss")
+        loss_tracker.update_state(result.total, sample_weight=tf.shape(tf.nest.flatten(x)[0])[0])
+        return self.compute_metrics(x, y, result.y_pred, sample_weight=None)
+
+    def count_params(self) -> int:
+        """The network's parameters; a weighting's state (training state) is not counted."""
+        total = super().count_params()
+        if self.weighting is not None:
+            total -= sum(int(np.prod(v.shape)) for v in self.weighting.weights)
+        return total
+
+    def fit(self, *args, **kwargs):
+        if self.weighting is not None:
+            # First, so that checkpoints and loggers see the epoch closed.
+            kwargs["callbacks"] = [WeightingEpochs(self.weighting), *(kwargs.get("callbacks") or [])]
+        return super().fit(*args, **kwargs)
+
     def get_config(self) -> dict[str, Any]:
-        return {
+        config = {
             "name": self.name,
             "trainable": self.trainable,
             "tasks": [t.get_config() for t in self.tasks],
             **self.model_config(),
         }
+        if self.weighting is not None:
+            config["weighting"] = keras.saving.serialize_keras_object(self.weighting)
+        return config
 
     @classmethod
     def from_config(cls, config: dict[str, Any], custom_objects=None):
-        return cls(**config)
+        config = dict(config)
+        weighting = config.pop("weighting", None)
+        model = cls(**config)
+        if weighting is not None:
+            model.set_weighting(keras.saving.deserialize_keras_object(
+                weighting, custom_objects=custom_objects))
+        return model

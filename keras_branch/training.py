@@ -31,6 +31,7 @@ from keras_branch.results import TrainResult
 from keras_branch.seeding import seeded_layers
 from keras_branch.spec import TreeSpec
 from keras_branch.tasks import spec_tasks
+from keras_branch.weighting import Weighting
 
 
 def train(
@@ -50,6 +51,7 @@ def train(
     weight_decay: float = 0.0,
     warmup_epochs: int = 0,
     tensorboard: str | os.PathLike | None = None,
+    weighting: str | Weighting | None = None,
 ) -> TrainResult:
     """Compiles (if needed), fits on `train` with `validation`, scores splits.
 
@@ -75,6 +77,10 @@ def train(
             model is not compiled yet (see `make_optimizer`).
         tensorboard: a folder for TensorBoard event files (per-task losses
             and metrics per epoch; see `TensorBoardLogger`).
+        weighting: how the task losses combine (`keras_branch.weighting`:
+            a `Weighting` or a name such as `"uncertainty"`; None keeps
+            the model's, which is the sum unless one was attached). The weights go to
+            the history as `<task key>_weight`.
 
     Returns:
         `TrainResult` with the history and `{split: {task: {metric: value}}}`.
@@ -103,7 +109,9 @@ def train(
             compile_model(model, optimizer=make_optimizer(
                 learning_rate, schedule, weight_decay, epochs, data.steps("train", batch_size),
                 warmup_epochs,
-            ))
+            ), weighting=weighting)
+    elif weighting is not None:
+        model.set_weighting(weighting)
     callbacks = [*callbacks, keras.callbacks.TerminateOnNaN()]
     if tensorboard is not None:
         # Fail here, with the file system's one-line reason, rather than inside
@@ -176,7 +184,8 @@ def fit_model(
         **kwargs: the recipe and run options of `train` (`epochs`,
             `batch_size`, `learning_rate`, `schedule`, `weight_decay`,
             `warmup_epochs`, `augment`, `verbose`, `callbacks`,
-            `checkpoint_dir`, `log`, `tensorboard`, `eval_splits`).
+            `checkpoint_dir`, `log`, `tensorboard`, `eval_splits`,
+            `weighting`).
 
     Returns:
         `TrainResult`, as `train`.
@@ -224,8 +233,8 @@ def fit_spec(
             `keras_branch.distribute`). The model is built in its scope;
             multi-worker runs use keras_branch's own loop
             (`keras_branch.custom_loop`), which takes `epochs`,
-            `batch_size`, `learning_rate`, `callbacks`, `checkpoint_dir` and
-            `log`.
+            `batch_size`, `learning_rate`, `callbacks`, `checkpoint_dir`,
+            `log` and `weighting`.
         mixed_precision: None, `"float16"` or `"bfloat16"` compute; heads
             and outputs stay float32.
         **kwargs: the recipe and run options of `train` (`epochs`,
@@ -233,7 +242,8 @@ def fit_spec(
             `"cosine"`), `weight_decay` (AdamW), `warmup_epochs`, `augment`
             (a config dict, see `keras_branch.augment`), `verbose`,
             `callbacks`, `checkpoint_dir` (crash-safe resumable training),
-            `log`, `tensorboard` (a folder for per-task scalars)).
+            `log`, `tensorboard` (a folder for per-task scalars),
+            `weighting` (see `keras_branch.weighting`)).
 
     Returns:
         `TrainResult`, as `train`.

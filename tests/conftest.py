@@ -38,3 +38,13 @@ def omniglot_zip() -> Path:
     if not OMNIGLOT_ZIP.exists():
         pytest.skip(f"Omniglot data not found at {OMNIGLOT_ZIP} (../shared beside the repo)")
     return OMNIGLOT_ZIP
+
+
+def load_script(path: Path, name: str | None = None):
+    """A script (a benchmark, an example) imported as a module by its path."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name or path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,21 +1,19 @@
 """Smoke test of benchmarks/omniglot.py on a 2-alphabet subset with tiny epochs."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import load_script
+
 BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "omniglot.py"
 
 
 @pytest.fixture(scope="module")
 def omniglot_benchmark():
-    spec = importlib.util.spec_from_file_location("omniglot_benchmark", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(BENCHMARK, "omniglot_benchmark")
 
 
 def test_benchmark_runs_every_method_on_two_alphabets(omniglot_benchmark, omniglot_zip, tmp_path,

@@ -26,12 +26,18 @@ def _env(**extra):
     return env
 
 
-def test_mirrored_strategy_matches_one_device(tmp_path):
-    out = tmp_path / "mirrored.npz"
-    subprocess.run([sys.executable, WORKER, "mirrored", str(out)], check=True,
+def _two_replica_run(mode, tmp_path):
+    """The worker's results for MODE, after checking it ran on two replicas."""
+    out = tmp_path / f"{mode}.npz"
+    subprocess.run([sys.executable, WORKER, mode, str(out)], check=True,
                    env=_env(), capture_output=True, timeout=600)
-    w = np.load(out)
-    assert int(w["replicas"]) == 2
+    results = np.load(out)
+    assert int(results["replicas"]) == 2
+    return results
+
+
+def test_mirrored_strategy_matches_one_device(tmp_path):
+    w = _two_replica_run("mirrored", tmp_path)
     # Batch norm included (synchronized across the two replicas), 16 steps of SGD.
     np.testing.assert_allclose(w["mirrored"], w["single"], atol=1e-5, rtol=0)
     # The custom loop under MirroredStrategy equals model.fit on one device.
@@ -49,7 +55,7 @@ def _free_ports(n):
     return ports
 
 
-def _run_two_workers(mode, tmp_path, timeout=600):
+def _run_two_workers(mode, tmp_path, timeout=600, **env):
     ports = _free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     procs = []
@@ -57,7 +63,7 @@ def _run_two_workers(mode, tmp_path, timeout=600):
         tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
         procs.append(subprocess.Popen(
             [sys.executable, WORKER, mode, str(tmp_path / f"w{index}.npz"), str(tmp_path / f"run{index}")],
-            env=_env(TF_CONFIG=tf_config), stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+            env=_env(TF_CONFIG=tf_config, **env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
     results = []
     for proc in procs:
         try:
@@ -69,11 +75,13 @@ def _run_two_workers(mode, tmp_path, timeout=600):
     return results
 
 
-def test_two_workers_match_a_single_process(tmp_path):
-    for returncode, output in _run_two_workers("worker", tmp_path):
+# With a gradient-level weighting, the per-task gradients are all-reduced across workers.
+@pytest.mark.parametrize("weighting", ["", pytest.param("pcgrad", marks=pytest.mark.slow)])
+def test_two_workers_match_a_single_process(tmp_path, weighting):
+    for returncode, output in _run_two_workers("worker", tmp_path, KB_WEIGHTING=weighting):
         assert returncode == 0, output[-3000:]
     subprocess.run([sys.executable, WORKER, "single", str(tmp_path / "single.npz")], check=True,
-                   env=_env(), capture_output=True, timeout=600)
+                   env=_env(KB_WEIGHTING=weighting), capture_output=True, timeout=600)
     w0, w1 = np.load(tmp_path / "w0.npz"), np.load(tmp_path / "w1.npz")
     single = np.load(tmp_path / "single.npz")["weights"]
     np.testing.assert_array_equal(w0["weights"], w1["weights"])
@@ -98,24 +106,39 @@ def test_multiworker_needs_tf_config(monkeypatch):
         get_strategy("tpu")
 
 
+def test_weightings_under_mirrored_strategy_match_one_device(tmp_path):
+    w = _two_replica_run("weighting", tmp_path)
+    for name, state in (("uncertainty", 4), ("pcgrad", 1)):
+        # A third of the labels missing, so the replicas of a step see different
+        # tasks: the weights must come from global losses, presence and gradients.
+        np.testing.assert_allclose(w[f"{name}_mirrored"], w[f"{name}_single"], atol=1e-5, rtol=0)
+        np.testing.assert_allclose(w[f"{name}_loop"], w[f"{name}_fit"], atol=1e-5, rtol=0)
+        # The weighting changed the training (its state rides after the model's weights).
+        assert np.abs(w[f"{name}_single"][:-state] - w["equal"]).max() > 1e-3
+
+
 SPEC = '{"tasks": ["g0_t0", "g0_t1", "g1_t0"], "routes": {"g0_t0": [0, 0, 0], "g0_t1": [0, 0, 1], "g1_t0": [0, 1, 2]}}'
 
 
-def _train_command(spec, out, epochs):
+def _train_command(spec, out, epochs, weighting="equal"):
     return [sys.executable, "-m", "keras_branch.cli", "train", "--spec", str(spec),
             "--data", "planted:groups=2-1,train=40000,seed=2", "--backbone", "mlp",
             "--backbone-arg", "widths=[64,64,32]", "--epochs", str(epochs), "--batch-size", "32",
-            "--out", str(out)]
+            "--weighting", weighting, "--out", str(out)]
 
 
-def test_killed_training_resumes_without_redoing_epochs(tmp_path):
+# A stateful weighting (DWA: epoch losses) and a gradient one (PCGrad: its step
+# counter seeds the visiting orders) must resume with their state.
+@pytest.mark.parametrize("weighting", ["equal", pytest.param("dwa", marks=pytest.mark.slow),
+                                       pytest.param("pcgrad", marks=pytest.mark.slow)])
+def test_killed_training_resumes_without_redoing_epochs(tmp_path, weighting):
     spec = tmp_path / "spec.json"
     spec.write_text(SPEC)
     epochs = 5
     out = tmp_path / "run"
     checkpoint = Path(f"{out}.checkpoint")
     # cwd elsewhere: `python -m` must import the installed package, not the source tree.
-    proc = subprocess.Popen(_train_command(spec, out, epochs), env=_env(), cwd=tmp_path,
+    proc = subprocess.Popen(_train_command(spec, out, epochs, weighting), env=_env(), cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     # Wait until two epochs are checkpointed, then kill in the middle of the next.
     deadline = time.time() + 400
@@ -131,7 +154,7 @@ def test_killed_training_resumes_without_redoing_epochs(tmp_path):
     assert not out.exists()
     done = max(int(p.name[5:-6]) for p in checkpoint.glob("ckpt-*.index"))
     assert 2 <= done < epochs
-    rerun = subprocess.run(_train_command(spec, out, epochs), env=_env(), capture_output=True,
+    rerun = subprocess.run(_train_command(spec, out, epochs, weighting), env=_env(), capture_output=True,
                            text=True, timeout=900, cwd=tmp_path)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     assert f"{done} of {epochs} epochs done" in rerun.stdout
@@ -142,12 +165,18 @@ def test_killed_training_resumes_without_redoing_epochs(tmp_path):
     assert not checkpoint.exists()
 
     straight = tmp_path / "straight"
-    subprocess.run(_train_command(spec, straight, epochs), env=_env(), check=True,
+    subprocess.run(_train_command(spec, straight, epochs, weighting), env=_env(), check=True,
                    capture_output=True, timeout=900, cwd=tmp_path)
     resumed = load_branched_model(out / "model.keras").get_weights()
     reference = load_branched_model(straight / "model.keras").get_weights()
+    assert len(resumed) == len(reference)
     for a, b in zip(resumed, reference):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+    if weighting != "equal":
+        assert len(history["g0_t0_weight"]) == epochs
+        straight_history = json.loads((straight / "history.json").read_text())
+        np.testing.assert_allclose(history["g0_t0_weight"], straight_history["g0_t0_weight"],
+                                   atol=1e-5, rtol=0)
     assert TreeSpec.load(out / "spec.json") == TreeSpec.from_json(SPEC)
 
 

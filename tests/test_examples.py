@@ -1,16 +1,14 @@
 """Smoke tests: every example's main() runs on tiny settings and learns something."""
 
-import importlib.util
 from pathlib import Path
+
+from conftest import load_script
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 def load(name):
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(EXAMPLES / f"{name}.py")
 
 
 def test_custom_spec_example():

@@ -1,21 +1,19 @@
 """The inference benchmark script: FLOP counting by hand, and a tiny end-to-end run."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
 from keras_branch import Task, TreeSpec, backbones, build_model
 
+from conftest import load_script
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "inference.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("inference_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT, "inference_benchmark")
 
 
 def test_flops_of_an_mlp_tree_by_hand(bench):

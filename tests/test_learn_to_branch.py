@@ -29,6 +29,8 @@ from keras_branch.search.workflow import budget_for_blocks
 from keras_branch.testing import check_tflite_parity, run_model_test
 from keras_branch.training import fit_spec
 
+from conftest import load_script
+
 TASKS = [Task("a", "regression"), Task("b", "binary"), Task("c", "multiclass", classes=3)]
 
 
@@ -367,13 +369,9 @@ def test_extracted_tree_and_supernet_export_to_tflite_with_float32_parity(tmp_pa
 
 
 def test_planted_benchmark_runs_and_prints_its_table(capsys):
-    import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "ltb_planted.py"
-    spec = importlib.util.spec_from_file_location("ltb_planted", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script(Path(__file__).resolve().parents[1] / "benchmarks" / "ltb_planted.py")
     report = bench.main(["--seeds", "0", "--groups", "2-1", "--middle", "groups,3",
                          "--stages", "16,8,4", "--epochs", "1", "--retrain-epochs", "1",
                          "--num-train", "100", "--search-arg", "balance=0.5"])

@@ -39,7 +39,7 @@ def planted():
 def test_fit_spec_writes_per_task_scalars(planted, tmp_path):
     spec = TreeSpec.shared(planted.task_names, 2)
     run = fit_spec(spec, backbones.mlp(20, (8, 8)), planted, epochs=3, batch_size=64, verbose=0,
-                   log=None, tensorboard=tmp_path / "tb", schedule="cosine")
+                   log=None, tensorboard=tmp_path / "tb", schedule="cosine", weighting="uncertainty")
     scalars = read_scalars(tmp_path / "tb")
     keys = run.model.task_keys if hasattr(run.model, "task_keys") else {}
     for name in planted.task_names:
@@ -55,6 +55,10 @@ def test_fit_spec_writes_per_task_scalars(planted, tmp_path):
         np.testing.assert_allclose(
             [scalars[("validation", f"epoch_{key}_accuracy")][e] for e in range(3)],
             run.history[f"val_{key}_accuracy"], rtol=1e-6)
+        # The weighting's per-task weight, once per epoch.
+        np.testing.assert_allclose(
+            [scalars[("train", f"epoch_{key}_weight")][e] for e in range(3)],
+            run.history[f"{key}_weight"], rtol=1e-6)
     assert sorted(scalars[("train", "epoch_loss")]) == [0, 1, 2]
     lr = scalars[("train", "epoch_learning_rate")]
     assert lr[0] > lr[1] > lr[2]  # cosine decay

@@ -6,7 +6,9 @@ Tasks come in groups. Task t's weight vector is
 `y_t = w_t.x + sum_{i=1..m} sin(alpha_i * w_t.x + beta_i) + eps`, with
 `x ~ N(0, I_d)`, `alpha_i = i`, `beta_i = (i - 1)^2`, `eps ~ N(0, sigma^2)`.
 Tasks of a group correlate more with each other than with other groups, so a
-search that works recovers the groups (adjusted Rand index 1.0).
+search that works recovers the groups (adjusted Rand index 1.0). With
+`conflicting_groups=k`, the last k groups take `-a * u_root`: their targets
+pull the shared direction the other way (a test bed for task weighting).
 
 Reference:
     Ma et al., "Modeling Task Relationships in Multi-task Learning with
@@ -45,6 +47,7 @@ def planted_groups(
     scale: float = 1.0,
     num_sines: int = 3,
     noise: float = 0.01,
+    conflicting_groups: int = 0,
 ) -> MultiTaskData:
     """Generates planted task groups, deterministically per seed.
 
@@ -70,6 +73,9 @@ def planted_groups(
             (test MSE 0.70 of the variance with 8000 samples, against 0.07
             with m = 3), so the default is 3.
         noise: sigma above.
+        conflicting_groups: how many of the last groups use `-u_root`, so
+            that their gradients on what all tasks share conflict with the
+            other groups' (0: none).
 
     Returns:
         `MultiTaskData` whose `info["partition"]` is the planted groups.
@@ -89,6 +95,8 @@ def planted_groups(
             f"root_weight^2 + group_weight^2 must be <= 1. Received: "
             f"root_weight={root_weight}, group_weight={group_weight}"
         )
+    check_int(conflicting_groups, "conflicting_groups", minimum=0, maximum=len(sizes),
+              error=DataError)
     names = planted_task_names(sizes)
     num_tasks = sum(sizes)
     needed = 1 + len(sizes) + num_tasks
@@ -102,8 +110,9 @@ def planted_groups(
     weights = []
     t = 0
     for g, n in enumerate(sizes):
+        root = -root_weight if g >= len(sizes) - conflicting_groups else root_weight
         for _ in range(n):
-            weights.append(scale * (root_weight * u_root + group_weight * u_group[:, g] + own * v_task[:, t]))
+            weights.append(scale * (root * u_root + group_weight * u_group[:, g] + own * v_task[:, t]))
             t += 1
     w = np.stack(weights, axis=1)  # [dim, tasks]
 
@@ -129,4 +138,6 @@ def planted_groups(
     }
     tasks = [Task(name, kind) for name in flat]
     info = {"partition": names, "seed": seed, "group_sizes": sizes}
+    if conflicting_groups:
+        info["conflicting_groups"] = names[len(sizes) - conflicting_groups:]
     return MultiTaskData(tasks, splits, info, name="planted")
