@@ -57,6 +57,7 @@ from keras_branch.soft_ordering_model import fit_soft_ordering, format_mixing_we
 from keras_branch.spec import TreeSpec
 from keras_branch.tasks import spec_tasks
 from keras_branch.training import fit_spec
+from keras_branch.weighting import parse_weighting
 from keras_branch.zoo.cli import add_parser as add_zoo_parser
 
 
@@ -81,8 +82,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _recipe_args(args: argparse.Namespace) -> dict:
     """The recipe flags of `train` as keyword arguments of `fit_spec` / `fit_soft_ordering`."""
-
-
     augment = None
     if args.augment is not None:
         try:
@@ -95,7 +94,15 @@ def _recipe_args(args: argparse.Namespace) -> dict:
             ) from None
         augment = check_config(augment)
     return {"augment": augment, "schedule": args.schedule, "weight_decay": args.weight_decay,
-            "warmup_epochs": args.warmup_epochs, "tensorboard": args.tensorboard}
+            "warmup_epochs": args.warmup_epochs, "tensorboard": args.tensorboard,
+            # Parsed now: a bad name or setting fails before any data is loaded.
+            "weighting": parse_weighting(args.weighting)}
+
+
+def _recipe_config(args: argparse.Namespace, recipe: dict) -> dict:
+    """The recipe as the run's config.json records it (the weighting as given)."""
+    return {**{k: v for k, v in recipe.items() if k not in ("tensorboard", "weighting")},
+            "weighting": args.weighting}
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -135,7 +142,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "epochs": args.epochs, "batch_size": args.batch_size,
         "learning_rate": args.learning_rate, "seed": args.seed, "strategy": args.strategy,
         "replicas": strategy.num_replicas_in_sync, "mixed_precision": args.mixed_precision,
-        **{k: v for k, v in recipe.items() if k != "tensorboard"},
+        **_recipe_config(args, recipe),
     }
     save_run(args.out, result, config, overwrite=args.overwrite)
     # The run folder is complete: the crash-recovery state is no longer needed
@@ -167,24 +174,101 @@ def _train_soft_ordering(args: argparse.Namespace, recipe: dict) -> int:
     config = {"command": "train", "model": args.model, "data": args.data,
               "image_size": args.image_size, "epochs": args.epochs, "batch_size": args.batch_size,
               "learning_rate": args.learning_rate, "seed": args.seed,
-              **{k: v for k, v in recipe.items() if k != "tensorboard"}}
+              **_recipe_config(args, recipe)}
     save_run(args.out, result, config, overwrite=args.overwrite)
     print(f"saved to {args.out}")
     return 0
 
 
+#: The `search` methods: affinity (RSA probes) and tag (TAG lookaheads) measure task
+#: affinity for the same budgeted tree search; ltb trains a supernet.
+SEARCH_METHODS = ("affinity", "tag", "ltb")
+#: The `search` flags that only some methods take (every other flag serves all of
+#: them). Each is None (or off) in the parser, so a flag given to a method that
+#: does not read it is refused instead of silently ignored.
+SEARCH_METHOD_FLAGS: dict[str, tuple[str, ...]] = {
+    "--probe-epochs": ("affinity",),
+    "--num-inputs": ("affinity",),
+    "--search": ("affinity", "tag"),
+    "--epochs": ("tag", "ltb"),
+    "--learning-rate": ("tag", "ltb"),
+    "--every": ("tag",),
+    "--lookahead-lr": ("tag",),
+    "--strategy": ("tag",),
+    "--widths": ("ltb",),
+    "--logits-learning-rate": ("ltb",),
+    "--warmup-epochs": ("ltb",),
+    "--per-example": ("ltb",),
+    "--balance": ("ltb",),
+}
+#: Per method, the value of each of its flags left unset (the flags missing here
+#: keep their library function's default: tag's --lookahead-lr is its
+#: --learning-rate). TAG's recipe is the one docs/tag.md measured: 20 epochs,
+#: Adam 1e-3, a lookahead every 10 steps.
+SEARCH_DEFAULTS: dict[str, dict[str, object]] = {
+    "affinity": {"probe_epochs": 5, "num_inputs": 256, "search": "auto"},
+    "tag": {"epochs": 20, "learning_rate": 1e-3, "every": 10, "search": "auto",
+            "strategy": "auto"},
+    "ltb": {"epochs": 30, "learning_rate": 1e-3},
+}
+#: Strategies of `search --method tag`: not multiworker, where every worker would write --out.
+SEARCH_STRATEGIES = tuple(s for s in distribute.STRATEGIES if s != "multiworker")
+
+
+def _search_defaults(flag: str) -> str:
+    """A flag's default for its help: "tag 20, ltb 30" where the methods differ, else "10"."""
+    dest = flag[2:].replace("-", "_")
+    values = {m: SEARCH_DEFAULTS[m][dest] for m in SEARCH_METHOD_FLAGS[flag]}
+    if len(set(values.values())) == 1:
+        return str(next(iter(values.values())))
+    return ", ".join(f"{m} {v}" for m, v in values.items())
+
+
+def _resolve_search_flags(args: argparse.Namespace) -> None:
+    """Refuses the flags `--method` does not take, then fills in that method's defaults.
+
+    Also refuses a missing `--budget` for the affinity methods: all of this is
+    the command line alone, checked before any data loads.
+    """
+    for flag, methods in SEARCH_METHOD_FLAGS.items():
+        value = getattr(args, flag[2:].replace("-", "_"))
+        # `is`: `--balance 0` is given, and 0 == False.
+        if value is None or value is False or args.method in methods:
+            continue
+        received = flag if value is True else f"{flag} {value}"
+        raise SearchError(
+            f"--method {args.method} does not take {flag} (a flag of --method "
+            f"{' or '.join(methods)}). Received: {received}"
+        )
+    for dest, value in SEARCH_DEFAULTS[args.method].items():
+        if getattr(args, dest) is None:
+            setattr(args, dest, value)
+    if args.method != "ltb" and args.budget is None:
+        raise SearchError(
+            f"--method {args.method} needs --budget (parameters, or a multiple like 2x)."
+        )
+
+
+def _affinity_options(args: argparse.Namespace) -> dict:
+    """The keyword arguments of `affinity_search` that measure `--method`'s affinity."""
+    if args.method == "tag":
+        return {"affinity": "tag", "epochs": args.epochs, "learning_rate": args.learning_rate,
+                "every": args.every, "lookahead_lr": args.lookahead_lr,
+                "strategy": args.strategy}
+    return {"affinity": "rsa", "probe_epochs": args.probe_epochs, "num_inputs": args.num_inputs}
+
+
 def cmd_search(args: argparse.Namespace) -> int:
+    _resolve_search_flags(args)
     _refuse_existing_out(args)
     data = load_data(args.data, image_size=args.image_size)
     backbone = _make_backbone(args.backbone, data.input_shape, _backbone_args(args.backbone_arg))
     if args.method == "ltb":
         return _search_ltb(args, data, backbone)
-    if args.budget is None:
-        raise SearchError("--method affinity needs --budget (parameters, or a multiple like 2x).")
+    # affinity and tag: one path, only the affinity measurement differs.
     search = affinity_search(
-        data, backbone, _parse_budget(args.budget), probe_epochs=args.probe_epochs,
-        num_inputs=args.num_inputs, seed=args.seed, method=args.search,
-        batch_size=args.batch_size,
+        data, backbone, _parse_budget(args.budget), seed=args.seed, method=args.search,
+        batch_size=args.batch_size, **_affinity_options(args),
     )
     search.save(args.out, overwrite=args.overwrite)
     print(f"saved to {args.out} (tree.json, affinity.json, search.json, tree.png, "
@@ -359,6 +443,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="epochs of linear learning-rate warm-up")
     train.add_argument("--weight-decay", type=non_negative_float, default=0.0,
                        help="decoupled weight decay (AdamW); 0: Adam")
+    train.add_argument("--weighting", default="equal", metavar="NAME[:KEY=VALUE,...]",
+                       help="how task losses combine: equal (the sum), fixed:TASK=WEIGHT,..., "
+                            "uncertainty, dwa[:temperature=2], gradnorm[:alpha=1.5], "
+                            "pcgrad[:seed=0], cagrad[:c=0.4] (see keras_branch.weighting)")
     train.add_argument("--tensorboard", metavar="DIR",
                        help="write TensorBoard logs (per-task losses and metrics per epoch)")
     train.set_defaults(func=cmd_train)
@@ -366,31 +454,53 @@ def build_parser() -> argparse.ArgumentParser:
     search = sub.add_parser(
         "search", help="search a tree spec under a parameter budget",
         epilog=examples("keras-branch search --data planted --budget 2x --out search",
+                        "keras-branch search --method tag --data planted --budget 2x "
+                        "--epochs 20 --every 10 --out tag",
                         "keras-branch search --method ltb --data planted --widths 1,3,8 "
                         "--out ltb"))
-    search.add_argument("--method", default="affinity", choices=("affinity", "ltb"),
-                        help="affinity: RSA task affinity + budgeted tree search; "
-                             "ltb: Learning to Branch (a supernet of BranchPoints)")
+    search.add_argument("--method", default="affinity", choices=SEARCH_METHODS,
+                        help="affinity: RSA task affinity (one probe per task) + budgeted tree "
+                             "search; tag: TAG task affinity (lookaheads during one training "
+                             "of the shared model) + the same tree search; ltb: Learning to "
+                             "Branch (a supernet of BranchPoints). A flag of another method "
+                             "is refused")
     _add_data_arguments(search)
     search.add_argument("--budget", help="parameters (e.g. 150000) or a multiple of the "
-                        "fully shared model (e.g. 2x); ltb: sizes the supernet so every tree "
-                        "it can return fits (instead of --widths)")
-    search.add_argument("--probe-epochs", type=positive_int, default=5,
-                        help="affinity: training epochs of each task's probe")
-    search.add_argument("--num-inputs", type=positive_int, default=256,
-                        help="held-out inputs compared across probes (K)")
+                        "fully shared model (e.g. 2x); required by affinity and tag; ltb: "
+                        "sizes the supernet so every tree it can return fits (instead of "
+                        "--widths)")
+    search.add_argument("--probe-epochs", type=positive_int,
+                        help=f"affinity: training epochs of each task's probe "
+                             f"(default: {_search_defaults('--probe-epochs')})")
+    search.add_argument("--num-inputs", type=positive_int,
+                        help=f"affinity: held-out inputs compared across probes (K) "
+                             f"(default: {_search_defaults('--num-inputs')})")
     search.add_argument("--batch-size", type=positive_int, default=64,
-                        help="batch size of the probes (affinity) or the supernet (ltb)")
-    search.add_argument("--search", default="auto", choices=("auto", "exhaustive", "beam"),
-                        help="tree search: exact up to 8 tasks (auto), beam beyond")
+                        help="batch size of the probes (affinity), the shared model (tag) or "
+                             "the supernet (ltb)")
+    search.add_argument("--search", choices=("auto", "exhaustive", "beam"),
+                        help=f"affinity, tag: tree search, exact up to 8 tasks (auto), beam "
+                             f"beyond (default: {_search_defaults('--search')})")
     search.add_argument("--seed", type=seed, default=0,
                         help="initialisation, shuffling and sampling seed")
+    search.add_argument("--epochs", type=positive_int,
+                        help=f"tag: epochs of the one training of the shared model; ltb: "
+                             f"supernet training epochs (default: {_search_defaults('--epochs')})")
+    search.add_argument("--learning-rate", type=positive_float,
+                        help=f"tag: Adam learning rate of the shared model; ltb: of the "
+                             f"supernet's weights (default: {_search_defaults('--learning-rate')})")
+    search.add_argument("--every", type=positive_int,
+                        help=f"tag: measure the lookahead affinity every k training steps "
+                             f"(default: {_search_defaults('--every')})")
+    search.add_argument("--lookahead-lr", type=positive_float,
+                        help="tag: SGD rate of each lookahead step (default: --learning-rate, "
+                             "the step the training takes, as in TAG's code)")
+    search.add_argument("--strategy", choices=SEARCH_STRATEGIES,
+                        help=f"tag: tf.distribute strategy of the training (auto: mirrored "
+                             f"over 2 or more GPUs) (default: {_search_defaults('--strategy')})")
     search.add_argument("--widths", help="ltb: nodes per stage, e.g. 1,3,8 for 8 tasks (default: "
                         "2, 4, ... growing to one per task); a last stage narrower than the "
                         "task count makes the heads choose too")
-    search.add_argument("--epochs", type=positive_int, default=30, help="ltb: supernet training epochs")
-    search.add_argument("--learning-rate", type=positive_float, default=1e-3,
-                        help="ltb: Adam learning rate of the supernet's weights")
     search.add_argument("--logits-learning-rate", type=positive_float,
                         help="ltb: learning rate of the branching logits (default: 10x --learning-rate)")
     search.add_argument("--warmup-epochs", type=non_negative_int,

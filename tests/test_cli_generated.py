@@ -58,7 +58,9 @@ def _pools(tmp):
         "number": (["1", "2", "3"], ["0", "-1", "nan", "inf", "1e30", "a", "4294967296", "", "0.5"]),
         "fraction": (["0.5", "1"], ["0", "1.5", "nan", "-1"]),
         "json": (['{"shift": 0.1}', "{}"], ["{", "[]", '{"bogus": 1}', "null"]),
-        "method": (["affinity", "ltb"], ["bogus"]),
+        "method": (["affinity", "tag", "ltb"], ["bogus"]),
+        "weighting": (["equal", "dwa", "pcgrad", "fixed:g0_t0=2"],
+                      ["bogus", "fixed:g0_t0=-1", "fixed:nope=1", "dwa:tau=1", "cagrad:c=2"]),
         "budget": (["2x", "1.5x"], ["0", "0.5x", "abc", "-3"]),
         "widths": (["1,2,2"], ["a", "1,0,2", "1,2"]),
         "formats": (["tflite", "saved_model"], ["bogus", ""]),
@@ -69,7 +71,7 @@ COMMANDS = {
     "train": {"--spec": "spec", "--data": "data", "--out": "out", "--epochs": "number",
               "--batch-size": "number", "--learning-rate": "number", "--seed": "number",
               "--checkpoint-dir": "out", "--tensorboard": "out", "--augment": "json",
-              "--weight-decay": "number", "--warmup-epochs": "number"},
+              "--weight-decay": "number", "--warmup-epochs": "number", "--weighting": "weighting"},
     "search": {"--data": "data", "--out": "out", "--budget": "budget", "--probe-epochs": "number",
                "--num-inputs": "number", "--seed": "number", "--widths": "widths",
                "--method": "method"},
@@ -92,9 +94,15 @@ def _line(rng: random.Random, pools) -> list[str]:
         argv += [value] if flag == "model" else [flag, value]
     if rng.random() < 0.2:
         argv.append("--overwrite")
-    if command in ("train", "search", "evolve"):
-        # Whatever trains, trains for one short epoch on tiny data.
-        argv += ["--epochs", "1"] if command != "evolve" else ["--candidate-epochs", "1"]
+    # Whatever trains, trains for one short epoch on tiny data (with the flag its
+    # method takes: the others' flags are refused).
+    if command == "search":
+        method = argv[argv.index("--method") + 1] if "--method" in argv else "affinity"
+        flag = "--probe-epochs" if method == "affinity" else "--epochs"
+        if flag not in argv:
+            argv += [flag, "1"]
+    elif command in ("train", "evolve"):
+        argv += ["--epochs", "1"] if command == "train" else ["--candidate-epochs", "1"]
     return argv
 
 

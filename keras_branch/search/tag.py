@@ -15,36 +15,62 @@ measured steps. TAG's paper takes the lookahead over all shared parameters
 and gives one matrix; restricting it to one stage gives one matrix per stage,
 the input the budgeted tree search needs (`keras_branch.search.tree_search`).
 
+The lookahead rate defaults to the training's learning rate, as in TAG's
+public code (the lookahead is the step the training would take). A rate far
+above it leaves the first-order regime on small stages: on 40 planted tasks,
+at 0.01 (Adam at 1e-3) the 16-unit last stage's self-affinity came out
+negative for 15 to 40 of the 40 tasks (a step on a task's own loss raised it),
+while at 1e-3 Z scaled with the rate as first order says.
+
 From Z to a `TaskAffinity` (symmetric, 1 on the diagonal, in [-1, 1] like
-the RSA affinity, so `1 - A` is the tree cost's dissimilarity), per stage
-(`affinity_from_z`):
+the RSA affinity, so `1 - A` is the tree cost's dissimilarity), per stage d
+(`affinity_from_z`; docs/tag.md has the measurements):
 
-1. Symmetrise: `S = (Z + Z^T) / 2` (a tree shares a block both ways).
-2. Cosine: `C[i, j] = clip(S[i, j] / sqrt(S[i, i] * S[j, j]), -1, 1)`. To
-   first order in the lookahead rate `Z[i -> j] ~ lr * g_i . g_j / L_j`
-   (g_i: task i's gradient of the stage), so C is about the cosine of the
-   two tasks' stage gradients: free of the step size, of each task's
-   gradient and loss scale and of the stage's size. A task whose
-   self-affinity `S[i, i]` is not positive at a stage (its own lookahead did
-   not lower its loss on average: `lookahead_lr` too large, or a stage
-   without trainable weights) carries no information there: its C entries
-   are 0, and `info["degenerate"]` names it.
-3. Profiles: `A[i, j] = cos(C[i, :], C[j, :])`, the cosine of the two rows:
-   tasks are alike when they help and hurt the same tasks, themselves
-   included. The tree cost (the mean over groups of each group's largest
-   `1 - A`) keeps a group together only when it is tight: with RSA,
-   within-group affinity 0.74 was not enough on planted groups and 0.93 was
-   (docs/affinity-search.md). Lookahead cosines of related tasks are lower
-   (0.3-0.6 on planted groups: a batch's gradient is noisy and every task has
-   its own head), and on C alone the search split single tasks off the
-   planted groups. Comparing whole rows, as RSA compares whole RDMs, lifts g
-   tasks of mutual cosine c (and 0 to the rest) to
-   `(2c + (g - 2) c^2) / (1 + (g - 1) c^2)` (c = 0.5: 0.8 for two tasks,
-   0.875 for five) and leaves unrelated tasks near 0; for two tasks it is
-   `2c / (1 + c^2)`, monotone in c. `affinity_from_z(z, profile=False)` stops
-   at C.
+1. Path: `Zp[d] = Z[0] + ... + Z[d]`. Tasks in one block at stage d share
+   every block before it (a tree's partitions are nested), so what they
+   share is the path from the input through stage d; to first order a
+   lookahead on several stages is the sum of the per-stage ones, so `Zp[d]`
+   is the lookahead affinity of that path, and at the last stage it is TAG's
+   whole-network matrix.
+2. Symmetrise, `S = (Zp[d] + Zp[d]^T) / 2` (a tree shares a block both ways),
+   and take the cosine `C[i, j] = clip(S[i, j] / sqrt(S[i, i] S[j, j]), -1, 1)`.
+   To first order `Z[i -> j] ~ lr * g_i . g_j / L_j` (g_i: task i's gradient
+   of the path), so C is about the cosine of the two tasks' gradients: free
+   of the step size and of each task's gradient and loss scale. A task whose
+   self-affinity `S[i, i]` is not positive (its own lookahead did not lower
+   its loss on average: `lookahead_lr` too large, or no trainable weights)
+   carries no information there: its C entries are 0, and
+   `info["degenerate"]` names it.
+3. Profiles over third tasks: `P[i, j]` = the correlation of rows i and j
+   of C over the other tasks k (k != i, j): tasks are alike when they help
+   and hurt the same other tasks, as RSA calls two tasks alike when their
+   dissimilarity matrices correlate. Entries k = i, j are left out because
+   they are not comparable (i's self-affinity against j's transfer to i).
+   Lookahead cosines of related tasks are low and uneven (mean 0.5 within a
+   planted group, some pairs near 0; about 0 across: a batch gradient
+   carries each task's own residual); their correlation over third tasks is
+   high and even (0.90-1.0 on average within a group). A correlation (not a
+   cosine) so that a level every task shares does not make all tasks alike:
+   on Omniglot every alphabet's step helps every other (cosines 0.56-0.81 at
+   the first stage), and cosines of such rows are all about 1. With fewer
+   than `MIN_THIRD_TASKS` (3) third tasks, P = C.
+4. Weight by the path's part of the progress: `A = 1 - w (1 - P)` with
+   `w[d, i, j] = sqrt(share[d, i] share[d, j])` and `share[d, i]` the part
+   of task i's whole-network self-affinity made through stages 1..d
+   (`path_shares`; 1 at the last stage). A dissimilarity then says how much
+   of the two tasks' one-step progress goes through what they would share,
+   and how differently it goes: every stage in the unit of the whole
+   network's lookahead, so the tree search's stage costs compare like with
+   like. Without it every stage counts fully, TAG's cross-group affinity is
+   about 0 at every stage, and sharing the first block among all tasks costs
+   as much as merging groups at the last stage; RSA's affinity instead rises
+   toward the input (about 0.85 across planted groups at the first stage),
+   because early layers serve every task. With the weights, TAG's across-group
+   affinity is 0.72-0.93 on average at the first stage and falls with depth,
+   as RSA's.
 
-`info["z"]` keeps the raw mean Z, so either form can be recomputed.
+`affinity_from_z(z, profile=False, path=False)` gives the per-stage cosine C;
+`info["z"]` keeps the raw mean Z, so any form can be recomputed.
 
 Missing labels (-1, or NaN for regression; see `keras_branch.masked`): a
 task's loss on a batch is the mean over its labelled samples, and a task
@@ -91,41 +117,113 @@ def _any_batch_size(value: Any) -> tf.TensorSpec:
     return tf.TensorSpec([None, *value.shape[1:]], value.dtype)
 
 
-def affinity_from_z(z: np.ndarray, profile: bool = True) -> tuple[np.ndarray, list[tuple[int, int]]]:
+def path_shares(z: np.ndarray) -> np.ndarray:
+    """[stages, T]: the part of each task's one-step progress made through stages 1..d.
+
+    `share[d, i] = sum_{d' <= d} max(Z[d', i, i], 0) / sum_{d'} max(Z[d', i, i], 0)`
+    (0 at every stage for a task whose self-affinity is positive at none). To
+    first order `Z[d, i, i] ~ lr |g_i^d|^2 / L_i`, and the per-stage terms add
+    up to the lookahead over the whole network; so `share[d, i]` rises with d
+    to 1 at the last stage.
+
+    Args:
+        z: mean lookahead affinities [stages, T, T].
+
+    Returns:
+        The shares, non-decreasing over the stages.
+
+    Example:
+    >>> path_shares(np.array([[[0.1, 0.0], [0.0, 0.2]], [[0.3, 0.0], [0.0, -0.1]]])).round(4).tolist()
+    [[0.25, 1.0], [1.0, 1.0]]
+    """
+    own = np.maximum(np.diagonal(np.asarray(z, dtype="float64"), axis1=1, axis2=2), 0.0)
+    total = own.sum(axis=0, keepdims=True)
+    return np.divide(np.cumsum(own, axis=0), total, out=np.zeros_like(own), where=total > 0)
+
+
+#: Third tasks a profile needs: over two values any correlation is +1 or -1.
+#: With fewer tasks the profile is the cosine itself.
+MIN_THIRD_TASKS = 3
+
+
+def _third_task_profiles(cosine: np.ndarray) -> np.ndarray:
+    """Per stage, the correlation of rows i and j of `cosine` over the tasks k other than i and j."""
+    num_tasks = cosine.shape[1]
+    n = num_tasks - 2
+    if n < MIN_THIRD_TASKS:
+        return cosine
+    diagonal = np.arange(num_tasks)
+    off = cosine.copy()
+    off[:, diagonal, diagonal] = 0.0
+    # Sums over k != i, j from sums over all k: with the diagonal zeroed, row i
+    # only has to drop its entry k = j (C[i, j]); the cross sum has no k = i or
+    # k = j term left.
+    sums = off.sum(axis=2)[:, :, None] - off                  # [D, i, j]: sum of row i
+    squares = (off * off).sum(axis=2)[:, :, None] - off * off
+    dots = off @ np.swapaxes(off, 1, 2)
+    cov = dots - sums * np.swapaxes(sums, 1, 2) / n
+    var = squares - sums * sums / n
+    norms = np.sqrt(np.clip(var, 0.0, None) * np.clip(np.swapaxes(var, 1, 2), 0.0, None))
+    defined = norms > 1e-12
+    profiles = np.divide(cov, np.where(defined, norms, 1.0), out=np.zeros_like(cov), where=defined)
+    # A row without variation over the third tasks has no pattern to compare: keep the cosine.
+    return np.where(defined, np.clip(profiles, -1.0, 1.0), cosine)
+
+
+def affinity_from_z(
+    z: np.ndarray, profile: bool = True, path: bool = True
+) -> tuple[np.ndarray, list[tuple[int, int]]]:
     """TAG's asymmetric Z [stages, T, T] as affinities: symmetric, 1 on the diagonal.
 
-    Per stage, with `S = (Z + Z^T) / 2`:
+    Per stage d:
 
-    1. the lookahead cosine `C[i, j] = clip(S[i, j] / sqrt(S[i, i] S[j, j]), -1, 1)`,
-       `C[i, i] = 1`; a task whose self-affinity `S[i, i]` is not positive
-       gets `C[i, j] = 0` for every other task j;
-    2. with `profile` (the default), the cosine of the two tasks' rows of C,
-       `A[i, j] = C[i] . C[j] / (|C[i]| |C[j]|)`: tasks are alike when they
-       help and hurt the same tasks (see the module docstring); otherwise A = C.
+    1. with `path` (the default), the lookahead of the path from the input
+       through stage d, `Zp[d] = Z[0] + ... + Z[d]` (first order, a lookahead
+       on stages 1..d is the sum of the per-stage ones); otherwise `Zp[d] = Z[d]`;
+    2. with `S = (Zp[d] + Zp[d]^T) / 2`, the lookahead cosine
+       `C[i, j] = clip(S[i, j] / sqrt(S[i, i] S[j, j]), -1, 1)`, `C[i, i] = 1`;
+       a task whose self-affinity `S[i, i]` is not positive gets
+       `C[i, j] = 0` for every other task j;
+    3. with `profile` (the default) and at least `MIN_THIRD_TASKS` third
+       tasks, `P[i, j]` is the correlation of rows i and j of C over the
+       third tasks k (k != i, j): two tasks are alike when they help and hurt
+       the same other tasks (otherwise P = C);
+    4. with `path`, `A[d, i, j] = 1 - w[d, i, j] (1 - P[i, j])`, where
+       `w[d, i, j] = sqrt(share[d, i] share[d, j])` (`path_shares`) is the
+       part of the two tasks' one-step progress made through the path;
+       otherwise A = P.
+
+    See the module docstring for why.
 
     Args:
         z: mean lookahead affinities, `z[d, i, j]` for a step on i seen by j.
-        profile: compare affinity profiles (step 2) or stop at the cosine.
+        profile: compare the tasks' relations to third tasks (step 3).
+        path: measure stage d through stages 1..d, weighted by their share
+            of the whole network's lookahead (steps 1 and 4).
 
     Returns:
         `(values, degenerate)`: the affinities [stages, T, T] in [-1, 1] and
-        the `(stage, task)` pairs whose self-affinity was not positive.
+        the `(stage, task)` pairs whose self-affinity (of the path, with
+        `path`) was not positive.
 
     Example:
     >>> z = np.array([[[0.75, -0.625], [-1.5, 0.75]]])
     >>> affinity_from_z(z, profile=False)[0][0].tolist()
     [[1.0, -1.0], [-1.0, 1.0]]
-    >>> cosine = affinity_from_z(np.array([[[0.4, 0.1], [0.1, 0.1]]]), profile=False)[0]
-    >>> cosine[0].tolist()
+    >>> affinity_from_z(np.array([[[0.4, 0.1], [0.1, 0.1]]]), profile=False)[0][0].tolist()
     [[1.0, 0.5], [0.5, 1.0]]
-    >>> affinity_from_z(np.array([[[0.4, 0.1], [0.1, 0.1]]]))[0][0].round(4).tolist()
-    [[1.0, 0.8], [0.8, 1.0]]
+    >>> two_stages = np.array([[[0.1, 0.0], [0.0, 0.1]], [[0.3, 0.2], [0.2, 0.3]]])
+    >>> affinity_from_z(two_stages, path=False)[0][:, 0, 1].round(4).tolist()
+    [0.0, 0.6667]
+    >>> affinity_from_z(two_stages)[0][:, 0, 1].round(4).tolist()   # 1 - 0.25, 1 - (1 - 0.2 / 0.4)
+    [0.75, 0.5]
     """
     z = np.asarray(z, dtype="float64")
     if z.ndim != 3 or z.shape[1] != z.shape[2] or not np.all(np.isfinite(z)):
         raise SearchError(f"`z` must be a finite array of shape [stages, tasks, tasks]. "
                           f"Received shape {z.shape}.")
-    s = (z + np.swapaxes(z, 1, 2)) / 2.0
+    measured = np.cumsum(z, axis=0) if path else z
+    s = (measured + np.swapaxes(measured, 1, 2)) / 2.0
     self_affinity = np.diagonal(s, axis1=1, axis2=2)  # [stages, T]
     informative = self_affinity > 0
     scale = np.sqrt(np.where(informative, self_affinity, 1.0))
@@ -134,10 +232,11 @@ def affinity_from_z(z: np.ndarray, profile: bool = True) -> tuple[np.ndarray, li
     diagonal = np.arange(z.shape[1])
     values[:, diagonal, diagonal] = 1.0
     if profile:
-        # Every row holds its diagonal 1, so no norm is below 1.
-        unit = values / np.linalg.norm(values, axis=2, keepdims=True)
-        values = np.clip(unit @ np.swapaxes(unit, 1, 2), -1.0, 1.0)
-        values[:, diagonal, diagonal] = 1.0
+        values = _third_task_profiles(values)
+    if path:
+        share = path_shares(z)
+        values = 1.0 - np.sqrt(share[:, :, None] * share[:, None, :]) * (1.0 - values)
+    values[:, diagonal, diagonal] = 1.0
     degenerate = [(int(d), int(t)) for d, t in zip(*np.nonzero(~informative))]
     return values, degenerate
 
@@ -313,7 +412,7 @@ def tag_affinity(
     batch_size: int = 64,
     learning_rate: float = 1e-3,
     every: int = 10,
-    lookahead_lr: float = 0.01,
+    lookahead_lr: float | None = None,
     seed: int = 0,
     strategy: str | tf.distribute.Strategy | None = None,
     log: Callable[[str], None] | None = print,
@@ -331,7 +430,8 @@ def tag_affinity(
         backbone: the staged backbone.
         epochs, batch_size, learning_rate: the joint training (global batch).
         every: measure the lookahead affinity every `every` steps (k).
-        lookahead_lr: SGD rate of the lookahead steps.
+        lookahead_lr: SGD rate of the lookahead steps (None: `learning_rate`,
+            the step the training takes, as in TAG's public code).
         seed: seed of the initial weights and of the batch order.
         strategy: a `tf.distribute` strategy or its name (see
             `keras_branch.distribute.get_strategy`); None: the default one.
@@ -341,8 +441,9 @@ def tag_affinity(
     Returns:
         `TaskAffinity` [stages, tasks, tasks] made from Z by
         `affinity_from_z`; `info` holds `method: "tag"`, the settings, the
-        raw mean `z`, the measured `pairs`, `measured_steps`, `degenerate`
-        and the training loss per epoch.
+        raw mean `z`, the measured `pairs`, `measured_steps`, `degenerate`,
+        `path_share` (per stage, the tasks' mean `path_shares`) and the
+        training loss per epoch.
 
     Raises:
         SearchError: bad settings, or a task without any labelled training
@@ -362,6 +463,8 @@ def tag_affinity(
     for field, value in (("epochs", epochs), ("batch_size", batch_size), ("every", every)):
         check_int(value, field, minimum=1, error=SearchError)
     check_number(learning_rate, "learning_rate", minimum=0, error=SearchError)
+    if lookahead_lr is None:
+        lookahead_lr = learning_rate
     check_number(lookahead_lr, "lookahead_lr", minimum=0, error=SearchError)
     check_int(seed, "seed", minimum=0, error=SearchError)
     if tasks is not None:
@@ -417,8 +520,11 @@ def tag_affinity(
             "learning_rate": learning_rate, "every": every, "lookahead_lr": lookahead_lr,
             "seed": seed, "backbone": backbone.name, "replicas": strategy.num_replicas_in_sync,
             "measured_steps": meter.steps, "loss": history,
-            "normalisation": "S = (Z + Z^T) / 2; C = clip(S_ij / sqrt(S_ii S_jj), -1, 1); "
-                             "A = cosine of the rows of C",
+            "normalisation": "path Zp[d] = Z[0] + ... + Z[d]; S = (Zp + Zp^T) / 2; "
+                             "C = clip(S_ij / sqrt(S_ii S_jj), -1, 1); P = cosine of rows i, j "
+                             "of C over third tasks; A = 1 - sqrt(share_i share_j) (1 - P), "
+                             "share = path's part of the whole network's self-affinity",
+            "path_share": path_shares(meter.z).mean(axis=1).tolist(),
             "degenerate": [[d, names[t]] for d, t in degenerate],
             "z": meter.z.tolist(), "pairs": meter.pairs.tolist()}
     return TaskAffinity(values, names, info)

@@ -52,7 +52,7 @@ def affinity_search(
     epochs: int = 10,
     learning_rate: float = 1e-3,
     every: int = 10,
-    lookahead_lr: float = 0.01,
+    lookahead_lr: float | None = None,
     strategy: Any = None,
 ) -> SearchResult:
     """Measures task affinity (RSA probes or TAG) and picks the cheapest tree in budget.
