@@ -37,6 +37,13 @@ Methods (`METHODS`, each `method(data, backbone, recipe, seed) ->
 * `affinity_<budget>` (one per `--budgets` entry, e.g. `affinity_1.5x`):
   affinity search (probes `probe_epochs` long, shared by all budgets of a
   seed), the cheapest tree in budget retrained under the recipe.
+* `tag_<budget>` (`tag` runs every `--budgets` entry): the same tree search
+  and retraining on TAG's affinity (`tag_affinity`: lookahead steps during
+  one training of the fully shared model, `tag_epochs` long with Adam at the
+  recipe's rate and batch, no augmentation or schedule, a lookahead every
+  `tag_every` steps at the training's rate), shared by all budgets of a seed.
+  `affinity_seconds` in a method's `extra` is the affinity measurement's
+  time (probes or TAG), printed under the table.
 
 Usage:
     python benchmarks/omniglot.py --data ../shared/data/omniglot/images_background_small1.zip \\
@@ -70,13 +77,14 @@ from keras_branch.data import MultiTaskData, load_omniglot  # noqa: E402
 from keras_branch.evaluation import evaluate, mean_metric  # noqa: E402
 from keras_branch.files import atomic_write_json  # noqa: E402
 from keras_branch.plots import plot_mixing_weights  # noqa: E402
-from keras_branch.search import learn_to_branch, task_affinity  # noqa: E402
+from keras_branch.search import learn_to_branch, tag_affinity, task_affinity  # noqa: E402
 from keras_branch.search.evolution import pretrain_and_evolve, pretrain_root  # noqa: E402
 from keras_branch.search.learn_to_branch import undecided  # noqa: E402
 from keras_branch.search.tree_search import branch  # noqa: E402
 from keras_branch.soft_ordering_model import fit_soft_ordering  # noqa: E402
 from keras_branch.seeding import seeded_layers  # noqa: E402
 from keras_branch.training import fit_spec, train  # noqa: E402
+from keras_branch.weighting import parse_weighting  # noqa: E402
 
 from keras_branch.zoo.cli import parse_seeds  # noqa: E402
 from keras_branch.zoo.measure import count_flops, mean_and_std, round_robin  # noqa: E402
@@ -95,12 +103,17 @@ DEFAULT_RECIPE: dict[str, Any] = {
     "augment": {"shift": 0.1, "rotation": 10, "zoom": 0.1},
     "probe_epochs": 20,
     "num_inputs": 256,
+    # TAG: an eighth of the recipe's training (5 of 40 epochs), a lookahead every
+    # other step (108 in all); the lookaheads of a convnet4 cost about two steps each.
+    "tag_epochs": 5,
+    "tag_every": 2,
     "ltb_epochs": 20,
     "budgets": ["1.5x", "2x"],
     "evolve_scale": 0.5,
     "evolve_passes": 2,
     "evolve_candidates": 6,
     "evolve_candidate_epochs": 4,
+    "weighting": "equal",
 }
 
 DEFAULT_METHODS = ("independent", "shared", "soft_ordering", "ltb", "affinity", "evolved")
@@ -112,7 +125,10 @@ def _fit_kwargs(recipe: dict) -> dict[str, Any]:
     """The `fit_spec` keyword arguments of a recipe."""
     keys = ("epochs", "batch_size", "learning_rate", "schedule", "warmup_epochs",
             "weight_decay", "augment")
-    return {k: recipe[k] for k in keys}
+    kwargs = {k: recipe[k] for k in keys}
+    if recipe.get("weighting", "equal") != "equal":  # `NAME[:KEY=VALUE,...]`, keras_branch.weighting
+        kwargs["weighting"] = parse_weighting(recipe["weighting"])
+    return kwargs
 
 
 def _fit_tree(spec: TreeSpec, data, backbone, recipe, seed) -> tuple[keras.Model, dict]:
@@ -220,10 +236,47 @@ def affinity_method(budget: str) -> Method:
         model, test = _fit_tree(result.spec, data, backbone, recipe, seed)
         return model, result.spec, {
             "metrics": test, "budget": budget, "budget_params": result.budget,
-            "probe_seconds": probe_seconds, "search_seconds": time.perf_counter() - start,
+            "probe_seconds": probe_seconds, "affinity_seconds": probe_seconds,
+            "search_seconds": time.perf_counter() - start,
         }
 
     method.__doc__ = f"Affinity search at budget {budget}, the found tree retrained."
+    return method
+
+
+_TAG_CACHE: dict[tuple, tuple[Any, float]] = {}
+
+
+def _tag(data, backbone, recipe, seed):
+    """TAG's affinity of one seed, measured once for all budgets."""
+    key = (id(data), id(backbone), seed, json.dumps(recipe, sort_keys=True))
+    if key not in _TAG_CACHE:
+        start = time.perf_counter()
+        affinity = tag_affinity(data, backbone, epochs=recipe["tag_epochs"],
+                                batch_size=recipe["batch_size"],
+                                learning_rate=recipe["learning_rate"], every=recipe["tag_every"],
+                                seed=seed, log=None)
+        _TAG_CACHE.clear()
+        _TAG_CACHE[key] = (affinity, time.perf_counter() - start)
+    return _TAG_CACHE[key]
+
+
+def tag_method(budget: str) -> Method:
+    """The tree search on TAG's affinity at one budget (a parameter count or `"2x"`)."""
+
+    def method(data, backbone, recipe, seed):
+        affinity, tag_seconds = _tag(data, backbone, recipe, seed)
+        start = time.perf_counter()
+        result = branch(affinity, backbone, data.tasks, budget)
+        model, test = _fit_tree(result.spec, data, backbone, recipe, seed)
+        return model, result.spec, {
+            "metrics": test, "budget": budget, "budget_params": result.budget,
+            "tag_seconds": tag_seconds, "affinity_seconds": tag_seconds,
+            "tag_lookaheads": affinity.info["measured_steps"],
+            "search_seconds": time.perf_counter() - start,
+        }
+
+    method.__doc__ = f"Tree search on TAG's affinity at budget {budget}, the found tree retrained."
     return method
 
 
@@ -289,6 +342,11 @@ def resolve_methods(names: Sequence[str], budgets: Sequence[str]) -> dict[str, M
                 methods[f"affinity_{budget}"] = affinity_method(budget)
         elif name.startswith("affinity_"):
             methods[name] = affinity_method(name[len("affinity_"):])
+        elif name == "tag":
+            for budget in budgets:
+                methods[f"tag_{budget}"] = tag_method(budget)
+        elif name.startswith("tag_"):
+            methods[name] = tag_method(name[len("tag_"):])
         elif name == "ltb":
             methods["ltb"] = METHODS["ltb"]
             for budget in budgets:
@@ -300,7 +358,7 @@ def resolve_methods(names: Sequence[str], budgets: Sequence[str]) -> dict[str, M
         else:
             raise SystemExit(
                 f"--methods: unknown method {name!r}; known: {sorted(METHODS)} and "
-                "affinity / affinity_<budget>, ltb / ltb_<budget>"
+                "affinity / affinity_<budget>, tag / tag_<budget>, ltb / ltb_<budget>"
             )
     return methods
 
@@ -356,6 +414,7 @@ def make_recipe(**overrides: Any) -> dict[str, Any]:
     recipe.update({k: v for k, v in overrides.items() if v is not None})
     check_recipe(recipe["schedule"], recipe["weight_decay"], recipe["warmup_epochs"],
                  recipe["epochs"])
+    parse_weighting(recipe["weighting"])  # a bad name fails before any training
     recipe["augment"] = check_config(recipe["augment"] or {})
     return recipe
 
@@ -482,6 +541,11 @@ def format_table(result: dict[str, Any]) -> str:
     lines.append("")
     lines.append("parameters, MFLOPs and latency: the seed-0 model.")
     for name, row in result["methods"].items():
+        measured = [e["affinity_seconds"] for e in row.get("extra", []) if "affinity_seconds" in e]
+        if measured:  # probes (affinity_*) or TAG (tag_*), included in wall s/seed
+            lines.append(f"{name}: affinity measured in {np.mean(measured):.1f} s/seed "
+                         f"(" + ", ".join(f"{s:.1f}" for s in measured) + ")")
+    for name, row in result["methods"].items():
         per_seed = row.get("params_per_seed", [])
         if len(set(per_seed)) > 1:
             lines.append(f"{name}: parameters per seed " + ", ".join(f"{p:,}" for p in per_seed))
@@ -531,18 +595,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--alphabets", help="comma-separated alphabets (default: all)")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
-                        help="comma-separated; 'affinity' runs every --budgets entry")
+                        help="comma-separated; 'affinity' and 'tag' run every --budgets entry")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--image-size", type=int)
     parser.add_argument("--filters", type=int)
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--learning-rate", type=float)
+    parser.add_argument("--weighting", help="task weighting of every training, NAME[:KEY=VALUE,...] "
+                                            "(see keras_branch.weighting; default equal)")
     parser.add_argument("--schedule", choices=["constant", "cosine"])
     parser.add_argument("--warmup-epochs", type=int)
     parser.add_argument("--weight-decay", type=float)
     parser.add_argument("--augment", type=json.loads,
                         help='JSON, e.g. \'{"shift": 0.1, "rotation": 10, "zoom": 0.1}\'; {} for none')
     parser.add_argument("--probe-epochs", type=int)
+    parser.add_argument("--tag-epochs", type=int, help="TAG's training (tag_<budget> methods)")
+    parser.add_argument("--tag-every", type=int, help="a TAG lookahead every this many steps")
     parser.add_argument("--ltb-epochs", type=int)
     parser.add_argument("--budgets", help="comma-separated, e.g. 1.5x,2x")
     parser.add_argument("--latency-runs", type=int, default=200)
@@ -558,7 +626,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "schedule": args.schedule, "warmup_epochs": args.warmup_epochs,
         "weight_decay": args.weight_decay, "augment": args.augment,
         "probe_epochs": args.probe_epochs, "ltb_epochs": args.ltb_epochs,
+        "tag_epochs": args.tag_epochs, "tag_every": args.tag_every,
         "budgets": args.budgets.split(",") if args.budgets else None,
+        "weighting": args.weighting,
     }
     run(
         args.data,
