@@ -19,6 +19,24 @@ def test_zoo_and_export_live_under_keras_branch():
     assert Path(keras_branch.export.__file__).parent.name == "export"
 
 
+def test_every_source_package_is_declared():
+    # A package missing from setup.cfg's `packages` is left out of a non-editable install.
+    import configparser
+
+    repo = Path(__file__).resolve().parents[1]
+    config = configparser.ConfigParser()
+    config.read(repo / "setup.cfg")
+    declared = set(config["options"]["packages"].split())
+    roots = {"keras_branch": repo / "keras_branch", "keras_branch.zoo": repo / "zoo",
+             "keras_branch.export": repo / "export"}
+    found = set()
+    for name, root in roots.items():
+        for init in root.rglob("__init__.py"):
+            parts = init.parent.relative_to(root).parts
+            found.add(".".join((name, *parts)))
+    assert found == declared
+
+
 def test_console_script_is_declared():
     scripts = importlib.metadata.distribution("keras-branch").entry_points
     assert {(e.name, e.value) for e in scripts if e.group == "console_scripts"} == {
