@@ -62,6 +62,38 @@ def test_lookahead_z_by_hand():
     np.testing.assert_allclose(affinity_from_z(z)[0], [[[1, -1], [-1, 1]]])
 
 
+def test_split_half_lookahead_by_hand():
+    """Four samples x = (1, 0), so h = w_1 = 1 for every sample; the squared loss's step at
+    rate 0.5 moves h to the mean label of the samples it is fitted on.
+
+    Halves by position: even samples (a: 2, 2; b: 0, 0), odd ones (a: 3, 1; b: 1, 1). Loss
+    sums before: a 2 (even) + 4 (odd) = 6, b 2 + 0 = 2.
+    split="half": a's step on either half moves h to 2: a's losses 2 (odd) + 0 (even) = 2
+    (Z 2/3), b's 2 + 8 = 10 (Z -4); b's step on the even half moves h to 0, scored on the
+    odd one: a 10, b 2; on the odd half to 1, scored on the even one: a 2, b 2; so Z[b -> a]
+    = 1 - 12/6 = -1 and Z[b -> b] = 1 - 4/2 = -1: b's halves disagree, so a step fitted on
+    one raises its loss on the other.
+    No split: every step fitted and scored on all four; b's step moves h to 0.5 and lowers
+    its own loss (Z 1/2), the fit to the very samples it is scored on.
+    """
+    x = np.array([[1.0, 0.0]] * 4, "float32")
+    y = {"a": np.array([2.0, 3.0, 2.0, 1.0], "float32"), "b": np.array([0.0, 1.0, 0.0, 1.0], "float32")}
+    half = LookaheadMeter(_linear_model(), lookahead_lr=0.5, split="half")
+    z, pairs = half.measure(x, y)
+    np.testing.assert_allclose(z, [[[2 / 3, -4.0], [-1.0, -1.0]]], atol=1e-6, rtol=0)
+    assert pairs.all()
+    z, _ = LookaheadMeter(_linear_model(), lookahead_lr=0.5).measure(x, y)
+    np.testing.assert_allclose(z, [[[2 / 3, -4.0], [-5 / 6, 0.5]]], atol=1e-6, rtol=0)
+    # A task unlabelled in one half has no step or no score there: it takes part in no pair.
+    y["b"] = np.array([np.nan, 1.0, np.nan, 1.0], "float32")
+    z, pairs = half.measure(x, y)
+    assert pairs.tolist() == [[True, False], [False, False]] and np.isnan(z[:, 1]).all()
+    np.testing.assert_allclose(z[0, 0, 0], 2 / 3, atol=1e-6)
+    assert half.pairs.tolist() == [[2, 1], [1, 1]]
+    with pytest.raises(SearchError, match="`split` must be one of"):
+        LookaheadMeter(_linear_model(), split="thirds")
+
+
 def _reference_z(model, x, y, lr):
     """Z per stage by brute force: per-task gradients, then set_weights and a forward pass."""
     losses = {t.key: MaskedLoss(t.kind, reduction=None) for t in model.tasks}
@@ -149,7 +181,7 @@ def test_affinity_from_z_properties():
 
 
 def test_third_task_profiles_by_brute_force():
-    """P[i, j]: correlation of rows i, j of C over k != i, j; with fewer than 3 such k, P = C."""
+    """P[i, j]: correlation of rows i, j of C over k != i, j; with fewer than 4 such k, P = C."""
     rng = np.random.default_rng(5)
     grads = rng.normal(size=(2, 7, 30))
     z = grads @ np.swapaxes(grads, 1, 2)  # first order: Z[i -> j] ~ g_i . g_j
@@ -162,9 +194,34 @@ def test_third_task_profiles_by_brute_force():
                     k = [t for t in range(7) if t not in (i, j)]
                     expected = np.corrcoef(cosine[d, i, k], cosine[d, j, k])[0, 1]
                     np.testing.assert_allclose(profiles[d, i, j], expected, atol=1e-12)
-    small = z[:, :4, :4]
-    np.testing.assert_array_equal(affinity_from_z(small, path=False)[0],
-                                  affinity_from_z(small, profile=False, path=False)[0])
+    for tasks in (4, 5):
+        small = z[:, :tasks, :tasks]
+        np.testing.assert_array_equal(affinity_from_z(small, path=False)[0],
+                                      affinity_from_z(small, profile=False, path=False)[0])
+
+
+def test_no_profile_over_three_third_tasks():
+    """Five tasks that all help each other (cosines 0.6-0.8): over their 3 third tasks the
+    closest pair's rows correlate at -1 (the profile would price sharing it at 2, the most
+    any pair can cost) and a middling pair at +1. Over three values the correlation of
+    unrelated rows is mostly near +-1, so under 4 third tasks the affinity is the cosine."""
+    cosine = np.array([[1.0, 0.8, 0.7, 0.6, 0.7],
+                       [0.8, 1.0, 0.6, 0.7, 0.6],
+                       [0.7, 0.6, 1.0, 0.7, 0.7],
+                       [0.6, 0.7, 0.7, 1.0, 0.7],
+                       [0.7, 0.6, 0.7, 0.7, 1.0]])
+    third = [2, 3, 4]
+    assert np.corrcoef(cosine[0, third], cosine[1, third])[0, 1] == pytest.approx(-1.0)
+    assert np.corrcoef(cosine[2, [0, 1, 3]], cosine[4, [0, 1, 3]])[0, 1] == pytest.approx(1.0)
+    values, degenerate = affinity_from_z(cosine[None], path=False)
+    assert degenerate == []
+    np.testing.assert_allclose(values[0], cosine, atol=1e-12)
+    # On the path (two stages, the first with a quarter of every task's progress) the
+    # weights apply to the cosine: 1 - A = sqrt(share_i share_j) (1 - C).
+    values, _ = affinity_from_z(np.stack([cosine / 3, cosine]))
+    np.testing.assert_allclose(values[0], 1 - 0.25 * (1 - cosine), atol=1e-12)
+    np.testing.assert_allclose(values[1], cosine, atol=1e-12)
+    assert values[0, 0, 1] == pytest.approx(0.95)
 
 
 def test_path_affinity_is_in_whole_network_units():
@@ -269,6 +326,7 @@ def test_same_seed_same_affinity():
     ({"lookahead_lr": -1.0}, "`lookahead_lr` must be a finite number > 0"),
     ({"tasks": ["g0_t0"]}, "at least 2 tasks"),
     ({"tasks": ["g0_t0", "nope"]}, "Unknown task(s) ['nope']"),
+    ({"split": "quarters"}, "`split` must be one of [None, 'half']"),
 ])
 def test_bad_settings_are_refused_before_training(kwargs, fragment):
     with pytest.raises(SearchError) as err:
@@ -309,6 +367,11 @@ MIRRORED_WORKER = textwrap.dedent("""
         runs[name] = aff.values
         runs[name + "_z"] = np.array(aff.info["z"])
         runs[name + "_replicas"] = aff.info["replicas"]
+        # Halves by position parity: the same halves on one device and on two
+        # replicas (every replica's part of a batch is even: 32 + 32, 22 + 22).
+        runs[name + "_half_z"] = np.array(tag_affinity(
+            data, bb, epochs=2, batch_size=64, every=2, seed=0, lookahead_lr=0.01,
+            strategy=strategy, log=None, split="half").info["z"])
     np.savez(sys.argv[1], **runs)
 """)
 
@@ -327,3 +390,5 @@ def test_mirrored_strategy_matches_one_device(tmp_path):
     np.testing.assert_allclose(runs["mirrored_z"], runs["single_z"], atol=1e-5, rtol=0)
     np.testing.assert_allclose(runs["mirrored"], runs["single"], atol=1e-5, rtol=0)
     assert np.abs(runs["single_z"]).max() > 1e-3
+    np.testing.assert_allclose(runs["mirrored_half_z"], runs["single_half_z"], atol=1e-5, rtol=0)
+    assert np.abs(runs["single_half_z"]).max() > 1e-3

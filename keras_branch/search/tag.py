@@ -53,7 +53,7 @@ the RSA affinity, so `1 - A` is the tree cost's dissimilarity), per stage d
    cosine) so that a level every task shares does not make all tasks alike:
    on Omniglot every alphabet's step helps every other (cosines 0.56-0.81 at
    the first stage), and cosines of such rows are all about 1. With fewer
-   than `MIN_THIRD_TASKS` (3) third tasks, P = C.
+   than `MIN_THIRD_TASKS` (4) third tasks (6 tasks), P = C.
 4. Weight by the path's part of the progress: `A = 1 - w (1 - P)` with
    `w[d, i, j] = sqrt(share[d, i] share[d, j])` and `share[d, i]` the part
    of task i's whole-network self-affinity made through stages 1..d
@@ -81,6 +81,16 @@ pair is over the steps where both tasks were present.
 Measurement runs in inference mode (`training=False`: no dropout, batch
 normalization on its moving statistics), so before and after differ by the
 lookahead alone.
+
+`split="half"` (not the default) fits each lookahead step on one half of the
+batch and scores every task's loss on the other half, both ways round (two
+folds, loss sums added): to first order `Z[i -> j] ~ lr g_i^A . g_j^B / L_j`
+with g^A, g^B from disjoint samples, so a task's self-affinity no longer
+includes its step's fit to the very samples it is scored on (with one batch
+for both, `g_i . g_i` carries the batch's sampling noise, `|g|^2` of the
+noise, which lowers every cosine). Measured on Omniglot-5 it raised the
+lookahead cosines (stage 1: about 0.6 to 0.96) but left the pair structure
+to noise at the benchmark's 108 lookaheads; docs/tag.md has the numbers.
 
 Reference:
     Fifty et al., "Efficiently Identifying Task Groupings for Multi-Task
@@ -141,9 +151,13 @@ def path_shares(z: np.ndarray) -> np.ndarray:
     return np.divide(np.cumsum(own, axis=0), total, out=np.zeros_like(own), where=total > 0)
 
 
-#: Third tasks a profile needs: over two values any correlation is +1 or -1.
-#: With fewer tasks the profile is the cosine itself.
-MIN_THIRD_TASKS = 3
+#: Third tasks a profile needs. Over n values the correlation of two unrelated
+#: rows has density proportional to (1 - r^2)^((n - 4) / 2): over two values it
+#: is +1 or -1, over three it is most likely near +1 or -1 (arcsine: |r| > 0.9
+#: for 29% of unrelated pairs), and from four on it no longer favours the
+#: extremes (uniform at four, peaked at 0 beyond). So at least four third tasks
+#: (six tasks); with fewer the profile is the cosine itself.
+MIN_THIRD_TASKS = 4
 
 
 def _third_task_profiles(cosine: np.ndarray) -> np.ndarray:
@@ -241,6 +255,14 @@ def affinity_from_z(
     return values, degenerate
 
 
+#: How a measured batch is used (`LookaheadMeter(split=...)`). None: each
+#: task's step is fitted on the batch and every task's loss is scored on the
+#: same batch. "half": two-fold, the step fitted on one half of the batch and
+#: the losses scored on the other, both ways round.
+SPLITS = (None, "half")
+SPLIT_DEFAULT: str | None = None
+
+
 class LookaheadMeter:
     """Measures and accumulates TAG's per-stage lookahead affinity Z on batches.
 
@@ -254,6 +276,13 @@ class LookaheadMeter:
         input_signature: the `(x, y)` batch spec (a distributed dataset's
             `element_spec`), so that one trace serves every batch size;
             default: made from the first batch with any batch size.
+        split: one of `SPLITS`. None: each task's step is fitted on the batch
+            and every task's loss scored on the same batch. `"half"`: two
+            folds; the step fitted on the samples at even positions (of each
+            replica's part of the batch) and the losses scored on the odd
+            ones, then the other way round; `Z^t[i -> j] = 1 - (L'_j(odd) +
+            L'_j(even)) / (L_j(odd) + L_j(even))` over loss sums. A task takes
+            part in a batch's pairs only if it is labelled in both halves.
 
     Attributes:
         total: [stages, T, T] sum of `Z^t` over measured steps.
@@ -272,8 +301,12 @@ class LookaheadMeter:
     """
 
     def __init__(self, model: keras.Model, lookahead_lr: float = 0.01,
-                 strategy: tf.distribute.Strategy | None = None, input_signature: Any = None):
+                 strategy: tf.distribute.Strategy | None = None, input_signature: Any = None,
+                 split: str | None = None):
         self.lookahead_lr = check_number(lookahead_lr, "lookahead_lr", minimum=0, error=SearchError)
+        if split not in SPLITS:
+            raise SearchError(f"`split` must be one of {list(SPLITS)}. Received: {split!r}")
+        self.split = split
         spec = getattr(model, "spec", None)
         if not isinstance(spec, TreeSpec) or any(spec.blocks(d) != [0] for d in range(spec.num_stages)):
             raise SearchError("TAG measures a fully shared BranchedModel (TreeSpec.shared); "
@@ -332,7 +365,14 @@ class LookaheadMeter:
         # One vectorized pass over the T lookahead weight sets instead of T passes.
         return tf.vectorized_map(after_step_on, grads)
 
-    def _replica_step(self, x: tf.Tensor, y: dict[str, Any]):
+    def _gradients(self, x: tf.Tensor, y: dict[str, Any]):
+        """A forward pass on (x, y) and the T per-task gradients of its mean losses (all replicas).
+
+        Returns `(stage_inputs, before, counts, jacobian)`: the stage inputs of
+        this replica's x, its [T] loss sums and labelled counts, and per
+        variable of the stages (in order) the [T, ...] gradients of the tasks'
+        mean losses over every replica's labelled samples of the batch.
+        """
         context = tf.distribute.get_replica_context()
         counts = tf.stack([tf.reduce_sum(label_mask(y[t.key], t.kind)) for t in self.tasks])
         global_counts = context.all_reduce(_SUM, counts)
@@ -344,12 +384,31 @@ class LookaheadMeter:
         # Row i: the gradient of L_i; pfor computes the T of them in one pass.
         jacobian = tape.jacobian(means, flat, experimental_use_pfor=True) if flat else []
         jacobian = context.all_reduce(_SUM, jacobian) if flat else []
+        return stage_inputs, before, counts, jacobian
+
+    def _after(self, stage_inputs, y, jacobian, before) -> tf.Tensor:
+        """[stages, T (step on i), T (loss of j)] loss sums of (stage_inputs, y) after each lookahead."""
         after, start = [], 0
         for d, variables in enumerate(self._stage_vars):
             grads = jacobian[start: start + len(variables)]
             start += len(variables)
             after.append(self._lookahead_sums(d, stage_inputs[d], y, grads, before))
-        return before, tf.stack(after), counts
+        return tf.stack(after)
+
+    def _replica_step(self, x: tf.Tensor, y: dict[str, Any]):
+        if self.split is None:
+            stage_inputs, before, counts, jacobian = self._gradients(x, y)
+            return before, self._after(stage_inputs, y, jacobian, before), counts[None]
+        # Two-fold: the step fitted on one half of the batch (the samples at even
+        # positions of each replica's part, then the odd ones), the losses scored
+        # on the other half; sums over the two halves. Halves by position parity
+        # are the same on one device and across replicas with even parts.
+        halves = [(x[h::2], {k: v[h::2] for k, v in y.items()}) for h in (0, 1)]
+        measured = [self._gradients(hx, hy) for hx, hy in halves]
+        before = measured[0][1] + measured[1][1]
+        after = sum(self._after(measured[1 - h][0], halves[1 - h][1], measured[h][3], measured[1 - h][1])
+                    for h in (0, 1))
+        return before, after, tf.stack([measured[0][2], measured[1][2]])
 
     def _distributed_step(self, x, y):
         per_replica = self.strategy.run(self._replica_step, args=(x, y))
@@ -365,7 +424,8 @@ class LookaheadMeter:
         Returns:
             `(z, pairs)`: this batch's `Z^t` [stages, T, T] (NaN for pairs not
             measured) and the [T, T] mask of measured pairs (both tasks labelled
-            in the batch, with a positive loss). The model's weights are unchanged.
+            in the batch (in both halves with `split="half"`), with a positive
+            loss). The model's weights are unchanged.
         """
         if self._step is None:
             if self._signature is None and not isinstance(x, tf.distribute.DistributedValues):
@@ -373,7 +433,8 @@ class LookaheadMeter:
             self._step = tf.function(self._distributed_step, input_signature=self._signature,
                                      reduce_retracing=True)
         before, after, counts = (np.asarray(v, dtype="float64") for v in self._step(x, y))
-        present = (counts > 0) & (before > 0)
+        # counts: [parts, T], one row per part of the batch (two halves with `split`).
+        present = np.all(counts > 0, axis=0) & (before > 0)
         pairs = present[:, None] & present[None, :]
         with np.errstate(divide="ignore", invalid="ignore"):
             z = np.where(pairs[None], 1.0 - after / before[None, None, :], np.nan)
@@ -417,6 +478,7 @@ def tag_affinity(
     strategy: str | tf.distribute.Strategy | None = None,
     log: Callable[[str], None] | None = print,
     tasks: Sequence[str] | None = None,
+    split: str | None = SPLIT_DEFAULT,
 ) -> TaskAffinity:
     """Measures task affinity per stage during one training of the fully shared model (TAG).
 
@@ -437,6 +499,10 @@ def tag_affinity(
             `keras_branch.distribute.get_strategy`); None: the default one.
         log: progress lines (None for silence).
         tasks: names of the tasks to compare (default: all of `data`).
+        split: None (the default): each lookahead step is fitted and scored
+            on the whole batch; `"half"`: fitted on one half of the batch
+            (samples at even or odd positions of each replica's part) and
+            scored on the other, both ways round (`LookaheadMeter`).
 
     Returns:
         `TaskAffinity` [stages, tasks, tasks] made from Z by
@@ -467,6 +533,8 @@ def tag_affinity(
         lookahead_lr = learning_rate
     check_number(lookahead_lr, "lookahead_lr", minimum=0, error=SearchError)
     check_int(seed, "seed", minimum=0, error=SearchError)
+    if split not in SPLITS:
+        raise SearchError(f"`split` must be one of {list(SPLITS)}. Received: {split!r}")
     if tasks is not None:
         data = data.select_tasks(names)
     strategy = distribute.get_strategy(strategy)
@@ -485,7 +553,8 @@ def tag_affinity(
     dataset = data.epoch_dataset("train", batch_size, seed, 0, epochs).with_options(options)
     distributed = strategy.experimental_distribute_dataset(dataset)
     # One trace for every batch size (the last batch of an epoch is smaller).
-    meter = LookaheadMeter(model, lookahead_lr, strategy, input_signature=distributed.element_spec)
+    meter = LookaheadMeter(model, lookahead_lr, strategy, input_signature=distributed.element_spec,
+                           split=split)
     weights = tf.constant([t.loss_weight for t in model.tasks], "float32")
 
     def replica_train(x, y):
@@ -518,7 +587,7 @@ def tag_affinity(
         log(f"tag: no self-affinity (affinities set to 0) at (stage, task) {degenerate}")
     info = {"method": "tag", "epochs": epochs, "batch_size": batch_size,
             "learning_rate": learning_rate, "every": every, "lookahead_lr": lookahead_lr,
-            "seed": seed, "backbone": backbone.name, "replicas": strategy.num_replicas_in_sync,
+            "split": split, "seed": seed, "backbone": backbone.name, "replicas": strategy.num_replicas_in_sync,
             "measured_steps": meter.steps, "loss": history,
             "normalisation": "path Zp[d] = Z[0] + ... + Z[d]; S = (Zp + Zp^T) / 2; "
                              "C = clip(S_ij / sqrt(S_ii S_jj), -1, 1); P = cosine of rows i, j "
