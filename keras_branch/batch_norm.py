@@ -10,8 +10,6 @@ mean and variance.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import keras
 import numpy as np
 
@@ -19,18 +17,15 @@ from keras_branch.checks import check_int
 from keras_branch.data.multitask import MultiTaskData
 
 
-def batch_norm_layers(layer: keras.layers.Layer) -> list[keras.layers.BatchNormalization]:
-    """Every `BatchNormalization` inside `layer` (models, Sequential blocks,
-    layers holding sublayers as attributes or lists), each once."""
-    found: dict[int, keras.layers.BatchNormalization] = {}
+def _nested_layers(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
+    """`layer` and every layer inside it (models, Sequential blocks, layers
+    holding sublayers as attributes or lists), each once."""
+    found: dict[int, keras.layers.Layer] = {}
 
-    def walk(obj, seen: set[int]) -> Iterator[None]:
+    def walk(obj, seen: set[int]) -> None:
         if id(obj) in seen:
             return
         seen.add(id(obj))
-        if isinstance(obj, keras.layers.BatchNormalization):
-            found[id(obj)] = obj
-            return
         if isinstance(obj, (list, tuple)):
             for item in obj:
                 walk(item, seen)
@@ -40,6 +35,9 @@ def batch_norm_layers(layer: keras.layers.Layer) -> list[keras.layers.BatchNorma
                 walk(item, seen)
             return
         if not isinstance(obj, keras.layers.Layer):
+            return
+        found[id(obj)] = obj
+        if isinstance(obj, keras.layers.BatchNormalization):
             return
         children = list(getattr(obj, "layers", []) or [])
         children += [v for v in vars(obj).values()
@@ -51,21 +49,40 @@ def batch_norm_layers(layer: keras.layers.Layer) -> list[keras.layers.BatchNorma
     return list(found.values())
 
 
+def batch_norm_layers(layer: keras.layers.Layer) -> list[keras.layers.BatchNormalization]:
+    """Every `BatchNormalization` inside `layer` (models, Sequential blocks,
+    layers holding sublayers as attributes or lists), each once."""
+    return [x for x in _nested_layers(layer) if isinstance(x, keras.layers.BatchNormalization)]
+
+
 def recalibrate_batch_norm(
-    model: keras.Model, data: MultiTaskData, split: str = "train", batch_size: int = 128
+    model: keras.Model,
+    data: MultiTaskData,
+    split: str = "train",
+    batch_size: int = 128,
+    shuffle_seed: int | None = None,
 ) -> int:
     """Sets every batch norm's moving statistics to those of `split` under the final weights.
 
     One pass over the split, unaugmented, in batches: each layer's moving
     mean (variance) becomes the average of its batch means (variances).
     A `SoftOrderingModel` that routes training runs each sample through
-    its own task's path, as in training. The weights do not change.
+    its own task's path, as in training. Stochastic mixing
+    (`SoftOrdering(mixing_dropout=...)`) is off during the pass: the
+    statistics are those of the full mixture that inference computes. The
+    weights do not change.
 
     Args:
         model: a trained model (its `.tasks` name the data's tasks).
         data: the data.
         split: the split whose statistics to use.
         batch_size: samples per batch (>= 2: a batch variance needs two).
+        shuffle_seed: None: batches in the split's order. An int: in an
+            order shuffled with `numpy.random.default_rng(shuffle_seed)`.
+            Training normalises over shuffled batches; a split stored task
+            after task (Omniglot: alphabet after alphabet) gives batches of
+            one task, whose variances miss the spread between tasks, so
+            shuffle such splits to measure what training normalised with.
 
     Returns:
         The number of batch-norm layers recalibrated.
@@ -86,8 +103,18 @@ def recalibrate_batch_norm(
     if not layers:
         return 0
     x, y = data.arrays(split)
+    if shuffle_seed is not None:
+        check_int(shuffle_seed, "shuffle_seed")
+        order = np.random.default_rng(shuffle_seed).permutation(len(x))
+        x, y = x[order], {k: v[order] for k, v in y.items()}
     routed = getattr(model, "route_training", False) and hasattr(model, "routed_call")
     saved = [layer.momentum for layer in layers]
+    # Layers that drop terms in training (SoftOrdering's mixing_dropout):
+    # the statistics must be those of the deterministic inference path.
+    stochastic = [
+        layer for layer in _nested_layers(model) if getattr(layer, "mixing_dropout", 0.0) > 0
+    ]
+    dropouts = [layer.mixing_dropout for layer in stochastic]
     sums = [(np.zeros(layer.moving_mean.shape), np.zeros(layer.moving_variance.shape))
             for layer in layers]
     batches = 0
@@ -99,6 +126,8 @@ def recalibrate_batch_norm(
             # momentum 0: each call leaves exactly this batch's statistics behind.
             for layer in layers:
                 layer.momentum = 0.0
+            for layer in stochastic:
+                layer.mixing_dropout = 0.0
             if routed:
                 yb = {k: v[start:start + batch_size] for k, v in y.items()}
                 model.routed_call(xb, model.routing(yb), training=True)
@@ -111,6 +140,8 @@ def recalibrate_batch_norm(
     finally:
         for layer, momentum in zip(layers, saved):
             layer.momentum = momentum
+        for layer, rate in zip(stochastic, dropouts):
+            layer.mixing_dropout = rate
     for (mean, var), layer in zip(sums, layers):
         layer.moving_mean.assign((mean / batches).astype(layer.moving_mean.dtype))
         layer.moving_variance.assign((var / batches).astype(layer.moving_variance.dtype))

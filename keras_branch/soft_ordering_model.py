@@ -101,6 +101,8 @@ class SoftOrderingModel(TaskModel):
         stem: a shared layer (template/config) before the encoders and the
             pool, or None.
         logit_scale: multiplier of the mixing logits (see `SoftOrdering`).
+        mixing_dropout: drop-path on the soft mixture in training (see
+            `SoftOrdering`; soft ordering only).
         encoder: per-task encoder template/config (each task gets a fresh
             copy), or None for none (the pool then reads the input).
         ordering: `"soft"`, `"parallel"`, `"permuted"` or `"single_task"`.
@@ -143,6 +145,7 @@ class SoftOrderingModel(TaskModel):
         route_training: bool = True,
         stem: keras.layers.Layer | Mapping[str, Any] | None = None,
         logit_scale: float = 1.0,
+        mixing_dropout: float = 0.0,
         **kwargs: Any,
     ):
         task_list = self.prepare_tasks(tasks, RESERVED_NAMES, "a SoftOrderingModel")
@@ -192,7 +195,7 @@ class SoftOrderingModel(TaskModel):
         else:
             shared = SoftOrdering(
                 make_pool("pool"), num_tasks=len(task_list), ordering=ordering, seed=seed,
-                logit_scale=logit_scale, name="soft_ordering",
+                logit_scale=logit_scale, mixing_dropout=mixing_dropout, name="soft_ordering",
             )
 
         # === Functional Model ===
@@ -223,6 +226,7 @@ class SoftOrderingModel(TaskModel):
         self.encoder_config = encoder_config
         self.stem_config = stem_config
         self.logit_scale = float(logit_scale)
+        self.mixing_dropout = float(mixing_dropout)
         self.ordering = ordering
         self.pooling = pooling
         self.seed = int(seed)
@@ -323,6 +327,7 @@ class SoftOrderingModel(TaskModel):
             "encoder": copy.deepcopy(self.encoder_config),
             "stem": copy.deepcopy(self.stem_config),
             "logit_scale": self.logit_scale,
+            "mixing_dropout": self.mixing_dropout,
             "ordering": self.ordering,
             "pooling": self.pooling,
             "seed": self.seed,
@@ -358,6 +363,7 @@ def default_parts(
     depth: int | None = None,
     width: int | None = None,
     ordering: str = "soft",
+    task_scales: int = 0,
 ) -> dict[str, Any]:
     """The encoder, pool and pooling used when none are given.
 
@@ -372,7 +378,9 @@ def default_parts(
     the decoders flatten the last features into the heads, as the convnet4
     trees do. Width 64 by default, convnet4's. Under parallel ordering a
     block serves one depth, so it keeps one normalisation: the model is
-    then convnet4 itself, parameter for parameter.
+    then convnet4 itself, parameter for parameter. `task_scales=T` gives
+    every pool block a scale and shift per task (and depth) after its
+    normalisation (`ConvBlock(tasks=T)`).
 
     Returns:
         `{"encoder": layer or None, "stem": layer or None, "pool": [layers],
@@ -408,7 +416,10 @@ def default_parts(
             "encoder": None,
             "stem": ConvBlock(width, name="stem"),
             "pool": [
-                ConvBlock(width, depths=1 if normalize_ordering(ordering) == "parallel" else depth)
+                ConvBlock(
+                    width, depths=1 if normalize_ordering(ordering) == "parallel" else depth,
+                    tasks=task_scales,
+                )
                 for _ in range(depth)
             ],
             "pooling": "flatten",
@@ -432,6 +443,8 @@ def build_soft_ordering_model(
     name: str = "soft_ordering_model",
     stem: keras.layers.Layer | Mapping[str, Any] | None = None,
     logit_scale: float = 1.0,
+    task_scales: bool = False,
+    mixing_dropout: float = 0.0,
 ) -> SoftOrderingModel:
     """A soft-ordering (or ablation) model with default parts for vectors and images.
 
@@ -452,6 +465,10 @@ def build_soft_ordering_model(
         stem: explicit shared layer before the encoders and the pool.
         logit_scale: multiplier of the mixing logits (their effective
             learning rate under Adam; see `SoftOrdering`).
+        task_scales: the default image pool's blocks get a scale and shift
+            per task and depth after their normalisation (`ConvBlock(tasks=T)`).
+        mixing_dropout: drop-path on the soft mixture in training (see
+            `SoftOrdering`; ignored by the fixed orderings).
 
     Returns:
         A `SoftOrderingModel`, not compiled.
@@ -462,7 +479,8 @@ def build_soft_ordering_model(
     >>> sorted(model.output_names)
     ['Greek', 'Latin']
     """
-    parts = default_parts(input_shape, depth, width, ordering) if pool is None else {}
+    num_tasks = len(tasks) if task_scales else 0
+    parts = default_parts(input_shape, depth, width, ordering, num_tasks) if pool is None else {}
     return SoftOrderingModel(
         tasks,
         input_shape,
@@ -474,6 +492,7 @@ def build_soft_ordering_model(
         seed=seed,
         name=name,
         logit_scale=logit_scale,
+        mixing_dropout=mixing_dropout if normalize_ordering(ordering) == "soft" else 0.0,
     )
 
 

@@ -35,6 +35,10 @@ class ConvBlock(keras.layers.Layer):
         momentum: batch norm's moving-average momentum (0.9, as convnet4:
             with ~50 steps per epoch the default 0.99 trails the data).
         kernel_initializer: the convolution's initializer.
+        tasks: 0 (default), or T: every task then has its own scale and
+            shift per depth after the normalisation, `x * (1 + g[d, t]) +
+            b[d, t]` (started at the identity; 2 * filters * depths * T
+            parameters), selected per sample by the `routing` of the call.
         **kwargs: base `Layer` arguments.
 
     Call arguments:
@@ -42,6 +46,8 @@ class ConvBlock(keras.layers.Layer):
         training: batch statistics (True) or moving averages.
         depth: which depth's normalisation to use (default 0; ignored
             when `depths=1`).
+        routing: [batch, T] one-hot rows naming each sample's task (needed
+            when `tasks` > 0; ignored otherwise).
 
     Example:
     >>> block = ConvBlock(8, depths=2)
@@ -56,11 +62,14 @@ class ConvBlock(keras.layers.Layer):
         depths: int = 1,
         momentum: float = 0.9,
         kernel_initializer: Any = "glorot_uniform",
+        tasks: int = 0,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
         for field, value in (("filters", filters), ("depths", depths)):
             check_int(value, field, minimum=1)
+        check_int(tasks, "tasks", minimum=0)
+        self.tasks = int(tasks)
         self.filters = filters
         self.depths = depths
         self.momentum = float(momentum)
@@ -80,8 +89,12 @@ class ConvBlock(keras.layers.Layer):
         self.conv.build((None, None, None, channels))
         for norm in self.norms:
             norm.build((None, None, None, self.filters))
+        if self.tasks:
+            shape = (self.depths, self.tasks, self.filters)
+            self.task_scale = self.add_weight(name="task_scale", shape=shape, initializer="zeros")
+            self.task_shift = self.add_weight(name="task_shift", shape=shape, initializer="zeros")
 
-    def call(self, inputs, training=None, depth: int = 0):
+    def call(self, inputs, training=None, depth: int = 0, routing=None):
         if self.depths == 1:
             depth = 0
         elif not 0 <= depth < self.depths:
@@ -89,6 +102,16 @@ class ConvBlock(keras.layers.Layer):
                 f"ConvBlock {self.name!r} serves depths 0..{self.depths - 1}. Received: depth={depth!r}"
             )
         x = self.norms[depth](self.conv(inputs), training=training)
+        if self.tasks:
+            if routing is None:
+                raise ValueError(
+                    f"ConvBlock {self.name!r} has per-task scales (tasks={self.tasks}): "
+                    f"call it with `routing` [batch, {self.tasks}] naming each sample's task."
+                )
+            routing = keras.ops.cast(routing, x.dtype)
+            scale = keras.ops.matmul(routing, keras.ops.cast(self.task_scale[depth], x.dtype))
+            shift = keras.ops.matmul(routing, keras.ops.cast(self.task_shift[depth], x.dtype))
+            x = x * (1.0 + scale[:, None, None, :]) + shift[:, None, None, :]
         return self.pool(keras.ops.relu(x))
 
     def compute_output_shape(self, input_shape):
@@ -103,6 +126,7 @@ class ConvBlock(keras.layers.Layer):
                 "depths": self.depths,
                 "momentum": self.momentum,
                 "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+                "tasks": self.tasks,
             }
         )
         return config

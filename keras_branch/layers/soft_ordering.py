@@ -82,7 +82,10 @@ class SoftOrdering(keras.layers.Layer):
     the output shape (they may change it: a conv block with max-pooling
     halves the resolution at every depth); each brings its own nonlinearity
     (e.g. `Dense(64, activation="relu")`). A layer whose `call` takes a
-    `depth` argument (`ConvBlock`) is told the depth (0-based) of each call.
+    `depth` argument (`ConvBlock`) is told the depth (0-based) of each call,
+    and one whose `call` takes a `routing` argument is told each sample's
+    task (one-hot rows [batch, T]; `ConvBlock(tasks=T)` scales and shifts
+    its features per task).
 
     At one depth every pool layer is called once on the tasks' inputs
     stacked along the batch axis, which changes nothing for layers that
@@ -99,6 +102,12 @@ class SoftOrdering(keras.layers.Layer):
             (> 0). With Adam, whose steps do not depend on the gradient's
             scale, this multiplies the logits' effective learning rate while
             the pool keeps the model's.
+        mixing_dropout: soft ordering only, in training: each sample drops
+            each pool layer's term at each depth with this probability
+            (in [0, 1); at least one term is kept) and renormalises the
+            kept scales to sum 1 (FractalNet's local drop-path applied to
+            the mixture). 0 (default): the paper's deterministic mixture.
+            Inference always uses the full mixture.
         **kwargs: base `Layer` arguments (`name`, `dtype`, ...).
 
     Call arguments:
@@ -129,6 +138,7 @@ class SoftOrdering(keras.layers.Layer):
         ordering: str = SOFT,
         seed: int = 0,
         logit_scale: float = 1.0,
+        mixing_dropout: float = 0.0,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
@@ -155,10 +165,27 @@ class SoftOrdering(keras.layers.Layer):
         self.ordering = ordering
         self.seed = int(seed)
         self.logit_scale = _positive_float(logit_scale, "logit_scale")
+        if (
+            isinstance(mixing_dropout, bool)
+            or not isinstance(mixing_dropout, (int, float))
+            or not 0.0 <= float(mixing_dropout) < 1.0
+        ):
+            raise ValueError(
+                f"`mixing_dropout` must be a float in [0, 1). Received: "
+                f"mixing_dropout={mixing_dropout!r}"
+            )
+        self.mixing_dropout = float(mixing_dropout)
+        self.seed_generator = (
+            keras.random.SeedGenerator(self.seed) if self.mixing_dropout > 0 else None
+        )
         self.depth = len(layers)
         # Layers such as `ConvBlock` keep per-depth state (normalisation).
         self._takes_depth = [
             "depth" in inspect.signature(layer.call).parameters for layer in layers
+        ]
+        # ... and per-task state (`ConvBlock(tasks=T)`): told each sample's task.
+        self._takes_routing = [
+            "routing" in inspect.signature(layer.call).parameters for layer in layers
         ]
         self.orders = task_orders(ordering, self.num_tasks, self.depth, self.seed)
 
@@ -246,19 +273,37 @@ class SoftOrdering(keras.layers.Layer):
             )
         return np.eye(self.depth, dtype="float32")[self.orders]
 
-    def _call(self, j: int, x, training, d: int):
-        """Pool layer j at depth d (0-based); told the depth when its call takes one."""
+    def _call(self, j: int, x, training, d: int, routing=None):
+        """Pool layer j at depth d (0-based); told the depth (and each sample's
+        task) when its call takes them."""
+        kwargs = {}
         if self._takes_depth[j]:
-            return self.pool[j](x, training=training, depth=d)
-        return self.pool[j](x, training=training)
+            kwargs["depth"] = d
+        if self._takes_routing[j]:
+            kwargs["routing"] = routing
+        return self.pool[j](x, training=training, **kwargs)
 
-    def _apply(self, j: int, tensors: list, training, d: int) -> list:
+    def _apply(self, j: int, tensors: list, training, d: int, tasks: list[int]) -> list:
         """`layer` on each tensor; one call on the concatenation of the distinct ones.
 
         Tasks that hold the very same tensor (one input fed to every task,
         or parallel ordering, where all tasks compute the same path) share
-        one computation.
+        one computation, unless the layer has per-task state: it then gets
+        every task's tensor and routing rows naming `tasks` (the task of
+        each tensor).
         """
+        if self._takes_routing[j]:
+            eye = np.eye(self.num_tasks, dtype="float32")
+            routing = ops.concatenate(
+                [
+                    ops.ones_like(ops.reshape(x, (ops.shape(x)[0], -1))[:, :1])
+                    * ops.convert_to_tensor(eye[t][None], dtype=x.dtype)
+                    for x, t in zip(tensors, tasks)
+                ],
+                axis=0,
+            )
+            out = self._call(j, ops.concatenate(tensors, axis=0), training, d, routing)
+            return ops.split(out, len(tensors), axis=0) if len(tensors) > 1 else [out]
         distinct: dict[int, int] = {}
         for tensor in tensors:
             distinct.setdefault(id(tensor), len(distinct))
@@ -282,16 +327,50 @@ class SoftOrdering(keras.layers.Layer):
             np.eye(self.depth)[self.orders], dtype=self.compute_dtype
         )
 
+    def _dropped(self, scales):
+        """Per-sample scales [batch, D, D] with terms dropped and the rest renormalised."""
+        keep = ops.cast(
+            keras.random.uniform(ops.shape(scales), seed=self.seed_generator)
+            >= self.mixing_dropout,
+            scales.dtype,
+        )
+        # A row with every term dropped keeps them all.
+        keep = ops.where(ops.sum(keep, axis=-1, keepdims=True) > 0, keep, ops.ones_like(keep))
+        kept = scales * keep
+        return kept / ops.maximum(ops.sum(kept, axis=-1, keepdims=True), 1e-12)
+
+    def _drops(self, training) -> bool:
+        return self.ordering == SOFT and self.mixing_dropout > 0 and bool(training)
+
     def call(self, inputs, training=None, routing=None):
         if routing is not None:
             return self._routed(inputs, routing, training)
         ys = [inputs] * self.num_tasks if not isinstance(inputs, (list, tuple)) else list(inputs)
         if self.ordering == SOFT:
             scales = self._scales()
+            rank = len(ys[0].shape)
+            if self._drops(training):
+                # Per task and sample: [batch, D, D] each.
+                batch = ops.shape(ys[0])[0]
+                per_sample = [
+                    self._dropped(
+                        ops.broadcast_to(scales[t][None], (batch, self.depth, self.depth))
+                    )
+                    for t in range(self.num_tasks)
+                ]
+
+                def scale(t, d, j):
+                    return ops.reshape(per_sample[t][:, d, j], (-1,) + (1,) * (rank - 1))
+            else:
+
+                def scale(t, d, j):
+                    return scales[t, d, j]
+
             for d in range(self.depth):
-                outs = [self._apply(j, ys, training, d) for j in range(self.depth)]
+                everyone = list(range(self.num_tasks))
+                outs = [self._apply(j, ys, training, d, everyone) for j in range(self.depth)]
                 ys = [
-                    sum(scales[t, d, j] * outs[j][t] for j in range(self.depth))
+                    sum(scale(t, d, j) * outs[j][t] for j in range(self.depth))
                     for t in range(self.num_tasks)
                 ]
             return ys
@@ -300,7 +379,8 @@ class SoftOrdering(keras.layers.Layer):
             for j in range(self.depth):
                 users = [t for t in range(self.num_tasks) if self.orders[t, d] == j]
                 if users:
-                    for t, out in zip(users, self._apply(j, [ys[t] for t in users], training, d)):
+                    outs = self._apply(j, [ys[t] for t in users], training, d, users)
+                    for t, out in zip(users, outs):
                         new[t] = out
             ys = new
         return ys
@@ -329,9 +409,11 @@ class SoftOrdering(keras.layers.Layer):
         rank = len(y.shape)
         # Per-sample scales [batch, D, D]: the sample's task's row of s.
         scales = ops.einsum("bt,tdj->bdj", routing, self._scales())
+        if self._drops(training):
+            scales = self._dropped(scales)
         for d in range(self.depth):
             used = self._layers_at(d)
-            outs = [self._call(j, y, training, d) for j in used]
+            outs = [self._call(j, y, training, d, routing) for j in used]
             if len(used) == 1:
                 y = outs[0]
                 continue
@@ -354,6 +436,7 @@ class SoftOrdering(keras.layers.Layer):
                 "ordering": self.ordering,
                 "seed": self.seed,
                 "logit_scale": self.logit_scale,
+                "mixing_dropout": self.mixing_dropout,
             }
         )
         return config
