@@ -100,6 +100,7 @@ from keras_branch.search import (  # noqa: E402
     spearman,
     task_affinity,
 )
+from keras_branch.search.affinity import average_linkage  # noqa: E402
 from keras_branch.search.learn_to_branch import default_widths  # noqa: E402
 from keras_branch.search.partitions import labels_from_groups  # noqa: E402
 from keras_branch.soft_ordering_model import fit_soft_ordering  # noqa: E402
@@ -178,27 +179,17 @@ def deepest_shared_grouping(spec: TreeSpec) -> list[list[str]]:
     return list(groups.values())
 
 
-def average_linkage(points: np.ndarray, num_clusters: int) -> list[list[int]]:
+def euclidean_linkage(points: np.ndarray, num_clusters: int) -> list[list[int]]:
     """Average-linkage agglomerative clustering of rows (Euclidean) into `num_clusters` clusters."""
     diff = points[:, None, :] - points[None, :, :]
-    dist = np.sqrt((diff**2).sum(-1))
-    clusters = [[i] for i in range(len(points))]
-    while len(clusters) > num_clusters:
-        best, pair = np.inf, (0, 1)
-        for a in range(len(clusters)):
-            for b in range(a + 1, len(clusters)):
-                value = dist[np.ix_(clusters[a], clusters[b])].mean()
-                if value < best:
-                    best, pair = value, (a, b)
-        clusters[pair[0]] += clusters.pop(pair[1])
-    return clusters
+    return average_linkage(np.sqrt((diff**2).sum(-1)), num_clusters)
 
 
 def mixing_grouping(mixing: dict[str, Any], num_groups: int) -> list[list[str]]:
     """Tasks clustered by their soft-ordering mixing weights (each flattened [D, D])."""
     names = list(mixing)
     points = np.stack([np.asarray(mixing[n], dtype="float64").ravel() for n in names])
-    return [[names[i] for i in c] for c in average_linkage(points, min(num_groups, len(names)))]
+    return [[names[i] for i in c] for c in euclidean_linkage(points, min(num_groups, len(names)))]
 
 
 def closest_stage(widths: Sequence[int], target: int) -> int:

@@ -160,3 +160,17 @@ def test_a_task_without_training_labels_is_refused_before_any_probe(tmp_path, ca
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.startswith("keras-branch search: error: Task(s) ['g1_t0']"), err
     assert not out.exists()
+
+
+def test_average_linkage_clusters_and_orders():
+    """Clear blocks come out as clusters; merged to one cluster, the leaf order is `cluster_order`'s."""
+    from keras_branch.search.affinity import average_linkage, cluster_order
+
+    labels = np.array([0, 1, 0, 2, 1, 2])
+    rng = np.random.default_rng(0)
+    dissim = np.where(labels[:, None] == labels[None, :], 0.1, 1.0) + rng.uniform(0, 0.05, (6, 6))
+    dissim = (dissim + dissim.T) / 2
+    np.fill_diagonal(dissim, 0.0)
+    assert sorted(sorted(c) for c in average_linkage(dissim, 3)) == [[0, 2], [1, 4], [3, 5]]
+    assert average_linkage(dissim, 1) == [cluster_order(dissim)]
+    assert average_linkage(dissim, 6) == [[i] for i in range(6)]

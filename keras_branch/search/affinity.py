@@ -160,21 +160,33 @@ class TaskAffinity:
         return f"TaskAffinity(stages={self.num_stages}, tasks={self.tasks})"
 
 
-def cluster_order(dissim: np.ndarray) -> list[int]:
-    """Leaf order of average-linkage agglomerative clustering."""
+def average_linkage(dissim: np.ndarray, num_clusters: int = 1) -> list[list[int]]:
+    """Average-linkage agglomerative clustering of a [n, n] dissimilarity into `num_clusters`.
+
+    The two clusters of least mean dissimilarity merge (the first pair on a
+    tie) until `num_clusters` are left; each cluster lists its members in
+    merge order (leaf order).
+
+    Example:
+    >>> average_linkage(np.array([[0, 1, 9], [1, 0, 9], [9, 9, 0]]), 2)
+    [[0, 1], [2]]
+    """
     d = np.asarray(dissim, dtype="float64")
     clusters: list[list[int]] = [[i] for i in range(len(d))]
-    while len(clusters) > 1:
+    while len(clusters) > max(num_clusters, 1):
         best, pair = np.inf, (0, 1)
         for a in range(len(clusters)):
             for b in range(a + 1, len(clusters)):
                 value = d[np.ix_(clusters[a], clusters[b])].mean()
                 if value < best:
                     best, pair = value, (a, b)
-        a, b = pair
-        clusters[a] = clusters[a] + clusters[b]
-        del clusters[b]
-    return clusters[0]
+        clusters[pair[0]] += clusters.pop(pair[1])
+    return clusters
+
+
+def cluster_order(dissim: np.ndarray) -> list[int]:
+    """Leaf order of average-linkage agglomerative clustering."""
+    return average_linkage(dissim, 1)[0]
 
 
 # === Measuring affinity with probe networks ===
