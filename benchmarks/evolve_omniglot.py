@@ -1,138 +1,158 @@
-"""muNet evolution on Omniglot: a root pretrained on some alphabets grown to all.
+"""muNet's scale control on Omniglot-5: evolved systems at several s, beside fine-tuning.
 
-1. The root: a 4-block convnet trained on the first alphabets pooled into one
-   classification task (all but `--new` alphabets).
-2. Evolution from that root to every alphabet, one run per `--scales` value.
-3. Baselines under the same epochs: fine-tuning the whole root per task (a
-   copy of every block per task) and independent networks from scratch.
+For each seed, one root (`benchmarks/omniglot.py`'s `_root`: convnet4
+pretrained on all but the last alphabet pooled, the common recipe) is
+evolved to every alphabet once per `--scales` value, with the `evolve_*`
+settings of `omniglot.DEFAULT_RECIPE` (each installed path trained
+`evolve_final_epochs` further). The same root fine-tuned per task
+(`finetuned`) is the baseline. Prints one table (mean test error, accounted
+parameters per task, search seconds and single-task epochs) and draws
+parameters per task against mean test error, with the rows of a
+`benchmarks/omniglot.py` result (`--reference`, e.g. the shared model and the
+affinity trees, at their total parameters over the tasks) beside them.
 
-Prints one table: mean test error, per-task test errors, parameters per
-task (accounted: shared blocks divided by their users) and the system's
-total parameters.
-
-    python benchmarks/evolve_omniglot.py --data ../shared/data/omniglot/images_background_small1.zip
+    python benchmarks/evolve_omniglot.py --data ../shared/data/omniglot/images_background_small1.zip \\
+        --scales 1.0,0.7,0.5,0.3 --seeds 0 --reference benchmarks/results/omniglot.json \\
+        --out benchmarks/results/evolve_scales
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import time
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
 
-import keras
 import numpy as np
 
-from keras_branch import TreeSpec, backbones
-from keras_branch.build import BranchedModel, block_name
-from keras_branch.compiling import compile_model
-from keras_branch.data import load_omniglot, pool_tasks
-from keras_branch.evaluation import mean_metric
-from keras_branch.search.evolution import evolve
-from keras_branch.training import fit_spec, train
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import omniglot as common  # noqa: E402  (benchmarks/omniglot.py: recipe, root, methods)
+
+from keras_branch import backbones  # noqa: E402
+from keras_branch.data import load_omniglot  # noqa: E402
+from keras_branch.files import atomic_write_json  # noqa: E402
+from keras_branch.zoo.cli import parse_seeds  # noqa: E402
 
 
-def _single_task(spec_task, backbone, root=None):
-    spec = TreeSpec.shared([spec_task.name], backbone.num_stages)
-    model = BranchedModel(spec, backbone, [spec_task])
-    if root is not None:  # start every block from the root's
-        for d in range(backbone.num_stages):
-            model.get_layer(block_name(d, 0)).set_weights(root.get_layer(block_name(d, 0)).get_weights())
-    return model
+def sweep(data_path: str, scales: Sequence[float], seeds: Sequence[int],
+          recipe: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Evolves at every scale and fine-tunes, per seed; returns the rows.
+
+    Args:
+        data_path: the Omniglot zip or folder.
+        scales: the scale factors s in (0, 1].
+        seeds: the seeds (one root each).
+        recipe: overrides of `omniglot.DEFAULT_RECIPE`.
+
+    Returns:
+        `{"recipe", "seeds", "rows"}`; a row per `evolved s=...` and
+        `finetuned`: per seed, mean test error, mean accounted parameters
+        per task, seconds (and, evolved, single-task epochs).
+    """
+    recipe = {**common.DEFAULT_RECIPE, **(recipe or {})}
+    data = load_omniglot(data_path, image_size=recipe["image_size"])
+    backbone = backbones.convnet4((recipe["image_size"],) * 2 + (1,), filters=recipe["filters"])
+    rows: dict[str, dict[str, list]] = {}
+    for seed in seeds:
+        for scale in scales:
+            _, _, extra = common.method_evolved(data, backbone, {**recipe, "evolve_scale": scale},
+                                                seed)
+            row = rows.setdefault(f"evolved s={scale}", {"errors": [], "params_per_task": [],
+                                                          "seconds": [], "task_epochs": []})
+            row["errors"].append(common.mean_metric(extra["metrics"], "error"))
+            row["params_per_task"].append(float(np.mean(list(extra["params_per_task"].values()))))
+            row["seconds"].append(extra["evolution_seconds"])
+            row["task_epochs"].append(extra["task_epochs"])
+            print(f"seed {seed} s={scale}: test error {row['errors'][-1]:.4f}, params/task "
+                  f"{row['params_per_task'][-1]:,.0f} ({row['seconds'][-1]:.0f} s)", flush=True)
+        model, _, extra = common.method_finetuned(data, backbone, recipe, seed)
+        row = rows.setdefault("finetuned", {"errors": [], "params_per_task": [], "seconds": []})
+        row["errors"].append(common.mean_metric(extra["metrics"], "error"))
+        row["params_per_task"].append(model.count_params() / len(data.tasks))
+        print(f"seed {seed} finetuned: test error {row['errors'][-1]:.4f}", flush=True)
+    return {"recipe": recipe, "seeds": list(seeds), "rows": rows}
 
 
-def baseline(data, backbone, epochs, seed, root=None):
-    """Per task: a single-task network (from the root when given), all layers trained."""
-    errors, params = {}, {}
-    for task in data.tasks:
-        keras.utils.set_random_seed(seed)
-        model = _single_task(task, backbone, root)
-        compile_model(model)
-        run = train(model, data.select_tasks([task.name]), epochs=epochs, seed=seed, verbose=0,
-                    eval_splits=("test",), log=None)
-        errors[task.name] = run.metrics["test"][task.name]["error"]
-        params[task.name] = model.count_params()
-    return errors, params
+def plot(result: dict[str, Any], reference: dict[str, Any] | None, path: str,
+         reference_methods: Sequence[str] = ("shared", "affinity_1.5x", "affinity_2x")) -> str:
+    """Parameters per task against mean test error (mean over seeds, std as error bars).
+
+    `reference_methods` picks the rows of `reference` drawn beside the sweep.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    evolved = [(n, r) for n, r in result["rows"].items() if n.startswith("evolved")]
+    xs = [np.mean(r["params_per_task"]) for _, r in evolved]
+    ys = [np.mean(r["errors"]) for _, r in evolved]
+    ax.plot(xs, ys, "-", color="tab:blue", alpha=0.5)
+    points = list(result["rows"].items())
+    num_tasks = len(next(iter(reference["methods"].values()))["mean_task_errors"]) \
+        if reference else None
+    for name, row in (reference or {}).get("methods", {}).items():
+        if name not in reference_methods:
+            continue
+        points.append((name, {"params_per_task": [row["params"] / num_tasks],
+                              "errors": row["errors"]}))
+    for name, row in points:
+        x, y = np.mean(row["params_per_task"]), np.mean(row["errors"])
+        style = "o" if name.startswith("evolved") else "s"
+        ax.errorbar(x, y, yerr=np.std(row["errors"], ddof=1) if len(row["errors"]) > 1 else 0,
+                    fmt=style, capsize=3)
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
+    return common.save_figure(fig, ax, "parameters per task (shared parts divided by their users)",
+                              "mean test error",
+                              f"Omniglot-5: muNet scale control, seeds {result['seeds']}", path)
 
 
-def main(data_path, alphabets=None, new=1, image_size=28, root_epochs=30, epochs=20,
-         scales=(1.0, 0.5, 0.2), passes=2, candidates=8, candidate_epochs=4, seed=0, out=None):
-    data = load_omniglot(data_path, image_size=image_size, alphabets=alphabets)
-    names = data.task_names
-    old = names[:-new]
-    bb = backbones.convnet4((image_size, image_size, 1))
-    print(f"root: convnet4 on {old} pooled ({image_size}x{image_size}, {root_epochs} epochs); "
-          f"new task(s): {names[-new:]}")
-    t0 = time.perf_counter()
-    pooled = pool_tasks(data, old)
-    root = fit_spec(TreeSpec.shared(["pooled"], bb.num_stages), bb, pooled, epochs=root_epochs,
-                    seed=seed, verbose=0, log=None)
-    print(f"root test error (pooled {pooled.tasks[0].classes} classes): "
-          f"{root.metrics['test']['pooled']['error']:.4f}  ({time.perf_counter() - t0:.0f} s)")
-    rows = {}
-    for scale in scales:
-        t0 = time.perf_counter()
-        result = evolve(root.model, names, data, scale=scale, passes=passes, candidates=candidates,
-                        candidate_epochs=candidate_epochs, seed=seed)
-        system = result.system
-        per_task = system.describe()["params_per_task"]
-        errors = {t: result.metrics["test"][t]["error"] for t in names}
-        rows[f"evolved s={scale}"] = {
-            "errors": errors, "params_per_task": per_task,
-            "total_params": int(result.model.count_params()),
-            "spec": system.spec.to_dict(), "seconds": time.perf_counter() - t0,
-        }
-        print(f"evolved s={scale}: mean test error {np.mean(list(errors.values())):.4f}, "
-              f"params/task {np.mean(list(per_task.values())):,.0f} "
-              f"({time.perf_counter() - t0:.0f} s)")
-        print(system.spec)
-    for label, start in (("fine-tuned root", root.model), ("independent", None)):
-        t0 = time.perf_counter()
-        errors, params = baseline(data, bb, epochs, seed, start)
-        rows[label] = {"errors": errors, "params_per_task": params,
-                       "total_params": int(sum(params.values())),
-                       "seconds": time.perf_counter() - t0}
-        print(f"{label}: mean test error {np.mean(list(errors.values())):.4f} "
-              f"({time.perf_counter() - t0:.0f} s)")
-
-    print()
-    print(f"Omniglot, {len(names)} alphabets, convnet4 {image_size}x{image_size}, seed {seed}; "
-          f"evolution: {passes} passes x {candidates} candidates x {candidate_epochs} epochs; "
-          f"baselines: {epochs} epochs per task")
-    short = {n: n[:8] for n in names}
-    print(f"{'model':<18} {'mean err':>8} {'params/task':>12} {'total':>9}  "
-          + " ".join(f"{short[n]:>8}" for n in names))
-    for label, row in rows.items():
-        e = row["errors"]
-        print(f"{label:<18} {np.mean(list(e.values())):>8.4f} "
-              f"{np.mean(list(row['params_per_task'].values())):>12,.0f} {row['total_params']:>9,}  "
-              + " ".join(f"{e[n]:>8.4f}" for n in names))
-    result = {"config": {"alphabets": names, "new": names[-new:], "image_size": image_size,
-                         "root_epochs": root_epochs, "epochs": epochs, "scales": list(scales),
-                         "passes": passes, "candidates": candidates,
-                         "candidate_epochs": candidate_epochs, "seed": seed},
-              "root_test_error": root.metrics["test"]["pooled"]["error"], "rows": rows}
-    if out:
-        with open(out, "w") as f:
-            json.dump(result, f, indent=2)
-    return result
+def table(result: dict[str, Any]) -> str:
+    """The rows as a markdown table."""
+    lines = ["| model | mean test error | std | params per task | search s | single-task epochs |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for name, row in result["rows"].items():
+        errors = row["errors"]
+        std = np.std(errors, ddof=1) if len(errors) > 1 else 0.0
+        seconds = f"{np.mean(row['seconds']):.0f}" if row["seconds"] else ""
+        epochs = f"{np.mean(row['task_epochs']):.0f}" if row.get("task_epochs") else ""
+        lines.append(f"| {name} | {np.mean(errors):.4f} | {std:.4f} | "
+                     f"{np.mean(row['params_per_task']):,.0f} | {seconds} | {epochs} |")
+    return "\n".join(lines)
 
 
-if __name__ == "__main__":
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="Omniglot zip or folder")
-    parser.add_argument("--alphabets", help="comma-separated alphabets (default: all)")
-    parser.add_argument("--new", type=int, default=1, help="alphabets left out of the root")
-    parser.add_argument("--image-size", type=int, default=28)
-    parser.add_argument("--root-epochs", type=int, default=30)
-    parser.add_argument("--epochs", type=int, default=20, help="baseline epochs per task")
-    parser.add_argument("--scales", default="1.0,0.5,0.2")
-    parser.add_argument("--passes", type=int, default=2)
-    parser.add_argument("--candidates", type=int, default=8)
-    parser.add_argument("--candidate-epochs", type=int, default=4)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", help="also write the results as JSON")
-    a = parser.parse_args()
-    main(a.data, a.alphabets.split(",") if a.alphabets else None, a.new, a.image_size,
-         a.root_epochs, a.epochs, tuple(float(s) for s in a.scales.split(",")), a.passes,
-         a.candidates, a.candidate_epochs, a.seed, a.out)
+    parser.add_argument("--scales", default="1.0,0.7,0.5,0.3")
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--reference", help="a benchmarks/omniglot.py omniglot.json to plot beside")
+    parser.add_argument("--reference-methods", default="shared,affinity_1.5x,affinity_2x",
+                        help="the --reference rows to draw")
+    parser.add_argument("--out", help="folder for evolve_scales.json and evolve_scales.png")
+    args = parser.parse_args(argv)
+    scales = [float(s) for s in args.scales.split(",")]
+    bad = [s for s in scales if not 0 < s <= 1]
+    if bad:
+        raise SystemExit(f"--scales must be in (0, 1]. Received: {bad}")
+    result = sweep(args.data, scales, parse_seeds(args.seeds))
+    print(table(result))
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        atomic_write_json(os.path.join(args.out, "evolve_scales.json"), result)
+        reference = None
+        if args.reference:
+            with open(args.reference, encoding="utf-8") as f:
+                reference = json.load(f)
+        print("wrote", plot(result, reference, os.path.join(args.out, "evolve_scales.png"),
+                            args.reference_methods.split(",")))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

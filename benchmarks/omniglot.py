@@ -31,9 +31,11 @@ Methods (`METHODS`, each `method(data, backbone, recipe, seed) ->
   the extracted tree retrained from scratch under the recipe; with it
   `ltb_<budget>` (one per `--budgets` entry), the same search with supernet
   widths sized so every tree it can return fits the budget.
-* `evolved`: muNet evolution (`pretrain_and_evolve`) from a root pretrained
-  on all but the last alphabet pooled; `finetuned`: the same root, every
-  layer fine-tuned per task (one network per task), muNet's baseline.
+* `evolved`: muNet evolution (`evolve`, `evolve_*` recipe keys) from a root
+  pretrained on all but the last alphabet pooled (`pretrain_root`), each
+  installed path trained `evolve_final_epochs` further; `finetuned`: the
+  same root (trained once per seed for both), every layer fine-tuned per
+  task (one network per task), muNet's baseline.
 * `affinity_<budget>` (one per `--budgets` entry, e.g. `affinity_1.5x`):
   affinity search (probes `probe_epochs` long, shared by all budgets of a
   seed), the cheapest tree in budget retrained under the recipe.
@@ -62,7 +64,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -77,8 +79,10 @@ from keras_branch.data import MultiTaskData, load_omniglot  # noqa: E402
 from keras_branch.evaluation import evaluate, mean_metric  # noqa: E402
 from keras_branch.files import atomic_write_json  # noqa: E402
 from keras_branch.plots import plot_mixing_weights  # noqa: E402
-from keras_branch.search import learn_to_branch, tag_affinity, task_affinity  # noqa: E402
-from keras_branch.search.evolution import pretrain_and_evolve, pretrain_root  # noqa: E402
+from keras_branch.search import (  # noqa: E402
+    TaskAffinity, learn_to_branch, tag_affinity, task_affinity,
+)
+from keras_branch.search.evolution import evolve, pretrain_root  # noqa: E402
 from keras_branch.search.learn_to_branch import undecided  # noqa: E402
 from keras_branch.search.tree_search import branch  # noqa: E402
 from keras_branch.soft_ordering_model import fit_soft_ordering  # noqa: E402
@@ -109,10 +113,13 @@ DEFAULT_RECIPE: dict[str, Any] = {
     "tag_every": 2,
     "ltb_epochs": 20,
     "budgets": ["1.5x", "2x"],
-    "evolve_scale": 0.5,
-    "evolve_passes": 2,
+    "evolve_scale": 0.7,
+    "evolve_passes": 1,
     "evolve_candidates": 6,
     "evolve_candidate_epochs": 4,
+    # The installed path's own components train twice the recipe's epochs:
+    # with the shared blocks frozen an epoch costs less than the whole network's.
+    "evolve_final_epochs": 80,
     "weighting": "equal",
 }
 
@@ -209,99 +216,139 @@ def ltb_method(budget: str | None = None) -> Method:
     return method
 
 
-_AFFINITY_CACHE: dict[tuple, tuple[Any, float]] = {}
+def _measure_rsa(data, backbone, recipe, seed) -> TaskAffinity:
+    """RSA: one probe per task, `probe_epochs` long, compared on `num_inputs` held-out images."""
+    num_inputs = min(recipe["num_inputs"], len(data.split("validation")))
+    return task_affinity(data, backbone, probe_epochs=recipe["probe_epochs"], seed=seed,
+                         num_inputs=num_inputs, batch_size=recipe["batch_size"],
+                         learning_rate=recipe["learning_rate"], log=None)
 
 
-def _affinity(data, backbone, recipe, seed):
-    """Task affinity of one seed, computed once for all budgets."""
+def _measure_tag(data, backbone, recipe, seed) -> TaskAffinity:
+    """TAG: lookaheads during one training of the fully shared model (`tag_epochs`, `tag_every`)."""
+    return tag_affinity(data, backbone, epochs=recipe["tag_epochs"],
+                        batch_size=recipe["batch_size"], learning_rate=recipe["learning_rate"],
+                        every=recipe["tag_every"], seed=seed, log=None)
+
+
+class Measurement(NamedTuple):
+    """How a tree method measures its affinity, and what it adds to its `extra`."""
+
+    measure: Callable[[MultiTaskData, Any, dict, int], TaskAffinity]
+    seconds_key: str  # the measurement's time in `extra`, besides `affinity_seconds`
+    extra: Callable[[TaskAffinity], dict[str, Any]]
+    doc: str  # the method's docstring, `{budget}` filled in
+
+
+#: Method-name prefix -> the affinity its `<prefix>_<budget>` methods search on.
+MEASUREMENTS: dict[str, Measurement] = {
+    "affinity": Measurement(_measure_rsa, "probe_seconds", lambda affinity: {},
+                            "Affinity search at budget {budget}, the found tree retrained."),
+    "tag": Measurement(_measure_tag, "tag_seconds",
+                       lambda affinity: {"tag_lookaheads": affinity.info["measured_steps"]},
+                       "Tree search on TAG's affinity at budget {budget}, the found tree retrained."),
+}
+
+#: Per measurement, the latest (key, (affinity, seconds)): one seed's affinity
+#: serves all its budgets, and only the latest is kept.
+_MEASURED: dict[str, tuple[tuple, tuple[TaskAffinity, float]]] = {}
+
+
+def _measured(kind: str, data, backbone, recipe, seed) -> tuple[TaskAffinity, float]:
+    """The `kind` affinity of one seed and its measurement's seconds, measured once for all budgets."""
     key = (id(data), id(backbone), seed, json.dumps(recipe, sort_keys=True))
-    if key not in _AFFINITY_CACHE:
+    if kind not in _MEASURED or _MEASURED[kind][0] != key:
         start = time.perf_counter()
-        num_inputs = min(recipe["num_inputs"], len(data.split("validation")))
-        affinity = task_affinity(data, backbone, probe_epochs=recipe["probe_epochs"], seed=seed,
-                                 num_inputs=num_inputs, batch_size=recipe["batch_size"],
-                                 learning_rate=recipe["learning_rate"], log=None)
-        _AFFINITY_CACHE.clear()
-        _AFFINITY_CACHE[key] = (affinity, time.perf_counter() - start)
-    return _AFFINITY_CACHE[key]
+        affinity = MEASUREMENTS[kind].measure(data, backbone, recipe, seed)
+        _MEASURED[kind] = (key, (affinity, time.perf_counter() - start))
+    return _MEASURED[kind][1]
 
 
-def affinity_method(budget: str) -> Method:
-    """The affinity-search method at one budget (a parameter count or `"2x"`)."""
+def _affinity(data, backbone, recipe, seed) -> tuple[TaskAffinity, float]:
+    """The RSA affinity of one seed and its seconds (cached; benchmarks/weighting.py uses it)."""
+    return _measured("affinity", data, backbone, recipe, seed)
+
+
+def tree_method(kind: str, budget: str) -> Method:
+    """The tree search at one budget (a parameter count or `"2x"`) on the `kind` affinity.
+
+    `kind` is a key of `MEASUREMENTS` (`"affinity"`: RSA probes, `"tag"`:
+    TAG); the cheapest tree in budget is retrained under the recipe.
+    """
+    measurement = MEASUREMENTS[kind]
 
     def method(data, backbone, recipe, seed):
-        affinity, probe_seconds = _affinity(data, backbone, recipe, seed)
+        affinity, seconds = _measured(kind, data, backbone, recipe, seed)
         start = time.perf_counter()
         result = branch(affinity, backbone, data.tasks, budget)
         model, test = _fit_tree(result.spec, data, backbone, recipe, seed)
         return model, result.spec, {
             "metrics": test, "budget": budget, "budget_params": result.budget,
-            "probe_seconds": probe_seconds, "affinity_seconds": probe_seconds,
-            "search_seconds": time.perf_counter() - start,
+            measurement.seconds_key: seconds, "affinity_seconds": seconds,
+            **measurement.extra(affinity), "search_seconds": time.perf_counter() - start,
         }
 
-    method.__doc__ = f"Affinity search at budget {budget}, the found tree retrained."
+    method.__doc__ = measurement.doc.format(budget=budget)
     return method
 
 
-_TAG_CACHE: dict[tuple, tuple[Any, float]] = {}
+#: The latest (key, (root, seconds)): `evolved` and `finetuned` of one seed share one root.
+_ROOT: dict[str, tuple[tuple, tuple[keras.Model, float]]] = {}
 
 
-def _tag(data, backbone, recipe, seed):
-    """TAG's affinity of one seed, measured once for all budgets."""
-    key = (id(data), id(backbone), seed, json.dumps(recipe, sort_keys=True))
-    if key not in _TAG_CACHE:
+def _root(data, backbone, recipe, seed) -> tuple[keras.Model, float]:
+    """muNet's root for one seed (`pretrain_root`: all but the last alphabet pooled, the recipe).
+
+    Trained once per seed for `evolved` and `finetuned`; returns the root
+    model and its training seconds.
+    """
+    # The evolution settings do not change the root: a scale sweep trains it once.
+    trained = {k: v for k, v in recipe.items() if not k.startswith("evolve_")}
+    key = (id(data), id(backbone), seed, json.dumps(trained, sort_keys=True))
+    if "root" not in _ROOT or _ROOT["root"][0] != key:
         start = time.perf_counter()
-        affinity = tag_affinity(data, backbone, epochs=recipe["tag_epochs"],
-                                batch_size=recipe["batch_size"],
-                                learning_rate=recipe["learning_rate"], every=recipe["tag_every"],
-                                seed=seed, log=None)
-        _TAG_CACHE.clear()
-        _TAG_CACHE[key] = (affinity, time.perf_counter() - start)
-    return _TAG_CACHE[key]
-
-
-def tag_method(budget: str) -> Method:
-    """The tree search on TAG's affinity at one budget (a parameter count or `"2x"`)."""
-
-    def method(data, backbone, recipe, seed):
-        affinity, tag_seconds = _tag(data, backbone, recipe, seed)
-        start = time.perf_counter()
-        result = branch(affinity, backbone, data.tasks, budget)
-        model, test = _fit_tree(result.spec, data, backbone, recipe, seed)
-        return model, result.spec, {
-            "metrics": test, "budget": budget, "budget_params": result.budget,
-            "tag_seconds": tag_seconds, "affinity_seconds": tag_seconds,
-            "tag_lookaheads": affinity.info["measured_steps"],
-            "search_seconds": time.perf_counter() - start,
-        }
-
-    method.__doc__ = f"Tree search on TAG's affinity at budget {budget}, the found tree retrained."
-    return method
+        root = pretrain_root(data, backbone, seed=seed, **_fit_kwargs(recipe)).model
+        _ROOT["root"] = (key, (root, time.perf_counter() - start))
+    return _ROOT["root"][1]
 
 
 def method_evolved(data, backbone, recipe, seed):
-    """muNet: a root pretrained on all but the last alphabet pooled, evolved to every task."""
-    result = pretrain_and_evolve(
-        data, backbone, root_epochs=recipe["epochs"], root_learning_rate=recipe["learning_rate"],
-        root_schedule=recipe["schedule"], batch_size=recipe["batch_size"],
-        augment=recipe["augment"], scale=recipe["evolve_scale"], passes=recipe["evolve_passes"],
-        candidates=recipe["evolve_candidates"], candidate_epochs=recipe["evolve_candidate_epochs"],
-        seed=seed, log=None,
+    """muNet: the root (`_root`) evolved to every task, each installed path trained further.
+
+    Candidates train `evolve_candidate_epochs` (constant rate) to rank
+    paths; the path a visit installs trains `evolve_final_epochs` more under
+    a cosine schedule (its own components only). The extra holds the
+    search's seconds (root excluded), its compute in single-task epochs and
+    the accounted parameters per task.
+    """
+    root, root_seconds = _root(data, backbone, recipe, seed)
+    result = evolve(
+        root, data.task_names, data, scale=recipe["evolve_scale"],
+        passes=recipe["evolve_passes"], candidates=recipe["evolve_candidates"],
+        candidate_epochs=recipe["evolve_candidate_epochs"],
+        final_epochs=recipe["evolve_final_epochs"], augment=recipe["augment"], seed=seed,
+        log=None,
     )
-    return result.model, result.system.spec, {"metrics": result.metrics["test"]}
+    history = result.scores["history"]
+    return result.model, result.system.spec, {
+        "metrics": result.metrics["test"], "evolution_seconds": result.seconds["evolution"],
+        "root_seconds": root_seconds,
+        "task_epochs": sum(recipe["evolve_candidate_epochs"] for r in history if "final" not in r)
+        + sum(r["epochs"] for r in history if "final" in r),
+        "params_per_task": result.system.describe()["params_per_task"],
+    }
 
 
 def method_finetuned(data, backbone, recipe, seed):
     """muNet's baseline: the `evolved` root, every layer fine-tuned per task (one network each).
 
-    The root is `evolved`'s, made by the same call (all but the last
-    alphabet pooled, the recipe, the seed); each task then gets a copy of
+    The root is `evolved`'s (`_root`: all but the last alphabet pooled, the
+    recipe, the seed); each task then gets a copy of
     its stem and stages plus a fresh head, trained on that task's samples
     under the recipe. Parameters, FLOPs and latency are those of the joint
     independent model (T networks on one image), as for `independent`.
     """
-    root = pretrain_root(data, backbone, seed=seed, **_fit_kwargs(recipe)).model
+    root, _ = _root(data, backbone, recipe, seed)
     trunk = [layer.name for layer in root.layers
              if layer.name == "stem" or layer.name in
              {block_name(d, 0) for d in range(backbone.num_stages)}]
@@ -337,16 +384,10 @@ def resolve_methods(names: Sequence[str], budgets: Sequence[str]) -> dict[str, M
     """Method name -> function; `affinity` expands to one method per budget."""
     methods: dict[str, Method] = {}
     for name in names:
-        if name == "affinity":
-            for budget in budgets:
-                methods[f"affinity_{budget}"] = affinity_method(budget)
-        elif name.startswith("affinity_"):
-            methods[name] = affinity_method(name[len("affinity_"):])
-        elif name == "tag":
-            for budget in budgets:
-                methods[f"tag_{budget}"] = tag_method(budget)
-        elif name.startswith("tag_"):
-            methods[name] = tag_method(name[len("tag_"):])
+        kind, _, budget = name.partition("_")
+        if kind in MEASUREMENTS:  # affinity / tag: every budget; affinity_<budget> / tag_<budget>
+            for budget in [budget] if budget else budgets:
+                methods[f"{kind}_{budget}"] = tree_method(kind, budget)
         elif name == "ltb":
             methods["ltb"] = METHODS["ltb"]
             for budget in budgets:
@@ -578,9 +619,17 @@ def plot_pareto(result: dict[str, Any], path: str) -> str:
                     xytext=(5, 5), fontsize=8)
     ax.set_ylim(0, top)
     ax.set_xscale("log")
-    ax.set_xlabel("parameters")
-    ax.set_ylabel("mean test error")
-    ax.set_title(f"Omniglot, {len(result['tasks'])} alphabets, seeds {result['seeds']}")
+    return save_figure(fig, ax, "parameters", "mean test error",
+                       f"Omniglot, {len(result['tasks'])} alphabets, seeds {result['seeds']}", path)
+
+
+def save_figure(fig, ax, xlabel: str, ylabel: str, title: str, path: str) -> str:
+    """Labels and grids `ax`, writes `fig` to `path`, closes it; returns `path`."""
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)

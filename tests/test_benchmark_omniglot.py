@@ -105,10 +105,64 @@ def test_evolved_method_grows_a_pooled_root_to_every_alphabet(omniglot_benchmark
 
     data = load_omniglot(omniglot_zip, image_size=16, alphabets=["Greek", "Latin"])
     recipe = dict(omniglot_benchmark.DEFAULT_RECIPE, epochs=1, evolve_passes=1,
-                  evolve_candidates=1, evolve_candidate_epochs=1)
+                  evolve_candidates=2, evolve_candidate_epochs=1, evolve_final_epochs=3)
     model, spec, extra = omniglot_benchmark.METHODS["evolved"](
         data, backbones.convnet4((16, 16, 1), filters=4), recipe, 0)
     assert spec.tasks == ["Greek", "Latin"]
     assert model.count_params() == spec.count_params(backbones.convnet4((16, 16, 1), filters=4),
                                                      data.tasks)
     assert set(extra["metrics"]) == {"Greek", "Latin"}
+    # Compute in single-task epochs: 2 tasks x 2 candidates x 1 epoch, then 3 per installed path.
+    assert extra["task_epochs"] == 2 * 2 * 1 + 2 * 3
+    # Per-task accounting covers the whole system: shared parts divided by their users.
+    assert sum(extra["params_per_task"].values()) == pytest.approx(model.count_params())
+
+
+def test_tree_methods_share_one_measurement_per_seed(omniglot_benchmark, omniglot_zip,
+                                                     monkeypatch):
+    """`affinity_<budget>` and `tag_<budget>`: one measurement per seed serves every budget."""
+    from keras_branch import backbones
+    from keras_branch.data import load_omniglot
+
+    methods = omniglot_benchmark.resolve_methods(["affinity", "tag_2x"], ["1.5x", "2x"])
+    assert list(methods) == ["affinity_1.5x", "affinity_2x", "tag_2x"]
+    assert methods["tag_2x"].__doc__ == ("Tree search on TAG's affinity at budget 2x, "
+                                         "the found tree retrained.")
+    data = load_omniglot(omniglot_zip, image_size=16, alphabets=["Greek", "Latin"])
+    backbone = backbones.convnet4((16, 16, 1), filters=4)
+    recipe = dict(omniglot_benchmark.DEFAULT_RECIPE, epochs=1, tag_epochs=1, tag_every=4)
+    calls = []
+    real = omniglot_benchmark.MEASUREMENTS["tag"]
+    monkeypatch.setitem(omniglot_benchmark.MEASUREMENTS, "tag", real._replace(
+        measure=lambda *args: calls.append(args[3]) or real.measure(*args)))
+    extras = [omniglot_benchmark.tree_method("tag", budget)(data, backbone, recipe, 0)[2]
+              for budget in ("1.5x", "2x")]
+    assert calls == [0]
+    for budget, extra in zip(("1.5x", "2x"), extras):
+        assert list(extra) == ["metrics", "budget", "budget_params", "tag_seconds",
+                               "affinity_seconds", "tag_lookaheads", "search_seconds"]
+        assert extra["budget"] == budget and extra["tag_seconds"] == extra["affinity_seconds"]
+        assert extra["tag_lookaheads"] == -(-data.steps("train", recipe["batch_size"]) // 4)
+
+
+def test_scale_sweep_table_and_plot(tmp_path):
+    """benchmarks/evolve_omniglot.py: means over seeds in the table, the reference rows drawn."""
+    sweep = load_script(BENCHMARK.parent / "evolve_omniglot.py", "evolve_sweep")
+    result = {"seeds": [0, 1], "rows": {
+        "evolved s=0.5": {"errors": [0.10, 0.08], "params_per_task": [40_000.0, 60_000.0],
+                          "seconds": [100.0, 300.0], "task_epochs": [520, 520]},
+        "finetuned": {"errors": [0.07, 0.09], "params_per_task": [119_182.0, 119_182.0],
+                      "seconds": []},
+    }}
+    lines = sweep.table(result).splitlines()
+    # mean 0.09, sample std of (0.10, 0.08) = 0.0141, 50,000 params, 200 s, 520 epochs
+    assert lines[2] == "| evolved s=0.5 | 0.0900 | 0.0141 | 50,000 | 200 | 520 |"
+    assert lines[3] == "| finetuned | 0.0800 | 0.0141 | 119,182 |  |  |"
+    reference = {"methods": {
+        "shared": {"params": 147_144, "errors": [0.1, 0.1], "mean_task_errors": {"a": 0.1, "b": 0.1}},
+        "soft_ordering": {"params": 1, "errors": [0.9], "mean_task_errors": {"a": 0.9, "b": 0.9}},
+    }}
+    path = sweep.plot(result, reference, str(tmp_path / "sweep.png"))
+    assert (tmp_path / "sweep.png").stat().st_size > 1000 and path.endswith("sweep.png")
+    with pytest.raises(SystemExit, match=r"--scales must be in \(0, 1\]"):
+        sweep.main(["--data", "unused.zip", "--scales", "0.5,1.5"])

@@ -119,7 +119,7 @@ def test_mutation_rates_from_the_root():
     # One hyperparameter of three moves with probability p: each p / 3, and
     # from the middle of its list each direction p / 6.
     moves = {
-        "learning_rate": ("learning_rate(0.001->0.0003)", "learning_rate(0.001->0.003)"),
+        "learning_rate": ("learning_rate(0.003->0.001)", "learning_rate(0.003->0.01)"),
         "adapter_dim": ("adapter_dim(16->8)", "adapter_dim(16->32)"),
         "batch_size": ("batch_size(32->16)", "batch_size(32->64)"),
     }

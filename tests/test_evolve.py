@@ -16,6 +16,7 @@ from keras_branch import SearchError, SpecError, Task, TreeSpec, backbones, buil
 from keras_branch.cli import main
 from keras_branch.compiling import compile_model
 from keras_branch.data import load_data
+from keras_branch.evaluation import evaluate
 from keras_branch.export import export_model, litert_runner
 from keras_branch.layers import Adapter
 from keras_branch.layers.adapter import adapter_params
@@ -225,18 +226,62 @@ def test_adding_a_task_leaves_old_tasks_bit_identical_in_keras_and_tflite(evolve
             assert np.array_equal(value, exports["after"][key][output]), (key, output)
 
 
+def test_a_task_added_later_scores_as_in_one_evolution_of_all_tasks(evolved):
+    # With one pass, a task's visit sees the same system and draws the same
+    # candidates whether its predecessors were evolved in this call or loaded
+    # from a saved system: adding it later costs it nothing.
+    data, root, _, system_dir = evolved
+    new_task = data.task_names[2]
+    added = evolve(EvolvedSystem.load(system_dir), [new_task], data, scale=0.5, **TINY)
+    together = evolve(root, data.task_names[:3], data, scale=0.5, **TINY)
+    assert added.system.spec == together.system.spec
+    for split in ("validation", "test"):
+        assert added.metrics[split][new_task] == pytest.approx(together.metrics[split][new_task],
+                                                               abs=1e-6)
+
+
 def test_evolve_rejects_bad_arguments(evolved):
     data, root, _, _ = evolved
     with pytest.raises(SearchError, match="scale=1.5"):
         evolve(root, None, data, scale=1.5, log=None)
     with pytest.raises(SearchError, match="candidates=0"):
         evolve(root, None, data, candidates=0, log=None)
+    with pytest.raises(SearchError, match="final_epochs=-1"):
+        evolve(root, None, data, final_epochs=-1, log=None)
     with pytest.raises(SearchError, match="unknown"):
         evolve(root, ["nope"], data, log=None)
     with pytest.raises(SearchError, match="root_task"):
         evolve(root, None, data, root_task="nope", log=None)
     with pytest.raises(SearchError, match="no trained weights"):
         evolve(backbones.mlp(100), None, data, log=None)
+
+
+def test_final_training_trains_the_installed_path_and_nothing_else(evolved):
+    data, _, first, _ = evolved
+    name = data.task_names[2]
+    plain = evolve(first.system, [name], data, **TINY)
+    final = evolve(first.system, [name], data, final_epochs=3, **TINY)
+    finals = [r for r in final.scores["history"] if "final" in r]
+    assert [(r["task"], r["epochs"]) for r in finals] == [(name, 3)]
+    # The candidates are those of the run without final training, record for record.
+    assert _without_seconds([r for r in final.scores["history"] if "final" not in r]) == \
+        _without_seconds(plain.scores["history"])
+    # The installed path is the best candidate's, trained further: its quality is the
+    # final training's, measured on the validation split.
+    assert final.system.spec == plain.system.spec
+    assert final.system.scores[name]["quality"] == finals[0]["quality"]
+    model = final.system.build()
+    compile_model(model)
+    got = evaluate(model, data.select_tasks(final.system.task_names), "validation")[name]
+    assert finals[0]["quality"] == pytest.approx(1 / (1 + got["mse"]), rel=1e-4)
+    # Only the new task's own components moved; every other component is the system's.
+    own = [n for n in final.system.weights if n not in first.system.weights]
+    assert own and all(n.endswith(final.system.tasks[-1].key) or n.startswith("stage") for n in own)
+    assert any(not np.array_equal(a, b) for n in own
+               for a, b in zip(final.system.weights[n], plain.system.weights[n]))
+    for n, weights in first.system.weights.items():
+        for a, b in zip(weights, final.system.weights[n]):
+            np.testing.assert_array_equal(a, b)
 
 
 # === Seeds and global state ===
@@ -356,6 +401,30 @@ def test_cli_add_task_and_errors(evolved, tmp_path, capsys):
         assert "\n" not in err and err.startswith("keras-branch evolve: error: ")
         assert message in err
     assert os.listdir(mine) == ["notes.txt"] and not (tmp_path / "y").exists()
+
+
+def test_cli_bad_tasks_roots_and_scales_end_with_one_line(evolved, tmp_path, capsys):
+    _, _, _, system_dir = evolved
+    inputs = keras.Input((8,))
+    plain = tmp_path / "plain.keras"
+    keras.Model(inputs, keras.layers.Dense(4, name="d1")(inputs)).save(plain)
+    for args, message in [
+        (("--system", system_dir, "--add-task", "Klingon", "--data", DATA),
+         "unknown: ['Klingon']"),
+        (("--root", plain, "--stages", "d1,nope", "--data", DATA), "names layer 'nope'"),
+        # The root's stages take 8 inputs; the data has 100.
+        (("--root", plain, "--stages", "d1", "--data", DATA), "input shape"),
+        (("--system", system_dir, "--add-task", "g1_t1", "--data", DATA, "--scale", "0"),
+         "--scale: must be a number in (0, 1]. Received: '0'"),
+        (("--system", system_dir, "--add-task", "g1_t1", "--data", DATA, "--scale", "1.01"),
+         "Received: '1.01'"),
+    ]:
+        out = tmp_path / "out"
+        assert main(["evolve", *map(str, args), "--out", str(out)]) == 2, args
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and err.startswith("keras-branch evolve: error: "), err
+        assert message in err, err
+        assert not out.exists() and not (tmp_path / "out.state").exists()
 
 
 def test_a_plain_keras_model_cut_into_stages_is_a_root():

@@ -21,7 +21,7 @@ import numpy as np
 
 from keras_branch.augment import make_augment
 from keras_branch.build import BranchedModel, adapter_name, block_name
-from keras_branch.compiling import compile_model
+from keras_branch.compiling import compile_model, make_optimizer
 from keras_branch.data.multitask import MultiTaskData
 from keras_branch.evaluation import evaluate
 from keras_branch.search.evolution.selection import quality
@@ -123,7 +123,8 @@ def candidate_model(system: EvolvedSystem, task: Task, path: TaskPath, owned: We
 
 def train_candidate(system: EvolvedSystem, task: Task, path: TaskPath, owned: Weights,
                     data: MultiTaskData, epochs: int, augment: Mapping[str, float] | None,
-                    layer_seed: int, order_seed: int) -> tuple[float, dict[str, list[np.ndarray]]]:
+                    layer_seed: int, order_seed: int, schedule: str = "constant",
+                    ) -> tuple[float, dict[str, list[np.ndarray]]]:
     """Trains a candidate's own components and judges it on the validation split.
 
     Args:
@@ -133,6 +134,9 @@ def train_candidate(system: EvolvedSystem, task: Task, path: TaskPath, owned: We
         augment: image augmentation of the training batches, or None.
         layer_seed: seeds the fresh components' initial weights.
         order_seed: seeds the batch order and the augmentation.
+        schedule: the learning-rate schedule over `epochs` (`"constant"` for
+            a candidate, `"cosine"` for the installed path's final training;
+            see `compiling.make_optimizer`), from the path's learning rate.
 
     Returns:
         The candidate's quality (`selection.quality` on validation) and the
@@ -144,11 +148,13 @@ def train_candidate(system: EvolvedSystem, task: Task, path: TaskPath, owned: We
     """
     model = candidate_model(system, task, path, owned, layer_seed)
     batch_size = int(path.hparams["batch_size"])
-    compile_model(model, learning_rate=float(path.hparams["learning_rate"]))
+    steps = data.steps("train", batch_size)
+    compile_model(model, optimizer=make_optimizer(float(path.hparams["learning_rate"]), schedule,
+                                                  epochs=epochs, steps_per_epoch=steps))
     model.fit(
         data.epoch_dataset("train", batch_size, order_seed, 0, epochs,
                            make_augment(augment, seed=order_seed)),
-        epochs=epochs, steps_per_epoch=data.steps("train", batch_size), verbose=0, shuffle=False,
+        epochs=epochs, steps_per_epoch=steps, verbose=0, shuffle=False,
     )
     value = quality(task, evaluate(model, data, "validation")[task.name])
     weights = {layer.name: [np.array(w) for w in layer.get_weights()]

@@ -23,7 +23,15 @@ import os
 import keras
 
 from keras_branch import backbones
-from keras_branch.cli_args import DATA_HELP, examples, fraction, positive_int, probability, seed
+from keras_branch.cli_args import (
+    DATA_HELP,
+    examples,
+    fraction,
+    non_negative_int,
+    positive_int,
+    probability,
+    seed,
+)
 from keras_branch.data import load_data
 from keras_branch.errors import ModelFileError, OutputExistsError, SearchError
 from keras_branch.evaluation import format_metrics
@@ -73,6 +81,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--passes", type=positive_int, help="rounds over the tasks (default 2; 1 with --system)")
     p.add_argument("--candidates", type=positive_int, default=16, help="candidates per task visit")
     p.add_argument("--candidate-epochs", type=positive_int, default=3, help="training epochs per candidate")
+    p.add_argument("--final-epochs", type=non_negative_int, default=0,
+                   help="epochs the installed path of each visit trains on (cosine schedule; "
+                        "0: none)")
     p.add_argument("--mutation-prob", type=probability, default=0.2,
                    help="probability of each mutation of a candidate")
     p.add_argument("--seed", type=seed, default=0, help="mutation, initialisation and shuffling seed")
@@ -120,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
     result = evolve(
         root, tasks, data, scale=args.scale, passes=passes, candidates=args.candidates,
         candidate_epochs=args.candidate_epochs, mutation_prob=args.mutation_prob,
+        final_epochs=args.final_epochs,
         seed=args.seed, root_task=args.root_task, state_dir=state, out_dir=args.out,
         overwrite=args.overwrite,
     )

@@ -61,6 +61,7 @@ def evolve(
     mutation_prob: float = 0.2,
     seed: int = 0,
     augment: Mapping[str, float] | None = None,
+    final_epochs: int = 0,
     root_task: str | None = None,
     state_dir: str | os.PathLike | None = None,
     out_dir: str | os.PathLike | None = None,
@@ -89,6 +90,12 @@ def evolve(
         augment: image augmentation of candidates' training batches (a
             `keras_branch.augment` config such as `{"shift": 0.1,
             "rotation": 10, "zoom": 0.1}`).
+        final_epochs: when positive, the path a visit installs first trains
+            its own components (clones, adapters, head) for this many more
+            epochs under a cosine schedule from its learning rate, and is
+            judged again. Candidates are trained briefly to rank paths; the
+            installed one is then trained as a whole network would be.
+            Shared components stay frozen, so no other task's output moves.
         root_task: see `root`.
         state_dir: where the search state is written after every candidate;
             rerunning with the same arguments resumes from it.
@@ -113,7 +120,7 @@ def evolve(
     Reference:
         Gesmundo & Dean, arXiv 2205.10937 (muNet).
     """
-    _check_args(scale, passes, candidates, candidate_epochs, mutation_prob)
+    _check_args(scale, passes, candidates, candidate_epochs, mutation_prob, final_epochs)
     began = time.perf_counter()
     say = log or (lambda _: None)
     system = root if isinstance(root, EvolvedSystem) else EvolvedSystem.from_root(root, root_task)
@@ -142,7 +149,8 @@ def evolve(
     config = {"tasks": tasks, "scale": scale, "passes": passes, "candidates": candidates,
               "candidate_epochs": candidate_epochs, "mutation_prob": mutation_prob,
               "seed": seed, "augment": dict(augment) if augment else None,
-              "data": data.name, "start_tasks": system.task_names}
+              "final_epochs": final_epochs, "data": data.name,
+              "start_tasks": system.task_names}
     state = SearchState(state_dir, config, system, say)
     system = state.system
     splits = {name: data.select_tasks([name]) for name in tasks}
@@ -202,10 +210,29 @@ def evolve(
                 raise SearchError(f"No candidate of task {name!r} was trained; candidates={candidates}.")
             path = TaskPath.from_dict(best["path"])
             owned = state.load_weights(best["id"], visit)
-            system.install(task, path, owned, {k: best[k] for k in ("quality", "params", "score")})
+            installed = {k: best[k] for k in ("quality", "params", "score")}
+            # The task's own path from an earlier pass had its final training then.
+            if final_epochs and not best["id"].startswith("task:"):
+                start = time.perf_counter()
+                rng = candidate_rng(seed, p, name, "final")
+                quality, owned = train_candidate(
+                    system, task, path, owned, splits[name], final_epochs, augment,
+                    int(rng.integers(2**31)), int(rng.integers(2**31)), schedule="cosine")
+                gc.collect()
+                installed.update(quality=quality,
+                                 score=score(quality, best["params"], system.root_params, scale))
+                state.history.append({
+                    "pass": p, "task": name, "final": best["id"], "epochs": final_epochs,
+                    "path": path.to_dict(), "quality": quality, "params": best["params"],
+                    "score": installed["score"],
+                    "seconds": round(time.perf_counter() - start, 2),
+                })
+                say(f"  {name}: {best['id']} trained {final_epochs} more epochs -> "
+                    f"quality {best['quality']:.4f} -> {quality:.4f}")
+            system.install(task, path, owned, installed)
             state.finish(visit, system)
-            say(f"  {name}: installed {best['id']} (quality {best['quality']:.4f}, "
-                f"params/task {best['params']:,.0f}, score {best['score']:.4f})")
+            say(f"  {name}: installed {best['id']} (quality {installed['quality']:.4f}, "
+                f"params/task {best['params']:,.0f}, score {installed['score']:.4f})")
 
     model = system.build()
     compile_model(model)
@@ -307,12 +334,14 @@ def pretrain_and_evolve(
     return result
 
 
-def _check_args(scale, passes, candidates, candidate_epochs, mutation_prob) -> None:
+def _check_args(scale, passes, candidates, candidate_epochs, mutation_prob, final_epochs) -> None:
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale <= 1:
         raise SearchError(f"`scale` must be in (0, 1]. Received: scale={scale!r}")
     for field, value in (("passes", passes), ("candidates", candidates),
                          ("candidate_epochs", candidate_epochs)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise SearchError(f"`{field}` must be a positive int. Received: {field}={value!r}")
+    if isinstance(final_epochs, bool) or not isinstance(final_epochs, int) or final_epochs < 0:
+        raise SearchError(f"`final_epochs` must be an int >= 0. Received: final_epochs={final_epochs!r}")
     if not 0 <= mutation_prob <= 1:
         raise SearchError(f"`mutation_prob` must be in [0, 1]. Received: mutation_prob={mutation_prob!r}")

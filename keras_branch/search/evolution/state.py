@@ -90,7 +90,7 @@ class SearchState:
         self.system = EvolvedSystem.from_meta(
             saved["system"], load_weights(os.path.join(self.dir, "system.npz"))
         )
-        done = len(self.history)
+        done = sum(1 for record in self.history if "final" not in record)
         self.say(f"resuming from {self.dir}: {done} candidate(s) already scored")
 
     def _write(self) -> None:

@@ -36,8 +36,10 @@ from keras_branch.tasks import Task
 __all__ = ["DEFAULT_HPARAMS", "SYSTEM_FILES", "EvolvedSystem", "TaskPath", "owned_by",
            "root_params"]
 
-#: A new path's hyperparameters (mutations move them along `HPARAM_LISTS`).
-DEFAULT_HPARAMS: dict[str, Any] = {"learning_rate": 1e-3, "adapter_dim": 16, "batch_size": 32}
+#: A new path's hyperparameters (mutations move them along `HPARAM_LISTS`). The
+#: learning rate is the common Omniglot recipe's peak: on a convnet4 root with
+#: three stages frozen, 40 cosine epochs at 1e-3 ended 0.5 points behind 3e-3.
+DEFAULT_HPARAMS: dict[str, Any] = {"learning_rate": 3e-3, "adapter_dim": 16, "batch_size": 32}
 #: The files of a system folder (`EvolvedSystem.save`).
 SYSTEM_FILES = ("model.keras", "spec.json", "system.json", "system.npz", "metrics.json",
                 "evolution.json")
