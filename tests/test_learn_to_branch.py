@@ -334,7 +334,9 @@ def test_tied_initialisation_gives_siblings_equal_weights():
 PLANTED_SMALL = {"group_sizes": (2, 2), "num_train": 2000}
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
+# Seed 0 in the default run; seeds 1 and 2 (the same check on other draws) with --runslow.
+@pytest.mark.parametrize("seed", [0, pytest.param(1, marks=pytest.mark.slow),
+                                  pytest.param(2, marks=pytest.mark.slow)])
 def test_learn_to_branch_recovers_planted_groups(seed):
     data = planted_groups(seed=seed, **PLANTED_SMALL)
     result = learn_to_branch(data, backbones.mlp(100, (64, 64, 16)), widths=(1, 2, 4), seed=seed)
