@@ -317,7 +317,7 @@ def method_evolved(data, backbone, recipe, seed):
 
     Candidates train `evolve_candidate_epochs` (constant rate) to rank
     paths; the path a visit installs trains `evolve_final_epochs` more under
-    a cosine schedule (its own components only). The extra holds the
+    a cosine schedule from the recipe's rate (its own components only). The extra holds the
     search's seconds (root excluded), its compute in single-task epochs and
     the accounted parameters per task.
     """
@@ -326,7 +326,8 @@ def method_evolved(data, backbone, recipe, seed):
         root, data.task_names, data, scale=recipe["evolve_scale"],
         passes=recipe["evolve_passes"], candidates=recipe["evolve_candidates"],
         candidate_epochs=recipe["evolve_candidate_epochs"],
-        final_epochs=recipe["evolve_final_epochs"], augment=recipe["augment"], seed=seed,
+        final_epochs=recipe["evolve_final_epochs"], final_learning_rate=recipe["learning_rate"],
+        augment=recipe["augment"], seed=seed,
         log=None,
     )
     history = result.scores["history"]

@@ -248,6 +248,8 @@ def test_evolve_rejects_bad_arguments(evolved):
         evolve(root, None, data, candidates=0, log=None)
     with pytest.raises(SearchError, match="final_epochs=-1"):
         evolve(root, None, data, final_epochs=-1, log=None)
+    with pytest.raises(SearchError, match="final_learning_rate=0"):
+        evolve(root, None, data, final_epochs=1, final_learning_rate=0, log=None)
     with pytest.raises(SearchError, match="unknown"):
         evolve(root, ["nope"], data, log=None)
     with pytest.raises(SearchError, match="root_task"):
@@ -282,6 +284,13 @@ def test_final_training_trains_the_installed_path_and_nothing_else(evolved):
     for n, weights in first.system.weights.items():
         for a, b in zip(weights, final.system.weights[n]):
             np.testing.assert_array_equal(a, b)
+    # A final rate of its own changes only the final training (the path keeps its hparams).
+    other = evolve(first.system, [name], data, final_epochs=3, final_learning_rate=0.05, **TINY)
+    assert other.system.spec == final.system.spec
+    assert _without_seconds([r for r in other.scores["history"] if "final" not in r]) == \
+        _without_seconds(plain.scores["history"])
+    assert any(not np.array_equal(a, b) for n in own
+               for a, b in zip(other.system.weights[n], final.system.weights[n]))
 
 
 # === Seeds and global state ===

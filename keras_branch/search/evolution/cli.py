@@ -26,6 +26,7 @@ from keras_branch import backbones
 from keras_branch.cli_args import (
     DATA_HELP,
     examples,
+    finite_float,
     fraction,
     non_negative_int,
     positive_int,
@@ -84,6 +85,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--final-epochs", type=non_negative_int, default=0,
                    help="epochs the installed path of each visit trains on (cosine schedule; "
                         "0: none)")
+    p.add_argument("--final-learning-rate", type=finite_float(0.0),
+                   help="the final training's peak rate (default: each path's own)")
     p.add_argument("--mutation-prob", type=probability, default=0.2,
                    help="probability of each mutation of a candidate")
     p.add_argument("--seed", type=seed, default=0, help="mutation, initialisation and shuffling seed")
@@ -131,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     result = evolve(
         root, tasks, data, scale=args.scale, passes=passes, candidates=args.candidates,
         candidate_epochs=args.candidate_epochs, mutation_prob=args.mutation_prob,
-        final_epochs=args.final_epochs,
+        final_epochs=args.final_epochs, final_learning_rate=args.final_learning_rate,
         seed=args.seed, root_task=args.root_task, state_dir=state, out_dir=args.out,
         overwrite=args.overwrite,
     )
