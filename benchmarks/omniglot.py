@@ -249,19 +249,24 @@ MEASUREMENTS: dict[str, Measurement] = {
                        "Tree search on TAG's affinity at budget {budget}, the found tree retrained."),
 }
 
-#: Per measurement, the latest (key, (affinity, seconds)): one seed's affinity
-#: serves all its budgets, and only the latest is kept.
-_MEASURED: dict[str, tuple[tuple, tuple[TaskAffinity, float]]] = {}
+#: Per kind (a measurement, or "root"), the latest (key, (value, seconds)):
+#: one seed's value serves every method that needs it, and only the latest is kept.
+_LATEST: dict[str, tuple[tuple, tuple[Any, float]]] = {}
+
+
+def _latest(kind: str, key: tuple, compute: Callable[[], Any]) -> tuple[Any, float]:
+    """`compute()` and its seconds, computed once while `key` stays the latest of `kind`."""
+    if kind not in _LATEST or _LATEST[kind][0] != key:
+        start = time.perf_counter()
+        value = compute()
+        _LATEST[kind] = (key, (value, time.perf_counter() - start))
+    return _LATEST[kind][1]
 
 
 def _measured(kind: str, data, backbone, recipe, seed) -> tuple[TaskAffinity, float]:
     """The `kind` affinity of one seed and its measurement's seconds, measured once for all budgets."""
     key = (id(data), id(backbone), seed, json.dumps(recipe, sort_keys=True))
-    if kind not in _MEASURED or _MEASURED[kind][0] != key:
-        start = time.perf_counter()
-        affinity = MEASUREMENTS[kind].measure(data, backbone, recipe, seed)
-        _MEASURED[kind] = (key, (affinity, time.perf_counter() - start))
-    return _MEASURED[kind][1]
+    return _latest(kind, key, lambda: MEASUREMENTS[kind].measure(data, backbone, recipe, seed))
 
 
 def _affinity(data, backbone, recipe, seed) -> tuple[TaskAffinity, float]:
@@ -292,10 +297,6 @@ def tree_method(kind: str, budget: str) -> Method:
     return method
 
 
-#: The latest (key, (root, seconds)): `evolved` and `finetuned` of one seed share one root.
-_ROOT: dict[str, tuple[tuple, tuple[keras.Model, float]]] = {}
-
-
 def _root(data, backbone, recipe, seed) -> tuple[keras.Model, float]:
     """muNet's root for one seed (`pretrain_root`: all but the last alphabet pooled, the recipe).
 
@@ -305,11 +306,8 @@ def _root(data, backbone, recipe, seed) -> tuple[keras.Model, float]:
     # The evolution settings do not change the root: a scale sweep trains it once.
     trained = {k: v for k, v in recipe.items() if not k.startswith("evolve_")}
     key = (id(data), id(backbone), seed, json.dumps(trained, sort_keys=True))
-    if "root" not in _ROOT or _ROOT["root"][0] != key:
-        start = time.perf_counter()
-        root = pretrain_root(data, backbone, seed=seed, **_fit_kwargs(recipe)).model
-        _ROOT["root"] = (key, (root, time.perf_counter() - start))
-    return _ROOT["root"][1]
+    return _latest("root", key, lambda: pretrain_root(data, backbone, seed=seed,
+                                                      **_fit_kwargs(recipe)).model)
 
 
 def method_evolved(data, backbone, recipe, seed):
