@@ -117,6 +117,7 @@ DEFAULT_RECIPE: dict[str, Any] = {
     "evolve_passes": 1,
     "evolve_candidates": 6,
     "evolve_candidate_epochs": 4,
+    "evolve_clones": "suffix",
     # The installed path's own components train twice the recipe's epochs:
     # with the shared blocks frozen an epoch costs less than the whole network's.
     "evolve_final_epochs": 80,
@@ -323,7 +324,7 @@ def method_evolved(data, backbone, recipe, seed):
     result = evolve(
         root, data.task_names, data, scale=recipe["evolve_scale"],
         passes=recipe["evolve_passes"], candidates=recipe["evolve_candidates"],
-        candidate_epochs=recipe["evolve_candidate_epochs"],
+        candidate_epochs=recipe["evolve_candidate_epochs"], clones=recipe["evolve_clones"],
         final_epochs=recipe["evolve_final_epochs"], final_learning_rate=recipe["learning_rate"],
         augment=recipe["augment"], seed=seed,
         log=None,

@@ -99,12 +99,12 @@ def test_a_parent_without_children_is_always_taken_first():
 # === Mutation rates ===
 
 
-def _sample_mutations(parent, num_stages, prob, n, seed):
+def _sample_mutations(parent, num_stages, prob, n, seed, clones="layer"):
     rng = np.random.default_rng(seed)
-    return [mutate(parent, num_stages, rng, prob) for _ in range(n)]
+    return [mutate(parent, num_stages, rng, prob, clones) for _ in range(n)]
 
 
-def test_mutation_rates_from_the_root():
+def test_mutation_rates_from_the_root():  # muNet's per-layer clones
     p, n = 0.3, 20_000
     parent = TaskPath.root(4)
     samples = _sample_mutations(parent, 4, p, n, seed=3)
@@ -158,6 +158,31 @@ def test_mutation_rates_from_a_shallow_path_with_an_adapter():
     assert cloned and all(child.route[1] == -1 - 3 for child in cloned)  # marks block 3's clone
 
 
+def test_suffix_clones_make_the_trained_stages_a_suffix_with_the_same_draws():
+    p, n = 0.3, 20_000
+    parent = TaskPath.root(4)
+    suffix = _sample_mutations(parent, 4, p, n, seed=5, clones="suffix")
+    layer = _sample_mutations(parent, 4, p, n, seed=5, clones="layer")
+    for (child, done), (twin, twin_done) in zip(suffix, layer):
+        cloned = [d for d in range(child.depth) if child.route[d] < 0]
+        # Every stage from the lowest clone up to the depth is cloned ...
+        assert cloned == list(range(cloned[0], child.depth)) if cloned else True
+        # ... and the draws are the layer rule's: same depth, adapters,
+        # hyperparameters, and the drawn clones are a subset.
+        assert (child.depth, child.adapters, child.hparams) == (twin.depth, twin.adapters,
+                                                                twin.hparams)
+        assert [x for x in done if not x.endswith("suffix)")] == twin_done
+        assert {d for d in range(twin.depth) if twin.route[d] < 0} <= set(cloned)
+    # With the depth unchanged, stage k is cloned when any of stages 1..k is
+    # drawn: 1 - (1 - p) ** k.
+    kept = [child for child, done in suffix if child.depth == 4]
+    for k in range(1, 5):
+        _assert_frequency(sum(child.route[k - 1] < 0 for child in kept), len(kept),
+                          1 - (1 - p) ** k, f"stage {k} cloned (suffix)")
+    with pytest.raises(ValueError, match="`clones` must be one of .*Received: clones='tree'"):
+        mutate(parent, 4, np.random.default_rng(0), p, clones="tree")
+
+
 def test_mutation_prob_zero_and_one():
     parent = TaskPath.root(3)
     assert mutate(parent, 3, np.random.default_rng(0), 0.0) == (parent, [])
@@ -203,22 +228,23 @@ def _two_stage_system():
 
 
 @pytest.mark.parametrize("path, accounted, want", [
-    # The root path, shared with a: 64 / 2 + 36 / 2 + head (4 + 1) * 3 = 65,
-    # score 0.8 * 0.5 ** 0.65.
-    (TaskPath.root(2), 65.0, 0.5098242509277),
-    # Its own clone of stage 2: 64 / 2 + 36 + 15 = 83, score 0.8 * 0.5 ** 0.83.
-    (TaskPath([0, 1], 2, [0, 0], dict(DEFAULT_HPARAMS)), 83.0, 0.4500233938755),
+    # The root path, shared with a and the root itself (which the system
+    # keeps): 64 / 3 + 36 / 3 + head (4 + 1) * 3 = 145 / 3, score
+    # 0.8 * 0.5 ** (145 / 300).
+    (TaskPath.root(2), 145 / 3, 0.5722583729741),
+    # Its own clone of stage 2: 64 / 3 + 36 + 15 = 217 / 3, score 0.8 * 0.5 ** (217 / 300).
+    (TaskPath([0, 1], 2, [0, 0], dict(DEFAULT_HPARAMS)), 217 / 3, 0.4845570947760),
     # Depth 1 plus an adapter of size 2 on 8 channels (LayerNorm 2 * 8, Dense
     # 8 -> 2: 18, Dense 2 -> 8: 24, so 58); head reads 8 features: (8 + 1) * 3.
-    # 32 + 58 + 27 = 117, score 0.8 * 0.5 ** 1.17.
-    (TaskPath([0, 0], 1, [2, 0], dict(DEFAULT_HPARAMS)), 117.0, 0.3555370724666),
+    # 64 / 3 + 58 + 27 = 319 / 3, score 0.8 * 0.5 ** (319 / 300).
+    (TaskPath([0, 0], 1, [2, 0], dict(DEFAULT_HPARAMS)), 319 / 3, 0.3828201228296),
 ])
 def test_score_of_a_path_on_a_hand_counted_system(path, accounted, want):
     system = _two_stage_system()
     assert system.root_params == 100
     task_b = Task("b", "multiclass", classes=3)
     params = system.accounted_params(task_b, path)
-    assert params == accounted
+    assert params == pytest.approx(accounted, rel=1e-12)
     assert score(0.8, params, system.root_params, 0.5) == pytest.approx(want, rel=1e-10)
 
 

@@ -195,7 +195,8 @@ def test_accounted_params_divide_shared_blocks_by_their_users(evolved):
     bb = system.backbone
     task = Task("new", "regression")
     path = TaskPath.root(3)
-    users = [system.block_users(d, 0) + 1 for d in range(3)]
+    # The task itself and the root (kept by the system) are users too.
+    users = [system.block_users(d, 0) + 2 for d in range(3)]
     expected = sum(bb.stage_params(d) / users[d] for d in range(3)) + bb.feature_size() + 1
     assert system.accounted_params(task, path) == pytest.approx(expected)
 
@@ -250,6 +251,8 @@ def test_evolve_rejects_bad_arguments(evolved):
         evolve(root, None, data, final_epochs=-1, log=None)
     with pytest.raises(SearchError, match="final_learning_rate=0"):
         evolve(root, None, data, final_epochs=1, final_learning_rate=0, log=None)
+    with pytest.raises(SearchError, match=r"`clones` must be one of .*Received: clones='tree'"):
+        evolve(root, None, data, clones="tree", log=None)
     with pytest.raises(SearchError, match="unknown"):
         evolve(root, ["nope"], data, log=None)
     with pytest.raises(SearchError, match="root_task"):

@@ -14,13 +14,15 @@ Per task visit (round robin over the tasks, `passes` times):
 2. A parent is drawn: sorted by score, each accepted with probability
    `0.5 ** children`; when none is, a random one (`select_parent`).
 3. The child applies each mutation with probability `mutation_prob`: clone
-   a block (a trainable copy of a frozen one), insert a zero-initialised
-   adapter, change the depth by one, move one hyperparameter one step
-   along its list (`mutate`).
+   a block (a trainable copy of a frozen one; with `clones="suffix"`, the
+   default, every later stage too), insert a zero-initialised adapter,
+   change the depth by one, move one hyperparameter one step along its
+   list (`mutate`).
 4. The child trains its own components (clones, adapters, head) for
    `candidate_epochs` on the task's data; frozen blocks never change.
    It is scored `quality * scale ** (accounted_params / root_params)`
-   (`score`) and joins the population when it beats its parent.
+   (`score`; shared blocks divided by their users, the root counting as a
+   user of its own) and joins the population when it beats its parent.
 5. At the end of the visit the best path is installed. Components already
    in the system are never modified, so old tasks never change (their
    outputs stay bit-identical).
@@ -50,7 +52,7 @@ from __future__ import annotations
 import warnings
 
 from keras_branch.search.evolution.loop import evolve, pretrain_and_evolve, pretrain_root
-from keras_branch.search.evolution.mutations import HPARAM_LISTS, MUTATIONS, mutate
+from keras_branch.search.evolution.mutations import CLONE_RULES, HPARAM_LISTS, MUTATIONS, mutate
 from keras_branch.search.evolution.selection import candidate_rng, quality, score, select_parent
 from keras_branch.search.evolution.state import STATE_FILE, SearchState
 from keras_branch.search.evolution.system import (
@@ -61,6 +63,7 @@ from keras_branch.search.evolution.system import (
 )
 
 __all__ = [
+    "CLONE_RULES",
     "DEFAULT_HPARAMS",
     "HPARAM_LISTS",
     "MUTATIONS",

@@ -39,6 +39,7 @@ from keras_branch.evaluation import format_metrics
 from keras_branch.files import remove_owned_folder
 from keras_branch.saving import load_branched_model
 from keras_branch.search.evolution.loop import evolve
+from keras_branch.search.evolution.mutations import CLONE_RULES
 from keras_branch.search.evolution.system import EvolvedSystem
 
 __all__ = ["add_parser", "run"]
@@ -89,6 +90,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="the final training's peak rate (default: each path's own)")
     p.add_argument("--mutation-prob", type=probability, default=0.2,
                    help="probability of each mutation of a candidate")
+    p.add_argument("--clones", choices=CLONE_RULES, default="suffix",
+                   help="suffix: a clone at stage d clones every later stage too (default); "
+                        "layer: only the drawn stages (muNet)")
     p.add_argument("--seed", type=seed, default=0, help="mutation, initialisation and shuffling seed")
     p.add_argument("--state", help="search state folder (default: OUT.state): a new or empty "
                    "folder, or an interrupted search's to resume; one with other files is refused")
@@ -134,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
     result = evolve(
         root, tasks, data, scale=args.scale, passes=passes, candidates=args.candidates,
         candidate_epochs=args.candidate_epochs, mutation_prob=args.mutation_prob,
+        clones=args.clones,
         final_epochs=args.final_epochs, final_learning_rate=args.final_learning_rate,
         seed=args.seed, root_task=args.root_task, state_dir=state, out_dir=args.out,
         overwrite=args.overwrite,

@@ -40,7 +40,7 @@ from keras_branch.errors import SearchError
 from keras_branch.evaluation import evaluate
 from keras_branch.results import TrainResult
 from keras_branch.search.evolution.candidates import child_weights, train_candidate
-from keras_branch.search.evolution.mutations import mutate
+from keras_branch.search.evolution.mutations import CLONE_RULES, mutate
 from keras_branch.search.evolution.selection import candidate_rng, score, select_parent
 from keras_branch.search.evolution.state import SearchState
 from keras_branch.search.evolution.system import EvolvedSystem, TaskPath
@@ -60,6 +60,7 @@ def evolve(
     candidates: int = 16,
     candidate_epochs: int = 3,
     mutation_prob: float = 0.2,
+    clones: str = "suffix",
     seed: int = 0,
     augment: Mapping[str, float] | None = None,
     final_epochs: int = 0,
@@ -87,6 +88,10 @@ def evolve(
         candidates: candidates trained per task visit.
         candidate_epochs: training epochs of one candidate (its budget).
         mutation_prob: probability of each mutation.
+        clones: how a clone mutation extends (`mutations.mutate`):
+            `"suffix"` (a clone at stage d clones every later stage too, so
+            frozen blocks never sit above a path's trained ones) or
+            `"layer"` (only the drawn stages, muNet's rule).
         seed: everything random derives from it (a resumed run makes the
             same candidates); no global random state is seeded or consumed.
         augment: image augmentation of candidates' training batches (a
@@ -129,7 +134,7 @@ def evolve(
         Gesmundo & Dean, arXiv 2205.10937 (muNet).
     """
     _check_args(scale, passes, candidates, candidate_epochs, mutation_prob, final_epochs,
-                final_learning_rate)
+                final_learning_rate, clones)
     began = time.perf_counter()
     say = log or (lambda _: None)
     system = root if isinstance(root, EvolvedSystem) else EvolvedSystem.from_root(root, root_task)
@@ -157,6 +162,7 @@ def evolve(
         )
     config = {"tasks": tasks, "scale": scale, "passes": passes, "candidates": candidates,
               "candidate_epochs": candidate_epochs, "mutation_prob": mutation_prob,
+              "clones": clones,
               "seed": seed, "augment": dict(augment) if augment else None,
               "final_epochs": final_epochs, "final_learning_rate": final_learning_rate,
               "data": data.name,
@@ -180,7 +186,7 @@ def evolve(
                 rng = candidate_rng(seed, p, name, c)
                 parent = select_parent(population, rng)
                 path, mutations = mutate(TaskPath.from_dict(parent["path"]),
-                                         system.backbone.num_stages, rng, mutation_prob)
+                                         system.backbone.num_stages, rng, mutation_prob, clones)
                 owned = child_weights(system, task, parent, path, state)
                 layer_seed = int(rng.integers(2**31))
                 order_seed = int(rng.integers(2**31))
@@ -319,7 +325,7 @@ def pretrain_and_evolve(
             root's training (`schedule` as in `fit_spec`).
         seed, augment, log: as in `evolve` (`augment` serves the root too).
         **kwargs: `evolve`'s other arguments (`scale`, `passes`,
-            `candidates`, `candidate_epochs`, `mutation_prob`, `state_dir`,
+            `candidates`, `candidate_epochs`, `mutation_prob`, `clones`, `state_dir`,
             `out_dir`, `overwrite`); evolution grows the root to every task
             of `data`.
 
@@ -348,7 +354,7 @@ def pretrain_and_evolve(
 
 
 def _check_args(scale, passes, candidates, candidate_epochs, mutation_prob, final_epochs,
-                final_learning_rate) -> None:
+                final_learning_rate, clones) -> None:
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale <= 1:
         raise SearchError(f"`scale` must be in (0, 1]. Received: scale={scale!r}")
     for field, value in (("passes", passes), ("candidates", candidates),
@@ -364,3 +370,5 @@ def _check_args(scale, passes, candidates, candidate_epochs, mutation_prob, fina
                           f"Received: final_learning_rate={final_learning_rate!r}")
     if not 0 <= mutation_prob <= 1:
         raise SearchError(f"`mutation_prob` must be in [0, 1]. Received: mutation_prob={mutation_prob!r}")
+    if clones not in CLONE_RULES:
+        raise SearchError(f"`clones` must be one of {list(CLONE_RULES)}. Received: clones={clones!r}")

@@ -270,22 +270,31 @@ class EvolvedSystem:
     def accounted_params(self, task: Task, path: TaskPath) -> float:
         """Parameters charged to `task` on `path`: shared parts divided by their users.
 
+        The root counts as one more user of its own blocks (the stem and
+        block 0 of every stage): the system keeps them whoever uses them,
+        so later tasks can start from the root. Without that, the first task
+        visited pays the whole root alone, cloning it costs that task
+        nothing, and the scale factor cannot hold the first paths back (on
+        Omniglot-5 the first alphabet then cloned every stage).
+
         Args:
             task: the task (it does not count as a user of its own blocks twice).
             path: its path.
 
         Returns:
-            The stem divided by the number of tasks, each used block divided
-            by its users (the task included), plus the path's adapters and head.
+            The stem divided by the number of tasks plus one (the root), each
+            used block divided by its users (the task included, and the root
+            for a root block), plus the path's adapters and head.
 
         Example (not run as a doctest: needs an evolved system):
         >>> system.accounted_params(task, TaskPath.root(system.backbone.num_stages))  # doctest: +SKIP
         """
         bb = self.backbone
         others = [t for t in self.task_names if t != task.name]
-        total = bb.stem_params() / (len(others) + 1)
+        total = bb.stem_params() / (len(others) + 2)
         for d, b in enumerate(path.route[: path.depth]):
-            total += bb.stage_params(d) / (self.block_users(d, b, exclude=task.name) + 1)
+            root = 1 if b == 0 else 0
+            total += bb.stage_params(d) / (self.block_users(d, b, exclude=task.name) + 1 + root)
         for d, dim in enumerate(path.adapters[: path.depth]):
             if dim:
                 total += adapter_params(bb.stage_output_shape(d)[-1], dim)
