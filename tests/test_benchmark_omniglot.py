@@ -114,8 +114,15 @@ def test_evolved_method_grows_a_pooled_root_to_every_alphabet(omniglot_benchmark
     assert set(extra["metrics"]) == {"Greek", "Latin"}
     # Compute in single-task epochs: 2 tasks x 2 candidates x 1 epoch, then 3 per installed path.
     assert extra["task_epochs"] == 2 * 2 * 1 + 2 * 3
-    # Per-task accounting covers the whole system: shared parts divided by their users.
-    assert sum(extra["params_per_task"].values()) == pytest.approx(model.count_params())
+    # Per-task accounting covers the whole system but the root's share: shared
+    # parts divided by their users, the root counting as a user of its blocks.
+    bb = backbones.convnet4((16, 16, 1), filters=4)
+    root_users = [sum(spec.depth(t) > d and spec.route(t)[d] == 0 for t in spec.tasks)
+                  for d in range(bb.num_stages)]
+    root_share = bb.stem_params() / (len(spec.tasks) + 1) + sum(
+        bb.stage_params(d) / (u + 1) for d, u in enumerate(root_users) if u)
+    assert sum(extra["params_per_task"].values()) + root_share == pytest.approx(
+        model.count_params(), rel=1e-9)
 
 
 def test_tree_methods_share_one_measurement_per_seed(omniglot_benchmark, omniglot_zip,
