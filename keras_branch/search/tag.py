@@ -263,6 +263,13 @@ SPLITS = (None, "half")
 SPLIT_DEFAULT: str | None = None
 
 
+def _check_split(split: str | None) -> str | None:
+    """`split` if it is one of `SPLITS`, else a SearchError naming it."""
+    if split not in SPLITS:
+        raise SearchError(f"`split` must be one of {list(SPLITS)}. Received: {split!r}")
+    return split
+
+
 class LookaheadMeter:
     """Measures and accumulates TAG's per-stage lookahead affinity Z on batches.
 
@@ -304,9 +311,7 @@ class LookaheadMeter:
                  strategy: tf.distribute.Strategy | None = None, input_signature: Any = None,
                  split: str | None = None):
         self.lookahead_lr = check_number(lookahead_lr, "lookahead_lr", minimum=0, error=SearchError)
-        if split not in SPLITS:
-            raise SearchError(f"`split` must be one of {list(SPLITS)}. Received: {split!r}")
-        self.split = split
+        self.split = _check_split(split)
         spec = getattr(model, "spec", None)
         if not isinstance(spec, TreeSpec) or any(spec.blocks(d) != [0] for d in range(spec.num_stages)):
             raise SearchError("TAG measures a fully shared BranchedModel (TreeSpec.shared); "
@@ -533,8 +538,7 @@ def tag_affinity(
         lookahead_lr = learning_rate
     check_number(lookahead_lr, "lookahead_lr", minimum=0, error=SearchError)
     check_int(seed, "seed", minimum=0, error=SearchError)
-    if split not in SPLITS:
-        raise SearchError(f"`split` must be one of {list(SPLITS)}. Received: {split!r}")
+    _check_split(split)
     if tasks is not None:
         data = data.select_tasks(names)
     strategy = distribute.get_strategy(strategy)

@@ -81,10 +81,15 @@ def mutate(path: TaskPath, num_stages: int, rng: np.random.Generator,
         raise ValueError(f"`clones` must be one of {CLONE_RULES}. Received: clones={clones!r}")
     child = copy.deepcopy(path)
     done: list[str] = []
+
+    def clone(d: int, note: str = "") -> None:
+        # `-1 - block` marks a clone of `block`; a stage marked already stays so.
+        done.append(f"clone(stage {d + 1}{note})")
+        child.route[d] = -1 - child.route[d] if child.route[d] >= 0 else child.route[d]
+
     drawn = [d for d in range(child.depth) if rng.random() < prob]
     for d in drawn:
-        done.append(f"clone(stage {d + 1})")
-        child.route[d] = -1 - child.route[d] if child.route[d] >= 0 else child.route[d]
+        clone(d)
     for d in range(child.depth):
         if rng.random() < prob and not child.adapters[d]:
             child.adapters[d] = int(child.hparams["adapter_dim"])
@@ -113,6 +118,5 @@ def mutate(path: TaskPath, num_stages: int, rng: np.random.Generator,
         # `child_weights` keeps training it rather than copying it again.
         for d in range(drawn[0] + 1, child.depth):
             if d not in drawn:
-                done.append(f"clone(stage {d + 1}, suffix)")
-                child.route[d] = -1 - child.route[d] if child.route[d] >= 0 else child.route[d]
+                clone(d, ", suffix")
     return child, done
