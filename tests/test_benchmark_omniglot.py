@@ -175,3 +175,45 @@ def test_scale_sweep_table_and_plot(tmp_path):
     assert (tmp_path / "sweep.png").stat().st_size > 1000 and path.endswith("sweep.png")
     with pytest.raises(SystemExit, match=r"--scales must be in \(0, 1\]"):
         sweep.main(["--data", "unused.zip", "--scales", "0.5,1.5"])
+
+
+def test_evolve_paths_own_params_training_and_table():
+    """benchmarks/evolve_paths.py: each path's own parameters by hand, `norms` trains only BN."""
+    import keras_branch as kb
+    from keras_branch.compiling import compile_model
+    from keras_branch.search.evolution.system import EvolvedSystem
+
+    paths = load_script(BENCHMARK.parent / "evolve_paths.py", "evolve_paths")
+    backbone = kb.backbones.convnet4((32, 32, 1), filters=8)
+    task = kb.Task("a", "multiclass", classes=3)
+    root = kb.build_model(kb.TreeSpec.shared(["a"], 4), backbone, [task])
+    system = EvolvedSystem.from_root(root)
+    # convnet4, 8 filters: a stage-2..4 block is a 3x3x8x8 kernel (576, no bias) and a batch
+    # norm of 4 x 8 (scale, offset, mean, variance) = 608; stage 1's batch norm is 32 too; the
+    # head reads 2x2x8 = 32 features into 3 classes (99); an adapter of width 16 on 8 channels
+    # is LayerNorm 16 + Dense(16) 144 + Dense(8) 136 = 296.
+    expected = {"head": 99, "clone4": 608 + 99, "clone34": 2 * 608 + 99, "norms": 4 * 32 + 99,
+                "clone4_norms": 608 + 3 * 32 + 99, "clone4_adapters": 608 + 3 * 296 + 99,
+                "clone3_depth3": 608 + (4 * 4 * 8 * 3 + 3)}
+    for name, count in expected.items():
+        assert paths.own_params(paths.path_model(system, task, name, seed=0)) == count, name
+
+    model = paths.path_model(system, task, "norms", seed=0)
+    compile_model(model)
+    conv, norm = model.get_layer("stage2_block0").layers[:2]
+    kernel, gamma = conv.get_weights()[0].copy(), norm.get_weights()[0].copy()
+    x = np.random.default_rng(0).random((8, 32, 32, 1)).astype("float32")
+    model.fit(x, {"a": np.arange(8) % 3}, epochs=1, batch_size=8, verbose=0)
+    assert np.array_equal(conv.get_weights()[0], kernel)      # the shared conv stays
+    assert not np.array_equal(norm.get_weights()[0], gamma)   # its batch norm trains
+    assert np.array_equal(system.weights["stage2_block0"][1], gamma)  # the system's copy stays
+
+    result = {"seeds": [0, 1], "epochs": 80, "checkpoints": [4, 80], "paths": {"clone4": {
+        "params_per_task": 43_000.0,
+        "errors": {"0": {"4": [0.2, 0.3], "80": [0.05, 0.07]},
+                   "1": {"4": [0.1, 0.2], "80": [0.03, 0.09]}}}}}
+    lines = paths.table(result, {"methods": {"finetuned": {"errors": [0.08, 0.06], "mean_error": 0.07}}})
+    assert lines.splitlines()[2] == "| clone4 | 43,000 | 7.00, 9.00 | 8.00 | 4.00 | 15.00 |"
+    assert lines.splitlines()[3] == "| finetuned (reference run) | | 8.00, 6.00 | 7.00 | | |"
+    with pytest.raises(SystemExit, match=r"--paths: unknown \['clone9'\]"):
+        paths.main(["--data", "unused.zip", "--paths", "clone4,clone9"])
