@@ -19,7 +19,6 @@ affinity trees, at their total parameters over the tasks) beside them.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -34,7 +33,6 @@ import omniglot as common  # noqa: E402  (benchmarks/omniglot.py: recipe, root, 
 
 from keras_branch import backbones  # noqa: E402
 from keras_branch.data import load_omniglot  # noqa: E402
-from keras_branch.files import atomic_write_json  # noqa: E402
 from keras_branch.zoo.cli import parse_seeds  # noqa: E402
 
 
@@ -136,11 +134,8 @@ def table(result: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", required=True, help="Omniglot zip or folder")
+    parser = common.script_parser(__doc__, seeds="0")
     parser.add_argument("--scales", default="1.0,0.7,0.5,0.3")
-    parser.add_argument("--seeds", default="0")
     parser.add_argument("--reference", help="a benchmarks/omniglot.py omniglot.json to plot beside")
     parser.add_argument("--reference-methods", default="shared,affinity_1.5x,affinity_2x",
                         help="the --reference rows to draw")
@@ -153,8 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = sweep(args.data, scales, parse_seeds(args.seeds))
     print(table(result))
     if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        atomic_write_json(os.path.join(args.out, "evolve_scales.json"), result)
+        common.write_json(args.out, "evolve_scales.json", result)
         reference = None
         if args.reference:
             with open(args.reference, encoding="utf-8") as f:

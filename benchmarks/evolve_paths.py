@@ -33,7 +33,6 @@ normalizations, head), mean over the alphabets.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -54,10 +53,10 @@ from keras_branch.build import adapter_name, block_name  # noqa: E402
 from keras_branch.compiling import compile_model, make_optimizer  # noqa: E402
 from keras_branch.data import load_omniglot  # noqa: E402
 from keras_branch.evaluation import evaluate  # noqa: E402
-from keras_branch.files import atomic_write_json  # noqa: E402
 from keras_branch.search.evolution.candidates import candidate_model  # noqa: E402
 from keras_branch.search.evolution.system import EvolvedSystem, TaskPath  # noqa: E402
 from keras_branch.zoo.cli import parse_seeds  # noqa: E402
+from keras_branch.zoo.measure import machine_info  # noqa: E402
 
 #: name -> (cloned stages, depth, adapter width per stage, trainable normalization of frozen stages)
 PATHS: dict[str, tuple[tuple[int, ...], int, tuple[int, ...], bool]] = {
@@ -98,7 +97,7 @@ def run(data_path: str, seeds: Sequence[int], paths: Sequence[str], epochs: int,
     """Trains every path on every alphabet per seed; returns the errors along the way.
 
     Returns:
-        `{"recipe", "tasks", "seeds", "epochs", "checkpoints", "paths": {name:
+        `{"machine", "recipe", "tasks", "seeds", "epochs", "checkpoints", "paths": {name:
         {"params_per_task", "errors": {seed: {epoch: [validation, test]}},
         "task_errors": {seed: {task: {epoch: [validation, test]}}}}}}`
         (errors are means over the alphabets).
@@ -108,7 +107,8 @@ def run(data_path: str, seeds: Sequence[int], paths: Sequence[str], epochs: int,
     data = load_omniglot(data_path, image_size=size)
     backbone = backbones.convnet4((size, size, 1), filters=recipe["filters"])
     marks = sorted({*checkpoints, epochs})
-    result: dict[str, Any] = {"recipe": recipe, "tasks": data.task_names, "seeds": list(seeds),
+    result: dict[str, Any] = {"machine": machine_info(), "recipe": recipe,
+                              "tasks": data.task_names, "seeds": list(seeds),
                               "epochs": epochs, "checkpoints": marks,
                               "paths": {p: {"errors": {}, "task_errors": {}} for p in paths}}
     for seed in seeds:
@@ -191,10 +191,7 @@ def table(result: dict[str, Any], reference: dict[str, Any] | None = None) -> st
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", required=True, help="Omniglot zip or folder")
-    parser.add_argument("--seeds", default="0,1,2")
+    parser = common.script_parser(__doc__)
     parser.add_argument("--paths", default=",".join(PATHS), help=f"any of {', '.join(PATHS)}")
     parser.add_argument("--epochs", type=int, default=80, help="training epochs per path")
     parser.add_argument("--checkpoints", default="4,16", help="epochs at which errors are also recorded")
@@ -215,9 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             reference = json.load(f)
     print(table(result, reference))
     if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        atomic_write_json(os.path.join(args.out, "evolve_paths.json"), result)
-        print("wrote", os.path.join(args.out, "evolve_paths.json"))
+        print("wrote", common.write_json(args.out, "evolve_paths.json", result))
     return 0
 
 

@@ -311,6 +311,16 @@ def _root(data, backbone, recipe, seed) -> tuple[keras.Model, float]:
                                                       **_fit_kwargs(recipe)).model)
 
 
+def evolve_kwargs(recipe: dict[str, Any], seed: int) -> dict[str, Any]:
+    """`evolve`'s arguments under the recipe's `evolve_*` settings (final training at its rate)."""
+    return {"scale": recipe["evolve_scale"], "passes": recipe["evolve_passes"],
+            "candidates": recipe["evolve_candidates"],
+            "candidate_epochs": recipe["evolve_candidate_epochs"],
+            "clones": recipe["evolve_clones"], "final_epochs": recipe["evolve_final_epochs"],
+            "final_learning_rate": recipe["learning_rate"], "augment": recipe["augment"],
+            "seed": seed, "log": None}
+
+
 def method_evolved(data, backbone, recipe, seed):
     """muNet: the root (`_root`) evolved to every task, each installed path trained further.
 
@@ -321,14 +331,7 @@ def method_evolved(data, backbone, recipe, seed):
     the accounted parameters per task.
     """
     root, root_seconds = _root(data, backbone, recipe, seed)
-    result = evolve(
-        root, data.task_names, data, scale=recipe["evolve_scale"],
-        passes=recipe["evolve_passes"], candidates=recipe["evolve_candidates"],
-        candidate_epochs=recipe["evolve_candidate_epochs"], clones=recipe["evolve_clones"],
-        final_epochs=recipe["evolve_final_epochs"], final_learning_rate=recipe["learning_rate"],
-        augment=recipe["augment"], seed=seed,
-        log=None,
-    )
+    result = evolve(root, data.task_names, data, **evolve_kwargs(recipe, seed))
     history = result.scores["history"]
     return result.model, result.system.spec, {
         "metrics": result.metrics["test"], "evolution_seconds": result.seconds["evolution"],
@@ -621,6 +624,23 @@ def plot_pareto(result: dict[str, Any], path: str) -> str:
     ax.set_xscale("log")
     return save_figure(fig, ax, "parameters", "mean test error",
                        f"Omniglot, {len(result['tasks'])} alphabets, seeds {result['seeds']}", path)
+
+
+def script_parser(doc: str | None, seeds: str = "0,1,2") -> argparse.ArgumentParser:
+    """The parser of a script built on this benchmark: its docstring as help, `--data`, `--seeds`."""
+    parser = argparse.ArgumentParser(description=doc,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help="Omniglot zip or folder")
+    parser.add_argument("--seeds", default=seeds)
+    return parser
+
+
+def write_json(out_dir: str, name: str, result: Any) -> str:
+    """Writes `result` to `out_dir/name` atomically (the folder made if missing); returns the path."""
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, name)
+    atomic_write_json(path, result)
+    return path
 
 
 def save_figure(fig, ax, xlabel: str, ylabel: str, title: str, path: str) -> str:

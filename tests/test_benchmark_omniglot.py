@@ -16,6 +16,7 @@ def omniglot_benchmark():
     return load_script(BENCHMARK, "omniglot_benchmark")
 
 
+@pytest.mark.slow  # about 2 minutes on 2 cores; the methods have their own tests
 def test_benchmark_runs_every_method_on_two_alphabets(omniglot_benchmark, omniglot_zip, tmp_path,
                                                       capsys):
     rc = omniglot_benchmark.main([
@@ -55,6 +56,26 @@ def test_benchmark_runs_every_method_on_two_alphabets(omniglot_benchmark, omnigl
     for budget in (1.5, 2):
         for method in ("affinity", "ltb"):
             assert methods[f"{method}_{budget}x"]["params"] <= budget * methods["shared"]["params"]
+
+
+def test_benchmark_main_writes_table_plots_and_json(omniglot_benchmark, omniglot_zip, tmp_path,
+                                                   capsys):
+    """The default run's share of the smoke test above: main end to end with two methods."""
+    rc = omniglot_benchmark.main([
+        "--data", str(omniglot_zip), "--alphabets", "Greek,Latin", "--seeds", "0",
+        "--methods", "shared,soft_ordering", "--epochs", "1", "--image-size", "16",
+        "--filters", "4", "--latency-runs", "2", "--out", str(tmp_path),
+    ])
+    assert rc == 0
+    out = capsys.readouterr().out
+    methods = json.loads((tmp_path / "omniglot.json").read_text())["methods"]
+    assert list(methods) == ["shared", "soft_ordering"]
+    for name in ("omniglot_pareto.png", "omniglot_mixing.png"):
+        assert (tmp_path / name).stat().st_size > 1000, name
+    assert not (tmp_path / "omniglot.partial.json").exists()
+    for name, row in methods.items():
+        assert f"| {name} |" in out
+        assert row["params"] > 0 and row["flops"] > 0 and row["litert_ms"] > 0
 
 
 def test_finished_runs_survive_a_crash_in_a_later_method(omniglot_benchmark, omniglot_zip,
@@ -217,3 +238,44 @@ def test_evolve_paths_own_params_training_and_table():
     assert lines.splitlines()[3] == "| finetuned (reference run) | | 8.00, 6.00 | 7.00 | | |"
     with pytest.raises(SystemExit, match=r"--paths: unknown \['clone9'\]"):
         paths.main(["--data", "unused.zip", "--paths", "clone4,clone9"])
+
+
+@pytest.mark.slow
+def test_evolve_add_task_on_two_alphabets(omniglot_zip):
+    """benchmarks/evolve_add_task.py, tiny: the last alphabet added later scores as evolved together."""
+    bench = load_script(BENCHMARK.parent / "evolve_add_task.py", "evolve_add_task")
+    tiny = {"image_size": 16, "filters": 4, "epochs": 1, "evolve_candidates": 1,
+            "evolve_candidate_epochs": 1, "evolve_final_epochs": 1}
+    result = bench.run(str(omniglot_zip), [0], ["Latin", "Greek"], alphabets=["Greek", "Latin"],
+                       recipe=tiny, log=lambda _: None)
+    run = result["runs"]["0"]
+    # Latin is visited last either way: the same system, the same candidates.
+    assert run["added"]["Latin"]["error"] == run["together"]["Latin"]
+    for name in ("Latin", "Greek"):
+        assert run["added"][name]["old_identical"] == {"keras": True, "tflite": True}
+    lines = bench.table(result).splitlines()
+    latin = 100 * run["together"]["Latin"]
+    assert lines[2] == (f"| Latin | {latin:.2f} | {latin:.2f} | {latin:.2f} | {latin:.2f} | +0.00 "
+                        "| yes, yes |")
+    with pytest.raises(SystemExit, match=r"--late: unknown alphabets \['Klingon'\]"):
+        bench.run(str(omniglot_zip), [0], ["Klingon"], alphabets=["Greek", "Latin"], recipe=tiny)
+
+
+def test_evolve_add_task_reports_outputs_that_moved(tmp_path):
+    """old_outputs_identical says False for a model whose old task's output differs."""
+    import keras_branch as kb
+    from keras_branch.seeding import seeded_layers
+
+    bench = load_script(BENCHMARK.parent / "evolve_add_task.py", "evolve_add_task")
+    tasks = [kb.Task("a", "regression"), kb.Task("b", "regression")]
+    spec = kb.TreeSpec.shared(["a", "b"], 2)
+    backbone = kb.backbones.mlp(4, (3, 3))
+    with seeded_layers(0):
+        before = kb.build_model(spec, backbone, tasks)
+    with seeded_layers(1):
+        other = kb.build_model(spec, backbone, tasks)
+    x = np.random.default_rng(0).random((5, 4)).astype("float32")
+    assert bench.old_outputs_identical(before, before, ["a"], x, str(tmp_path / "same")) == \
+        {"keras": True, "tflite": True}
+    assert bench.old_outputs_identical(before, other, ["a"], x, str(tmp_path / "moved")) == \
+        {"keras": False, "tflite": False}

@@ -171,7 +171,8 @@ def test_measure_writes_results_and_card(tmp_path):
 def test_measuring_an_evolved_entry_keeps_seed_zeros_spec(tmp_path):
     entry = zoo.entry("omniglot-evolved")
     before = open(os.path.join(entry.path, "entry.json")).read()
-    short = {"root_epochs": 1, "passes": 1, "candidates": 1, "candidate_epochs": 1}
+    short = {"root_epochs": 1, "passes": 1, "candidates": 1, "candidate_epochs": 1,
+             "final_epochs": 1}
     # two training drawings per character: this test is about what gets written, not accuracy
     data = load_omniglot(OMNIGLOT, split_sizes=(2, 1, 1))
     results = zoo.measure("omniglot-evolved", data, seeds=(0,), out=tmp_path,

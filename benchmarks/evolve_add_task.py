@@ -1,0 +1,172 @@
+"""Adding a task to an evolved Omniglot-5 system, against evolving every task together.
+
+muNet grows a deployed system task by task. For each seed this benchmark
+takes the root of `benchmarks/omniglot.py` (`_root`: convnet4 pretrained on
+all but the last alphabet pooled, the common recipe) and the recipe's
+`evolve_*` settings (`omniglot.evolve_kwargs`), and runs:
+
+- `together`: every alphabet evolved in one call (the data's order), as the
+  benchmark's `evolved` method does;
+- per `--late` alphabet L: the other alphabets evolved in one call, the
+  system saved and loaded again (what `keras-branch evolve --system DIR
+  --add-task L` reads), then L added.
+
+It prints, per seed and late alphabet, L's test error added later and
+evolved together, and whether the old alphabets' outputs on every test
+image are bit-identical before and after L was added, in Keras and in the
+exported TFLite file (each task's signature). With one pass the last
+alphabet of the data sees the same system either way (the same candidates:
+its errors must be equal); an earlier one is visited later than in
+`together`, with more paths to draw parents from.
+
+    python benchmarks/evolve_add_task.py --data ../shared/data/omniglot/images_background_small1.zip \\
+        --seeds 0,1,2 --late Balinese,Latin --out benchmarks/results/evolve_add_task
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import omniglot as common  # noqa: E402  (benchmarks/omniglot.py: recipe, root)
+
+from keras_branch import backbones  # noqa: E402
+from keras_branch.data import MultiTaskData, load_omniglot  # noqa: E402
+from keras_branch.export import export_model, litert_runner  # noqa: E402
+from keras_branch.search.evolution import EvolvedSystem, evolve  # noqa: E402
+from keras_branch.zoo.cli import parse_seeds  # noqa: E402
+from keras_branch.zoo.measure import machine_info  # noqa: E402
+
+
+def old_outputs_identical(before: keras.Model, after: keras.Model, old: Sequence[str],
+                          x: np.ndarray, workdir: str) -> dict[str, bool]:
+    """Whether every old task's outputs on `x` are the same bytes before and after a task was added.
+
+    Returns:
+        `{"keras": bool, "tflite": bool}`: Keras `predict` and the exported
+        TFLite file's per-task signatures (every output of every old task).
+    """
+    keras_before, keras_after = before.predict(x, verbose=0), after.predict(x, verbose=0)
+    same_keras = all(np.array_equal(keras_before[k], keras_after[k]) for k in old)
+    runs = {}
+    for label, model in (("before", before), ("after", after)):
+        out = export_model(model, os.path.join(workdir, label), formats=["tflite"])
+        runs[label] = litert_runner.run_all(os.path.join(out.out_dir, out.files["tflite"]), x)
+    same_tflite = all(np.array_equal(value, runs["after"][k][output])
+                      for k in old for output, value in runs["before"][k].items())
+    return {"keras": bool(same_keras), "tflite": bool(same_tflite)}
+
+
+def add_later(root: keras.Model, data: MultiTaskData, late: str, kwargs: dict[str, Any],
+              workdir: str) -> dict[str, Any]:
+    """Evolves every task but `late`, saves and reloads the system, then adds `late`.
+
+    Returns:
+        `{"error", "old_identical", "seconds"}`: `late`'s test error, the
+        bit-identity of the old tasks' outputs (`old_outputs_identical`) and
+        the seconds of the two evolutions.
+    """
+    start = time.perf_counter()
+    others = [n for n in data.task_names if n != late]
+    base = evolve(root, others, data, out_dir=os.path.join(workdir, "system"), **kwargs)
+    grown = evolve(EvolvedSystem.load(os.path.join(workdir, "system")), [late], data, **kwargs)
+    seconds = time.perf_counter() - start
+    old = [t.key for t in data.tasks if t.name != late]
+    identical = old_outputs_identical(base.model, grown.model, old, data.split("test").x, workdir)
+    return {"error": grown.metrics["test"][late]["error"], "old_identical": identical,
+            "seconds": seconds}
+
+
+def run(data_path: str, seeds: Sequence[int], late: Sequence[str],
+        alphabets: Sequence[str] | None = None, recipe: dict[str, Any] | None = None,
+        log=print) -> dict[str, Any]:
+    """Per seed: one evolution of every task, and one per late task added later.
+
+    Args:
+        data_path: the Omniglot zip or folder.
+        seeds: the seeds (one root each).
+        late: the alphabets added later, one at a time.
+        alphabets: the alphabets (tasks) to use (default: all).
+        recipe: overrides of `omniglot.DEFAULT_RECIPE`.
+
+    Returns:
+        `{"machine", "recipe", "tasks", "seeds", "late", "runs": {seed: {"together":
+        {task: test error}, "together_seconds", "added": {task: add_later's
+        result}}}}`.
+    """
+    recipe = common.make_recipe(**(recipe or {}))
+    size = recipe["image_size"]
+    data = load_omniglot(data_path, image_size=size, alphabets=alphabets)
+    unknown = [n for n in late if n not in data.task_names]
+    if unknown:
+        raise SystemExit(f"--late: unknown alphabets {unknown}; the data has {data.task_names}")
+    backbone = backbones.convnet4((size, size, 1), filters=recipe["filters"])
+    result: dict[str, Any] = {"machine": machine_info(), "recipe": recipe,
+                              "tasks": data.task_names, "seeds": list(seeds),
+                              "late": list(late), "runs": {}}
+    for seed in seeds:
+        root, _ = common._root(data, backbone, recipe, seed)
+        kwargs = common.evolve_kwargs(recipe, seed)
+        start = time.perf_counter()
+        together = evolve(root, data.task_names, data, **kwargs)
+        entry: dict[str, Any] = {
+            "together": {n: together.metrics["test"][n]["error"] for n in data.task_names},
+            "together_seconds": time.perf_counter() - start, "added": {}}
+        for name in late:
+            with tempfile.TemporaryDirectory() as workdir:
+                added = add_later(root, data, name, kwargs, workdir)
+            entry["added"][name] = added
+            log(f"seed {seed} {name}: added later {100 * added['error']:.2f}%, together "
+                f"{100 * entry['together'][name]:.2f}%, old outputs identical "
+                f"{added['old_identical']} ({added['seconds']:.0f} s)")
+        result["runs"][str(seed)] = entry
+    return result
+
+
+def table(result: dict[str, Any]) -> str:
+    """Markdown: per late task, its test error (%) added later and together, per seed and mean."""
+    seeds = [str(s) for s in result["seeds"]]
+    lines = [f"| added later | test error % added, seeds {', '.join(seeds)} | together | "
+             "mean added | mean together | difference | old outputs bit-identical (Keras, TFLite) |",
+             "|---|---|---|---:|---:|---:|---|"]
+    for name in result["late"]:
+        added = [result["runs"][s]["added"][name]["error"] for s in seeds]
+        together = [result["runs"][s]["together"][name] for s in seeds]
+        same = [result["runs"][s]["added"][name]["old_identical"] for s in seeds]
+        keras_same = "yes" if all(x["keras"] for x in same) else "NO"
+        tflite_same = "yes" if all(x["tflite"] for x in same) else "NO"
+        lines.append(
+            f"| {name} | {', '.join(f'{100 * e:.2f}' for e in added)} | "
+            f"{', '.join(f'{100 * e:.2f}' for e in together)} | {100 * np.mean(added):.2f} | "
+            f"{100 * np.mean(together):.2f} | {100 * (np.mean(added) - np.mean(together)):+.2f} | "
+            f"{keras_same}, {tflite_same} |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = common.script_parser(__doc__)
+    parser.add_argument("--late", default="Balinese,Latin",
+                        help="alphabets added to a system evolved on the others")
+    parser.add_argument("--out", help="folder for evolve_add_task.json")
+    args = parser.parse_args(argv)
+    late = [n for n in args.late.split(",") if n]
+    if not late:
+        raise SystemExit(f"--late must name at least one alphabet. Received: {args.late!r}")
+    result = run(args.data, parse_seeds(args.seeds), late)
+    print(table(result))
+    if args.out:
+        print("wrote", common.write_json(args.out, "evolve_add_task.json", result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
