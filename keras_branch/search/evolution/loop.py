@@ -13,7 +13,10 @@ its mutations, the seed of its fresh layers' initial weights (used through
 `seeding.seeded_layers`) and the seed of its batch order. No global random
 state (Python's, NumPy's, TensorFlow's, Keras') is seeded or read, and the
 Keras session is never cleared: a candidate's model is dropped and
-collected (`gc.collect()`) once its weights are copied out.
+collected (`gc.collect()`) once its weights are copied out, and the custom
+gradients its training registered in TensorFlow's global registry are
+removed (`gradient_registry.released_custom_gradients`), so that its traced
+graph goes too.
 
 Reference:
     Gesmundo & Dean, "An Evolutionary Approach to Dynamic Introduction of
@@ -38,6 +41,7 @@ from keras_branch.compiling import compile_model
 from keras_branch.data.multitask import MultiTaskData, pool_tasks
 from keras_branch.errors import SearchError
 from keras_branch.evaluation import evaluate
+from keras_branch.gradient_registry import released_custom_gradients
 from keras_branch.results import TrainResult
 from keras_branch.search.evolution.candidates import child_weights, train_candidate
 from keras_branch.search.evolution.mutations import CLONE_RULES, mutate
@@ -190,15 +194,15 @@ def evolve(
                 owned = child_weights(system, task, parent, path, state)
                 layer_seed = int(rng.integers(2**31))
                 order_seed = int(rng.integers(2**31))
-                quality, weights = train_candidate(system, task, path, owned, splits[name],
-                                                   candidate_epochs, augment, layer_seed,
-                                                   order_seed)
-                # The candidate's model is unreachable now (Keras models hold
-                # reference cycles): free it before the next one is built.
-                # TF 2.21 still keeps each traced train step (and the variables
-                # it captured) through `tf.custom_gradient`'s global gradient
-                # registry (tensorflow/tensorflow#97697); clearing the Keras
-                # session does not release that either.
+                # The candidate's model is dropped inside: its traced steps'
+                # custom gradients leave TensorFlow's registry, which would
+                # otherwise keep every candidate's graph alive and slow each
+                # later candidate (`gradient_registry`). Keras models hold
+                # reference cycles: collect them before the next one is built.
+                with released_custom_gradients():
+                    quality, weights = train_candidate(system, task, path, owned, splits[name],
+                                                       candidate_epochs, augment, layer_seed,
+                                                       order_seed)
                 gc.collect()
                 params = system.accounted_params(task, path)
                 value = score(quality, params, system.root_params, scale)
@@ -234,9 +238,10 @@ def evolve(
                 trained = copy.deepcopy(path)
                 if final_learning_rate is not None:
                     trained.hparams["learning_rate"] = final_learning_rate
-                quality, owned = train_candidate(
-                    system, task, trained, owned, splits[name], final_epochs, augment,
-                    int(rng.integers(2**31)), int(rng.integers(2**31)), schedule="cosine")
+                with released_custom_gradients():
+                    quality, owned = train_candidate(
+                        system, task, trained, owned, splits[name], final_epochs, augment,
+                        int(rng.integers(2**31)), int(rng.integers(2**31)), schedule="cosine")
                 gc.collect()
                 installed.update(quality=quality,
                                  score=score(quality, best["params"], system.root_params, scale))
