@@ -106,6 +106,7 @@ def test_multiworker_needs_tf_config(monkeypatch):
         get_strategy("tpu")
 
 
+@pytest.mark.slow  # about a minute on 2 cores: the default run stays under 15 min
 def test_weightings_under_mirrored_strategy_match_one_device(tmp_path):
     w = _two_replica_run("weighting", tmp_path)
     for name, state in (("uncertainty", 4), ("pcgrad", 1)):

@@ -311,6 +311,7 @@ def _assert_same_system(a, b):
             np.testing.assert_array_equal(w, v)
 
 
+@pytest.mark.slow  # about a minute on 2 cores: the default run stays under 15 min
 def test_evolve_repeats_with_its_seed_and_leaves_global_random_state_alone(evolved):
     data, root, first, _ = evolved
     random.random(), np.random.random()  # wherever the caller's streams stand

@@ -26,6 +26,7 @@ TINY = ["--seeds", "0", "--groups", "2-2", "--dim", "8", "--num-train", "128",
         "--probe-epochs", "1", "--ltb-epochs", "1", "--tag-every", "1", "--in-process"]
 
 
+@pytest.mark.slow  # about a minute on 2 cores: the default run stays under 15 min
 def test_tiny_run_prints_and_writes_one_row_per_method(forty, tmp_path):
     lines = []
     out = tmp_path / "out"

@@ -438,6 +438,7 @@ def test_soft_ordered_model_exports_to_tflite_with_float32_parity(tmp_path):
     assert got["Japanese__katakana_"].shape == (5, 3)
 
 
+@pytest.mark.slow  # about a minute on 2 cores: the default run stays under 15 min
 def test_soft_ordered_model_goes_through_export_model_and_its_cli(tmp_path, capsys):
     import json
 

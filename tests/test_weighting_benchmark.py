@@ -21,6 +21,7 @@ def weighting_benchmark():
     return load_script(BENCHMARK, "weighting_benchmark")
 
 
+@pytest.mark.slow  # about a minute on 2 cores: the default run stays under 15 min
 def test_table_and_json(weighting_benchmark, tmp_path, capsys):
     args = ["--settings", "planted/conflict", "--methods", "equal,uncertainty,pcgrad",
             "--seeds", "0,1", "--epochs", "2", "--planted-train", "256", "--out", str(tmp_path)]
