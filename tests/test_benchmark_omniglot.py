@@ -120,6 +120,7 @@ def test_benchmark_refuses_unknown_method(omniglot_benchmark):
         omniglot_benchmark.resolve_methods(["evolvd"], ["2x"])
 
 
+@pytest.mark.slow  # half a minute; evolution itself is tested in tests/test_evolve.py
 def test_evolved_method_grows_a_pooled_root_to_every_alphabet(omniglot_benchmark, omniglot_zip):
     from keras_branch import backbones
     from keras_branch.data import load_omniglot
