@@ -54,7 +54,9 @@ from keras_branch.compiling import compile_model, make_optimizer  # noqa: E402
 from keras_branch.data import load_omniglot  # noqa: E402
 from keras_branch.evaluation import evaluate  # noqa: E402
 from keras_branch.search.evolution.candidates import candidate_model  # noqa: E402
-from keras_branch.search.evolution.system import EvolvedSystem, TaskPath  # noqa: E402
+from keras_branch.search.evolution.system import (  # noqa: E402
+    DEFAULT_HPARAMS, EvolvedSystem, TaskPath,
+)
 from keras_branch.zoo.cli import parse_seeds  # noqa: E402
 from keras_branch.zoo.measure import machine_info  # noqa: E402
 
@@ -75,8 +77,7 @@ def path_model(system: EvolvedSystem, task, name: str, seed: int) -> keras.Model
     """The one-task model of path `name` on `system`'s root (own components trainable)."""
     clones, depth, adapters, norms = PATHS[name]
     route = [1 if d + 1 in clones else 0 for d in range(system.backbone.num_stages)]
-    path = TaskPath(route, depth, list(adapters), {"learning_rate": 3e-3, "adapter_dim": 16,
-                                                    "batch_size": 32})
+    path = TaskPath(route, depth, list(adapters), dict(DEFAULT_HPARAMS))
     owned: dict[str, Any] = {f"head_{task.key}": None}
     for stage in clones:
         owned[block_name(stage - 1, 1)] = system.weights[block_name(stage - 1, 0)]

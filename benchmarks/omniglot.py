@@ -658,11 +658,8 @@ def save_figure(fig, ax, xlabel: str, ylabel: str, title: str, path: str) -> str
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", required=True, help="Omniglot zip or folder")
+    parser = script_parser(__doc__)
     parser.add_argument("--alphabets", help="comma-separated alphabets (default: all)")
-    parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                         help="comma-separated; 'affinity' and 'tag' run every --budgets entry")
     parser.add_argument("--epochs", type=int)

@@ -6,9 +6,10 @@ global gradient registry under a fresh `CustomGradient-N` name, and nothing
 ever removes it. The closure holds the traced graph, so a model trained and
 dropped stays in memory (about 23,000 Python objects for a small convnet4),
 and a process that trains many models one after another (an evolution's
-candidates, a benchmark's seeds) gets slower with each: `gc.collect()` and
-Python itself walk every leaked object. Measured on Omniglot-5: three
-evolutions in one process took 151, 303 and 452 s for the same work.
+candidates, a benchmark's seeds) holds more objects with each, which every
+`gc.collect()` walks. (Three Omniglot-5 evolutions in one process took 151,
+303 and 452 s for the same work; how much of that the leak caused is not
+measured, see docs/evolution.md.)
 (tensorflow/tensorflow#97697; keras-team/tf-keras#898 purges the same
 entries in `clear_session`.)
 

@@ -24,6 +24,7 @@ from keras_branch.build import BranchedModel, adapter_name, block_name
 from keras_branch.compiling import compile_model, make_optimizer
 from keras_branch.data.multitask import MultiTaskData
 from keras_branch.evaluation import evaluate
+from keras_branch.gradient_registry import released_custom_gradients
 from keras_branch.search.evolution.selection import quality
 from keras_branch.search.evolution.state import SearchState
 from keras_branch.search.evolution.system import EvolvedSystem, TaskPath
@@ -141,7 +142,10 @@ def train_candidate(system: EvolvedSystem, task: Task, path: TaskPath, owned: We
     Returns:
         The candidate's quality (`selection.quality` on validation) and the
         trained weights of its own components. The model itself is not
-        returned: once the caller drops it, `gc.collect()` frees it.
+        returned: once the caller drops it, `gc.collect()` frees it, and the
+        custom gradients its training registered are already out of
+        TensorFlow's registry (`gradient_registry`), so its traced graph
+        goes too.
 
     Example (not run as a doctest: a step inside `evolve`, on its search state):
     >>> q, weights = train_candidate(system, task, path, owned, data, 3, None, 1, 2)  # doctest: +SKIP
@@ -151,11 +155,14 @@ def train_candidate(system: EvolvedSystem, task: Task, path: TaskPath, owned: We
     steps = data.steps("train", batch_size)
     compile_model(model, optimizer=make_optimizer(float(path.hparams["learning_rate"]), schedule,
                                                   epochs=epochs, steps_per_epoch=steps))
-    model.fit(
-        data.epoch_dataset("train", batch_size, order_seed, 0, epochs,
-                           make_augment(augment, seed=order_seed)),
-        epochs=epochs, steps_per_epoch=steps, verbose=0, shuffle=False,
-    )
+    # The model dies with this call: its train step's custom gradients must
+    # not keep its graph alive in TensorFlow's global registry.
+    with released_custom_gradients():
+        model.fit(
+            data.epoch_dataset("train", batch_size, order_seed, 0, epochs,
+                               make_augment(augment, seed=order_seed)),
+            epochs=epochs, steps_per_epoch=steps, verbose=0, shuffle=False,
+        )
     value = quality(task, evaluate(model, data, "validation")[task.name])
     weights = {layer.name: [np.array(w) for w in layer.get_weights()]
                for layer in model.layers if layer.name in owned}

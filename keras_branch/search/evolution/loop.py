@@ -15,8 +15,8 @@ state (Python's, NumPy's, TensorFlow's, Keras') is seeded or read, and the
 Keras session is never cleared: a candidate's model is dropped and
 collected (`gc.collect()`) once its weights are copied out, and the custom
 gradients its training registered in TensorFlow's global registry are
-removed (`gradient_registry.released_custom_gradients`), so that its traced
-graph goes too.
+removed by `candidates.train_candidate` (`gradient_registry`), so that
+its traced graph goes too.
 
 Reference:
     Gesmundo & Dean, "An Evolutionary Approach to Dynamic Introduction of
@@ -41,7 +41,6 @@ from keras_branch.compiling import compile_model
 from keras_branch.data.multitask import MultiTaskData, pool_tasks
 from keras_branch.errors import SearchError
 from keras_branch.evaluation import evaluate
-from keras_branch.gradient_registry import released_custom_gradients
 from keras_branch.results import TrainResult
 from keras_branch.search.evolution.candidates import child_weights, train_candidate
 from keras_branch.search.evolution.mutations import CLONE_RULES, mutate
@@ -194,15 +193,11 @@ def evolve(
                 owned = child_weights(system, task, parent, path, state)
                 layer_seed = int(rng.integers(2**31))
                 order_seed = int(rng.integers(2**31))
-                # The candidate's model is dropped inside: its traced steps'
-                # custom gradients leave TensorFlow's registry, which would
-                # otherwise keep every candidate's graph alive and slow each
-                # later candidate (`gradient_registry`). Keras models hold
-                # reference cycles: collect them before the next one is built.
-                with released_custom_gradients():
-                    quality, weights = train_candidate(system, task, path, owned, splits[name],
-                                                       candidate_epochs, augment, layer_seed,
-                                                       order_seed)
+                quality, weights = train_candidate(system, task, path, owned, splits[name],
+                                                   candidate_epochs, augment, layer_seed,
+                                                   order_seed)
+                # The candidate's model is unreachable now (Keras models hold
+                # reference cycles): free it before the next one is built.
                 gc.collect()
                 params = system.accounted_params(task, path)
                 value = score(quality, params, system.root_params, scale)
@@ -238,10 +233,9 @@ def evolve(
                 trained = copy.deepcopy(path)
                 if final_learning_rate is not None:
                     trained.hparams["learning_rate"] = final_learning_rate
-                with released_custom_gradients():
-                    quality, owned = train_candidate(
-                        system, task, trained, owned, splits[name], final_epochs, augment,
-                        int(rng.integers(2**31)), int(rng.integers(2**31)), schedule="cosine")
+                quality, owned = train_candidate(
+                    system, task, trained, owned, splits[name], final_epochs, augment,
+                    int(rng.integers(2**31)), int(rng.integers(2**31)), schedule="cosine")
                 gc.collect()
                 installed.update(quality=quality,
                                  score=score(quality, best["params"], system.root_params, scale))
