@@ -127,10 +127,61 @@ class TaskModel(keras.Model):
         return total
 
     def fit(self, *args, **kwargs):
+        x = args[0] if args else kwargs.get("x")
+        y = args[1] if len(args) > 1 else kwargs.get("y")
+        self.build_training_state(x, y)
         if self.weighting is not None:
             # First, so that checkpoints and loggers see the epoch closed.
             kwargs["callbacks"] = [WeightingEpochs(self.weighting), *(kwargs.get("callbacks") or [])]
         return super().fit(*args, **kwargs)
+
+    def build_training_state(self, x: Any, y: Any = None) -> bool:
+        """Creates the optimizer's, losses' and metrics' variables before `fit` traces its step.
+
+        Keras creates them while tracing the first step when the model has no
+        distribution strategy, and TensorFlow then traces the step a second
+        time (a function that created variables is retraced without them):
+        about a second per `fit`, half of a short candidate training in
+        evolution. Here they are made eagerly from one zero sample shaped like
+        the data (a zero label is valid for every task kind); the metrics'
+        states are reset when the epoch starts, the model's weights are not
+        touched. Under a strategy Keras builds them itself, so nothing is done.
+
+        Args:
+            x: what `fit` receives: a `tf.data.Dataset` of `(x, y)` or
+                `(x, y, sample_weight)`, or input arrays.
+            y: the labels when `x` holds arrays (a dict by task key).
+
+        Returns:
+            Whether the state was built here (False: not compiled, the
+            optimizer built already, under a strategy, or data whose shape is
+            not known up front).
+        """
+        # A built optimizer means a fit (or this) ran since `compile`: the
+        # losses and metrics exist too.
+        if not self.compiled or self.optimizer is None or self.optimizer.built:
+            return False
+        if tf.distribute.has_strategy() or self.distribute_strategy is not tf.distribute.get_strategy():
+            return False
+        if isinstance(x, tf.data.Dataset):
+            specs = x.element_spec
+        elif x is not None and y is not None:
+            specs = tf.nest.map_structure(
+                lambda a: tf.TensorSpec((None, *np.shape(a)[1:]), tf.as_dtype(np.asarray(a[:1]).dtype)),
+                (x, y))
+        else:
+            return False
+        flat = tf.nest.flatten(specs)
+        if not all(isinstance(s, tf.TensorSpec) and s.shape.rank and s.shape[1:].is_fully_defined()
+                   for s in flat):
+            return False
+        zeros = tf.nest.map_structure(lambda s: tf.zeros((1, *s.shape[1:]), s.dtype), specs)
+        bx, by, sw = keras.utils.unpack_x_y_sample_weight(zeros)
+        y_pred = self(bx, training=False)
+        self.compute_loss(x=bx, y=by, y_pred=y_pred, sample_weight=sw, training=False)
+        self.compute_metrics(bx, by, y_pred, sample_weight=sw)
+        self.optimizer.build(self.trainable_variables)
+        return True
 
     def get_config(self) -> dict[str, Any]:
         config = {
