@@ -19,7 +19,6 @@ affinity trees, at their total parameters over the tasks) beside them.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Sequence
@@ -145,14 +144,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     bad = [s for s in scales if not 0 < s <= 1]
     if bad:
         raise SystemExit(f"--scales must be in (0, 1]. Received: {bad}")
+    reference = common.read_reference(args.reference)
     result = sweep(args.data, scales, parse_seeds(args.seeds))
     print(table(result))
     if args.out:
         common.write_json(args.out, "evolve_scales.json", result)
-        reference = None
-        if args.reference:
-            with open(args.reference, encoding="utf-8") as f:
-                reference = json.load(f)
         print("wrote", plot(result, reference, os.path.join(args.out, "evolve_scales.png"),
                             args.reference_methods.split(",")))
     return 0

@@ -33,7 +33,6 @@ normalizations, head), mean over the alphabets.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -205,12 +204,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"--paths: unknown {unknown}; known: {list(PATHS)}")
     if args.epochs < 1:
         raise SystemExit(f"--epochs must be >= 1. Received: {args.epochs}")
+    reference = common.read_reference(args.reference)
     result = run(args.data, parse_seeds(args.seeds), paths, args.epochs,
                  [int(e) for e in args.checkpoints.split(",") if e])
-    reference = None
-    if args.reference:
-        with open(args.reference, encoding="utf-8") as f:
-            reference = json.load(f)
     print(table(result, reference))
     if args.out:
         print("wrote", common.write_json(args.out, "evolve_paths.json", result))

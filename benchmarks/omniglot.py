@@ -643,6 +643,25 @@ def write_json(out_dir: str, name: str, result: Any) -> str:
     return path
 
 
+def read_reference(path: str | None) -> dict[str, Any] | None:
+    """The `--reference` result a script draws or tabulates beside its own (None without one).
+
+    Read before the run, so a wrong path ends the script at once with one
+    line instead of after the training.
+    """
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            reference = json.load(f)
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"--reference: cannot read {path!r} as a benchmark result ({err}).") from None
+    if not isinstance(reference, dict) or not isinstance(reference.get("methods"), dict):
+        raise SystemExit(f"--reference: {path!r} has no \"methods\" table; expected an "
+                         "omniglot.json written by benchmarks/omniglot.py.")
+    return reference
+
+
 def save_figure(fig, ax, xlabel: str, ylabel: str, title: str, path: str) -> str:
     """Labels and grids `ax`, writes `fig` to `path`, closes it; returns `path`."""
     import matplotlib.pyplot as plt

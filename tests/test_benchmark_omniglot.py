@@ -197,6 +197,14 @@ def test_scale_sweep_table_and_plot(tmp_path):
     assert (tmp_path / "sweep.png").stat().st_size > 1000 and path.endswith("sweep.png")
     with pytest.raises(SystemExit, match=r"--scales must be in \(0, 1\]"):
         sweep.main(["--data", "unused.zip", "--scales", "0.5,1.5"])
+    # A bad --reference ends the script before any training, naming the option and the file.
+    missing = str(tmp_path / "missing.json")
+    with pytest.raises(SystemExit, match=r"--reference: cannot read '.*missing.json'"):
+        sweep.main(["--data", "unused.zip", "--scales", "0.5", "--reference", missing])
+    (tmp_path / "other.json").write_text('{"rows": {}}')
+    with pytest.raises(SystemExit, match=r"--reference: '.*other.json' has no \"methods\" table"):
+        sweep.main(["--data", "unused.zip", "--scales", "0.5", "--reference",
+                    str(tmp_path / "other.json")])
 
 
 def test_evolve_paths_own_params_training_and_table():
