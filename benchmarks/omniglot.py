@@ -91,7 +91,9 @@ from keras_branch.training import fit_spec, train  # noqa: E402
 from keras_branch.weighting import parse_weighting  # noqa: E402
 
 from keras_branch.zoo.cli import parse_seeds  # noqa: E402
-from keras_branch.zoo.measure import count_flops, mean_and_std, round_robin  # noqa: E402
+from keras_branch.zoo.measure import (  # noqa: E402
+    count_flops, machine_info, mean_and_std, round_robin,
+)
 from keras_branch.zoo.registry import ZooError  # noqa: E402
 
 #: The recipe every method trains under (JSON-able; `--epochs` etc. override).
@@ -459,6 +461,9 @@ def make_recipe(**overrides: Any) -> dict[str, Any]:
     check_recipe(recipe["schedule"], recipe["weight_decay"], recipe["warmup_epochs"],
                  recipe["epochs"])
     parse_weighting(recipe["weighting"])  # a bad name fails before any training
+    for key, least in (("evolve_candidates", 1), ("evolve_final_epochs", 0)):
+        if not isinstance(recipe[key], int) or recipe[key] < least:
+            raise ValueError(f"`{key}` must be an integer >= {least}. Received: {key}={recipe[key]!r}")
     recipe["augment"] = check_config(recipe["augment"] or {})
     return recipe
 
@@ -541,7 +546,8 @@ def run(
             t: float(np.mean([e[t] for e in row["task_errors"]])) for t in data.task_names
         }
         row["mean_seconds"] = float(np.mean(row["seconds"]))
-    result = {"recipe": recipe, "tasks": data.task_names, "seeds": list(seeds),
+    # The CPU moves results (evolution installs other paths on another CPU): record it.
+    result = {"machine": machine_info(), "recipe": recipe, "tasks": data.task_names, "seeds": list(seeds),
               "data": os.path.basename(os.fspath(data_path)), "methods": rows}
     log("")
     log(format_table(result))
@@ -698,6 +704,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tag-every", type=int, help="a TAG lookahead every this many steps")
     parser.add_argument("--ltb-epochs", type=int)
     parser.add_argument("--budgets", help="comma-separated, e.g. 1.5x,2x")
+    parser.add_argument("--evolve-candidates", type=int, help="evolution's candidates per task visit")
+    parser.add_argument("--evolve-final-epochs", type=int,
+                        help="epochs of the installed path's own training after each visit")
     parser.add_argument("--latency-runs", type=int, default=200)
     parser.add_argument("--out", help="folder for omniglot.json and omniglot_pareto.png")
     args = parser.parse_args(argv)
@@ -714,6 +723,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "tag_epochs": args.tag_epochs, "tag_every": args.tag_every,
         "budgets": args.budgets.split(",") if args.budgets else None,
         "weighting": args.weighting,
+        "evolve_candidates": args.evolve_candidates,
+        "evolve_final_epochs": args.evolve_final_epochs,
     }
     run(
         args.data,

@@ -68,8 +68,10 @@ def test_benchmark_main_writes_table_plots_and_json(omniglot_benchmark, omniglot
     ])
     assert rc == 0
     out = capsys.readouterr().out
-    methods = json.loads((tmp_path / "omniglot.json").read_text())["methods"]
+    result = json.loads((tmp_path / "omniglot.json").read_text())
+    methods = result["methods"]
     assert list(methods) == ["shared", "soft_ordering"]
+    assert result["machine"]["cpu_cores"] >= 1  # results move with the CPU: it is recorded
     for name in ("omniglot_pareto.png", "omniglot_mixing.png"):
         assert (tmp_path / name).stat().st_size > 1000, name
     assert not (tmp_path / "omniglot.partial.json").exists()
@@ -104,6 +106,18 @@ def test_benchmark_refuses_bad_seeds_before_loading_anything(omniglot_benchmark,
         omniglot_benchmark.main(["--data", missing, "--seeds", "0,a"])
     with pytest.raises(ValueError, match=r"`seeds` must name at least one seed\. Received: seeds=\[\]"):
         omniglot_benchmark.run(missing, seeds=[])
+
+
+def test_benchmark_refuses_bad_evolution_settings_before_training(omniglot_benchmark, tmp_path):
+    missing = str(tmp_path / "no-such.zip")
+    with pytest.raises(ValueError, match=r"`evolve_candidates` must be an integer >= 1\. "
+                                         r"Received: evolve_candidates=0"):
+        omniglot_benchmark.main(["--data", missing, "--evolve-candidates", "0"])
+    with pytest.raises(ValueError, match=r"Received: evolve_final_epochs=-1"):
+        omniglot_benchmark.main(["--data", missing, "--evolve-final-epochs", "-1"])
+    recipe = omniglot_benchmark.make_recipe(evolve_candidates=24, evolve_final_epochs=160)
+    assert omniglot_benchmark.evolve_kwargs(recipe, 0)["candidates"] == 24
+    assert omniglot_benchmark.evolve_kwargs(recipe, 0)["final_epochs"] == 160
 
 
 def test_std_over_seeds_is_the_sample_std_the_cards_use():
