@@ -163,23 +163,27 @@ class TaskModel(keras.Model):
             return False
         if tf.distribute.has_strategy() or self.distribute_strategy is not tf.distribute.get_strategy():
             return False
-        if isinstance(x, tf.data.Dataset):
-            specs = x.element_spec
-        elif x is not None and y is not None:
-            specs = tf.nest.map_structure(
-                lambda a: tf.TensorSpec((None, *np.shape(a)[1:]), tf.as_dtype(np.asarray(a[:1]).dtype)),
-                (x, y))
-        else:
+        try:
+            if isinstance(x, tf.data.Dataset):
+                specs = x.element_spec
+            elif x is not None and y is not None:
+                specs = tf.nest.map_structure(
+                    lambda a: tf.TensorSpec((None, *np.shape(a)[1:]),
+                                            tf.as_dtype(np.asarray(a[:1]).dtype)), (x, y))
+            else:
+                return False
+            if not all(isinstance(s, tf.TensorSpec) and s.shape.rank
+                       and s.shape[1:].is_fully_defined() for s in tf.nest.flatten(specs)):
+                return False
+            zeros = tf.nest.map_structure(lambda s: tf.zeros((1, *s.shape[1:]), s.dtype), specs)
+            bx, by, sw = keras.utils.unpack_x_y_sample_weight(zeros)
+            y_pred = self(bx, training=False)
+            self.compute_loss(x=bx, y=by, y_pred=y_pred, sample_weight=sw, training=False)
+            self.compute_metrics(bx, by, y_pred, sample_weight=sw)
+        except Exception:  # noqa: BLE001
+            # Only a speed-up: data it cannot handle (or that does not fit the
+            # model) goes to Keras' own path, which reports what is wrong as before.
             return False
-        flat = tf.nest.flatten(specs)
-        if not all(isinstance(s, tf.TensorSpec) and s.shape.rank and s.shape[1:].is_fully_defined()
-                   for s in flat):
-            return False
-        zeros = tf.nest.map_structure(lambda s: tf.zeros((1, *s.shape[1:]), s.dtype), specs)
-        bx, by, sw = keras.utils.unpack_x_y_sample_weight(zeros)
-        y_pred = self(bx, training=False)
-        self.compute_loss(x=bx, y=by, y_pred=y_pred, sample_weight=sw, training=False)
-        self.compute_metrics(bx, by, y_pred, sample_weight=sw)
         self.optimizer.build(self.trainable_variables)
         return True
 

@@ -60,3 +60,13 @@ def test_build_training_state_from_arrays_and_when_it_does_nothing():
         mirrored = _model()
     assert not mirrored.build_training_state(train.x, train.y)
     assert isinstance(mirrored, TaskModel) and not mirrored.optimizer.built
+
+
+def test_data_that_does_not_fit_the_model_gets_keras_own_error():
+    train = DATA.split("train")
+    wrong = np.zeros((len(train), 5), "float32")  # the model takes 12 features
+    model = _model()
+    assert not model.build_training_state(wrong, train.y)
+    assert not model.optimizer.built
+    with pytest.raises(ValueError, match=r"expected shape=\(None, 12\), found shape=\(.*, 5\)"):
+        model.fit(wrong, train.y, epochs=1, verbose=0)
