@@ -11,6 +11,11 @@ all but the last alphabet pooled, the common recipe) and the recipe's
   system saved and loaded again (what `keras-branch evolve --system DIR
   --add-task L` reads), then L added.
 
+With `--reference omniglot.json` (a `benchmarks/omniglot.py` result with an
+`evolved` row under the same recipe, tasks and seeds) `together` is read
+from it instead of evolved again: the evolution is deterministic on one
+machine, so it is the same system, and a seed costs one evolution less.
+
 It prints, per seed and late alphabet, L's test error added later and
 evolved together, and whether the old alphabets' outputs on every test
 image are bit-identical before and after L was added, in Keras and in the
@@ -21,6 +26,8 @@ its errors must be equal); an earlier one is visited later than in
 
     python benchmarks/evolve_add_task.py --data ../shared/data/omniglot/images_background_small1.zip \\
         --seeds 0,1,2 --late Balinese,Latin --out benchmarks/results/evolve_add_task
+    python benchmarks/evolve_add_task.py --data ../shared/data/omniglot/images_background_small1.zip \\
+        --seeds 0,1,2 --late Balinese --reference /tmp/ev17/omniglot.json --out /tmp/add
 """
 
 from __future__ import annotations
@@ -86,9 +93,32 @@ def add_later(root: keras.Model, data: MultiTaskData, late: str, kwargs: dict[st
             "seconds": seconds}
 
 
+def together_from(reference: dict[str, Any], recipe: dict[str, Any], tasks: Sequence[str],
+                  seeds: Sequence[int]) -> dict[int, dict[str, Any]]:
+    """Per seed, `together`'s test errors and seconds from an omniglot.json's `evolved` row.
+
+    Raises:
+        SystemExit: the reference has no `evolved` row, or another recipe,
+            other tasks or lacks a seed (its systems would not be this run's).
+    """
+    row = reference["methods"].get("evolved")
+    if row is None:
+        raise SystemExit("--reference: the result has no 'evolved' row; run benchmarks/omniglot.py "
+                         "with --methods evolved.")
+    for field, mine in (("recipe", recipe), ("tasks", list(tasks))):
+        if reference.get(field) != mine:
+            raise SystemExit(f"--reference: its `{field}` differs from this run's: "
+                             f"{reference.get(field)!r} against {mine!r}.")
+    missing = [s for s in seeds if s not in reference["seeds"]]
+    if missing:
+        raise SystemExit(f"--reference: no evolved run of seeds {missing}; it has {reference['seeds']}.")
+    return {s: {"together": dict(row["task_errors"][reference["seeds"].index(s)]),
+                "together_seconds": row["seconds"][reference["seeds"].index(s)]} for s in seeds}
+
+
 def run(data_path: str, seeds: Sequence[int], late: Sequence[str],
         alphabets: Sequence[str] | None = None, recipe: dict[str, Any] | None = None,
-        log=print) -> dict[str, Any]:
+        reference: dict[str, Any] | None = None, log=print) -> dict[str, Any]:
     """Per seed: one evolution of every task, and one per late task added later.
 
     Args:
@@ -97,6 +127,8 @@ def run(data_path: str, seeds: Sequence[int], late: Sequence[str],
         late: the alphabets added later, one at a time.
         alphabets: the alphabets (tasks) to use (default: all).
         recipe: overrides of `omniglot.DEFAULT_RECIPE`.
+        reference: an omniglot.json result (`omniglot.read_reference`) whose
+            `evolved` row stands for `together` (`together_from`).
 
     Returns:
         `{"machine", "recipe", "tasks", "seeds", "late", "runs": {seed: {"together":
@@ -109,18 +141,21 @@ def run(data_path: str, seeds: Sequence[int], late: Sequence[str],
     unknown = [n for n in late if n not in data.task_names]
     if unknown:
         raise SystemExit(f"--late: unknown alphabets {unknown}; the data has {data.task_names}")
+    read = together_from(reference, recipe, data.task_names, seeds) if reference else {}
     backbone = backbones.convnet4((size, size, 1), filters=recipe["filters"])
     result: dict[str, Any] = {"machine": machine_info(), "recipe": recipe,
                               "tasks": data.task_names, "seeds": list(seeds),
-                              "late": list(late), "runs": {}}
+                              "late": list(late), "together_read": bool(reference), "runs": {}}
     for seed in seeds:
         root, _ = common._root(data, backbone, recipe, seed)
-        kwargs = common.evolve_kwargs(recipe, seed)
-        start = time.perf_counter()
-        together = evolve(root, data.task_names, data, **kwargs)
-        entry: dict[str, Any] = {
-            "together": {n: together.metrics["test"][n]["error"] for n in data.task_names},
-            "together_seconds": time.perf_counter() - start, "added": {}}
+        kwargs = common.evolve_kwargs(recipe, seed, data, backbone)
+        if seed in read:
+            entry: dict[str, Any] = {**read[seed], "added": {}}
+        else:
+            start = time.perf_counter()
+            together = evolve(root, data.task_names, data, **kwargs)
+            entry = {"together": {n: together.metrics["test"][n]["error"] for n in data.task_names},
+                     "together_seconds": time.perf_counter() - start, "added": {}}
         for name in late:
             with tempfile.TemporaryDirectory() as workdir:
                 added = add_later(root, data, name, kwargs, workdir)
@@ -156,12 +191,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = common.script_parser(__doc__)
     parser.add_argument("--late", default="Balinese,Latin",
                         help="alphabets added to a system evolved on the others")
+    parser.add_argument("--reference", help="omniglot.json with an 'evolved' row of the same "
+                                            "recipe: read 'together' from it instead of evolving")
     parser.add_argument("--out", help="folder for evolve_add_task.json")
     args = parser.parse_args(argv)
     late = [n for n in args.late.split(",") if n]
     if not late:
         raise SystemExit(f"--late must name at least one alphabet. Received: {args.late!r}")
-    result = run(args.data, parse_seeds(args.seeds), late)
+    reference = common.read_reference(args.reference)
+    result = run(args.data, parse_seeds(args.seeds), late, reference=reference)
     print(table(result))
     if args.out:
         print("wrote", common.write_json(args.out, "evolve_add_task.json", result))

@@ -3,8 +3,8 @@
 For each seed, one root (`benchmarks/omniglot.py`'s `_root`: convnet4
 pretrained on all but the last alphabet pooled, the common recipe) is
 evolved to every alphabet once per `--scales` value, with the `evolve_*`
-settings of `omniglot.DEFAULT_RECIPE` (each installed path trained
-`evolve_final_epochs` further). The same root fine-tuned per task
+settings of `omniglot.DEFAULT_RECIPE` but no parameter budget (each
+installed path trained `evolve_final_epochs` further). The same root fine-tuned per task
 (`finetuned`) is the baseline. Prints one table (mean test error, the
 system's parameters per task, the accounted ones, search seconds and
 single-task epochs) and draws
@@ -57,8 +57,9 @@ def sweep(data_path: str, scales: Sequence[float], seeds: Sequence[int],
     rows: dict[str, dict[str, list]] = {}
     for seed in seeds:
         for scale in scales:
-            model, _, extra = common.method_evolved(data, backbone,
-                                                    {**recipe, "evolve_scale": scale}, seed)
+            # The scale factor alone holds the size back here: no budget.
+            model, _, extra = common.method_evolved(
+                data, backbone, {**recipe, "evolve_scale": scale, "evolve_budget": None}, seed)
             row = rows.setdefault(f"evolved s={scale}", {"errors": [], "params_per_task": [],
                                                           "accounted_per_task": [],
                                                           "seconds": [], "task_epochs": []})

@@ -33,7 +33,9 @@ Methods (`METHODS`, each `method(data, backbone, recipe, seed) ->
   widths sized so every tree it can return fits the budget.
 * `evolved`: muNet evolution (`evolve`, `evolve_*` recipe keys) from a root
   pretrained on all but the last alphabet pooled (`pretrain_root`), each
-  installed path trained `evolve_final_epochs` further; `finetuned`: the
+  installed path trained `evolve_final_epochs` further, depth mutations
+  limited by `evolve_depth_moves`, the system's parameters by
+  `evolve_budget` (a fraction of `finetuned`'s); `finetuned`: the
   same root (trained once per seed for both), every layer fine-tuned per
   task (one network per task), muNet's baseline.
 * `affinity_<budget>` (one per `--budgets` entry, e.g. `affinity_1.5x`):
@@ -82,7 +84,7 @@ from keras_branch.plots import plot_mixing_weights  # noqa: E402
 from keras_branch.search import (  # noqa: E402
     TaskAffinity, learn_to_branch, tag_affinity, task_affinity,
 )
-from keras_branch.search.evolution import evolve, pretrain_root  # noqa: E402
+from keras_branch.search.evolution import DEPTH_MOVES, evolve, pretrain_root  # noqa: E402
 from keras_branch.search.learn_to_branch import undecided  # noqa: E402
 from keras_branch.search.tree_search import branch  # noqa: E402
 from keras_branch.soft_ordering_model import fit_soft_ordering  # noqa: E402
@@ -115,14 +117,26 @@ DEFAULT_RECIPE: dict[str, Any] = {
     "tag_every": 2,
     "ltb_epochs": 20,
     "budgets": ["1.5x", "2x"],
-    "evolve_scale": 0.7,
+    # The budget states the size limit, so quality alone ranks the paths
+    # within it (s = 1); at s = 0.7 the size term drove whole seeds to frozen
+    # paths (docs/evolution.md).
+    "evolve_scale": 1.0,
+    # The evolved system's parameters, at most this fraction of the
+    # fine-tuned system's (one root network per task, muNet's baseline);
+    # None: no budget.
+    "evolve_budget": 0.6,
     "evolve_passes": 1,
-    "evolve_candidates": 6,
+    # 24 candidates of 4 epochs per alphabet: 6 rarely draw the stage-4 clone
+    # (about one child in ten, docs/evolution.md).
+    "evolve_candidates": 24,
     "evolve_candidate_epochs": 4,
     "evolve_clones": "suffix",
-    # The installed path's own components train twice the recipe's epochs:
-    # with the shared blocks frozen an epoch costs less than the whole network's.
-    "evolve_final_epochs": 80,
+    # convnet4's flattened features change size with the depth: no depth moves.
+    "evolve_depth_moves": "shape",
+    # The installed path's own components train four times the recipe's epochs:
+    # with the shared blocks frozen an epoch costs less than the whole network's,
+    # and a stage-4 clone still gains from 80 to 160 epochs.
+    "evolve_final_epochs": 160,
     "weighting": "equal",
 }
 
@@ -313,12 +327,23 @@ def _root(data, backbone, recipe, seed) -> tuple[keras.Model, float]:
                                                       **_fit_kwargs(recipe)).model)
 
 
-def evolve_kwargs(recipe: dict[str, Any], seed: int) -> dict[str, Any]:
-    """`evolve`'s arguments under the recipe's `evolve_*` settings (final training at its rate)."""
-    return {"scale": recipe["evolve_scale"], "passes": recipe["evolve_passes"],
+def evolve_kwargs(recipe: dict[str, Any], seed: int, data=None, backbone=None) -> dict[str, Any]:
+    """`evolve`'s arguments under the recipe's `evolve_*` settings (final training at its rate).
+
+    `evolve_budget` (a fraction of the fine-tuned system, one root network
+    per task of `data`: the independent model's parameters) becomes a
+    parameter count; it needs `data` and `backbone`.
+    """
+    budget = None
+    if recipe["evolve_budget"] is not None:
+        finetuned = TreeSpec.independent(data.task_names, backbone.num_stages).count_params(
+            backbone, data.tasks)
+        budget = int(recipe["evolve_budget"] * finetuned)
+    return {"scale": recipe["evolve_scale"], "passes": recipe["evolve_passes"], "budget": budget,
             "candidates": recipe["evolve_candidates"],
             "candidate_epochs": recipe["evolve_candidate_epochs"],
-            "clones": recipe["evolve_clones"], "final_epochs": recipe["evolve_final_epochs"],
+            "clones": recipe["evolve_clones"], "depth_moves": recipe["evolve_depth_moves"],
+            "final_epochs": recipe["evolve_final_epochs"],
             "final_learning_rate": recipe["learning_rate"], "augment": recipe["augment"],
             "seed": seed, "log": None}
 
@@ -333,12 +358,13 @@ def method_evolved(data, backbone, recipe, seed):
     the accounted parameters per task.
     """
     root, root_seconds = _root(data, backbone, recipe, seed)
-    result = evolve(root, data.task_names, data, **evolve_kwargs(recipe, seed))
+    result = evolve(root, data.task_names, data, **evolve_kwargs(recipe, seed, data, backbone))
     history = result.scores["history"]
     return result.model, result.system.spec, {
         "metrics": result.metrics["test"], "evolution_seconds": result.seconds["evolution"],
         "root_seconds": root_seconds,
-        "task_epochs": sum(recipe["evolve_candidate_epochs"] for r in history if "final" not in r)
+        "task_epochs": sum(recipe["evolve_candidate_epochs"] for r in history
+                           if "final" not in r and "over_budget" not in r)
         + sum(r["epochs"] for r in history if "final" in r),
         "params_per_task": result.system.describe()["params_per_task"],
     }
@@ -461,6 +487,14 @@ def make_recipe(**overrides: Any) -> dict[str, Any]:
     check_recipe(recipe["schedule"], recipe["weight_decay"], recipe["warmup_epochs"],
                  recipe["epochs"])
     parse_weighting(recipe["weighting"])  # a bad name fails before any training
+    if recipe["evolve_depth_moves"] not in DEPTH_MOVES:
+        raise ValueError(f"`evolve_depth_moves` must be one of {list(DEPTH_MOVES)}. "
+                         f"Received: evolve_depth_moves={recipe['evolve_depth_moves']!r}")
+    budget = recipe["evolve_budget"]
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float))
+                               or not 0 < budget <= 1):
+        raise ValueError(f"`evolve_budget` must be a fraction in (0, 1] of the fine-tuned "
+                         f"system's parameters, or None. Received: evolve_budget={budget!r}")
     for key, least in (("evolve_candidates", 1), ("evolve_final_epochs", 0)):
         if not isinstance(recipe[key], int) or recipe[key] < least:
             raise ValueError(f"`{key}` must be an integer >= {least}. Received: {key}={recipe[key]!r}")
@@ -707,6 +741,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--evolve-candidates", type=int, help="evolution's candidates per task visit")
     parser.add_argument("--evolve-final-epochs", type=int,
                         help="epochs of the installed path's own training after each visit")
+    parser.add_argument("--evolve-budget", type=float,
+                        help="evolved system's parameters, at most this fraction of the "
+                             "fine-tuned system's")
+    parser.add_argument("--evolve-depth-moves", choices=DEPTH_MOVES,
+                        help="depths a depth mutation may reach (evolve's depth_moves)")
     parser.add_argument("--latency-runs", type=int, default=200)
     parser.add_argument("--out", help="folder for omniglot.json and omniglot_pareto.png")
     args = parser.parse_args(argv)
@@ -725,6 +764,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "weighting": args.weighting,
         "evolve_candidates": args.evolve_candidates,
         "evolve_final_epochs": args.evolve_final_epochs,
+        "evolve_depth_moves": args.evolve_depth_moves,
+        "evolve_budget": args.evolve_budget,
     }
     run(
         args.data,

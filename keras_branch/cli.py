@@ -24,6 +24,7 @@ from keras_branch.cli_args import (
     key_values,
     non_negative_float,
     non_negative_int,
+    parse_budget,
     positive_float,
     positive_int,
     seed,
@@ -152,11 +153,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_budget(text: str):
-    # An integer stays an int; "2x" and floats are resolved by the search.
-    return int(text) if text.isdigit() else text
-
-
 def _train_soft_ordering(args: argparse.Namespace, recipe: dict) -> int:
     data = load_data(args.data, image_size=args.image_size)
     ordering = {"soft-ordering": "soft", "parallel": "parallel", "permuted": "permuted"}[args.model]
@@ -267,7 +263,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         return _search_ltb(args, data, backbone)
     # affinity and tag: one path, only the affinity measurement differs.
     search = affinity_search(
-        data, backbone, _parse_budget(args.budget), seed=args.seed, method=args.search,
+        data, backbone, parse_budget(args.budget), seed=args.seed, method=args.search,
         batch_size=args.batch_size, **_affinity_options(args),
     )
     search.save(args.out, overwrite=args.overwrite)
@@ -310,7 +306,7 @@ def _search_ltb(args: argparse.Namespace, data, backbone) -> int:
     # Unset flags keep learn_to_branch's defaults.
     options = {} if args.balance is None else {"balance": args.balance}
     if args.budget is not None:
-        options["budget"] = _parse_budget(args.budget)
+        options["budget"] = parse_budget(args.budget)
     if widths is not None:
         check_widths(widths, backbone.num_stages, len(data.tasks), field="--widths")
     result = learn_to_branch(

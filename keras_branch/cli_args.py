@@ -142,6 +142,11 @@ positive_float = finite_float(0.0)
 non_negative_float = finite_float(0.0, inclusive=True)
 
 
+def parse_budget(text: str) -> int | str:
+    """`--budget`: an integer stays an int; "2x" and floats are resolved by the search."""
+    return int(text) if text.isdigit() else text
+
+
 def key_values(items: Sequence[str], flag: str, error: type[Exception]) -> dict:
     """`KEY=VALUE` flags as a dict, each VALUE parsed as JSON when it is JSON.
 

@@ -115,9 +115,24 @@ def test_benchmark_refuses_bad_evolution_settings_before_training(omniglot_bench
         omniglot_benchmark.main(["--data", missing, "--evolve-candidates", "0"])
     with pytest.raises(ValueError, match=r"Received: evolve_final_epochs=-1"):
         omniglot_benchmark.main(["--data", missing, "--evolve-final-epochs", "-1"])
+    with pytest.raises(ValueError, match=r"`evolve_depth_moves` must be one of \['shape', 'any'\]\. "
+                                         r"Received: evolve_depth_moves='all'"):
+        omniglot_benchmark.make_recipe(evolve_depth_moves="all")
+    with pytest.raises(ValueError, match=r"`evolve_budget` must be a fraction in \(0, 1\] .*"
+                                         r"Received: evolve_budget=1\.5"):
+        omniglot_benchmark.main(["--data", missing, "--evolve-budget", "1.5"])
+    import keras_branch as kb
     recipe = omniglot_benchmark.make_recipe(evolve_candidates=24, evolve_final_epochs=160)
-    assert omniglot_benchmark.evolve_kwargs(recipe, 0)["candidates"] == 24
-    assert omniglot_benchmark.evolve_kwargs(recipe, 0)["final_epochs"] == 160
+    tasks = [kb.Task("a", "multiclass", classes=3), kb.Task("b", "multiclass", classes=5)]
+    data = type("Data", (), {"task_names": ["a", "b"], "tasks": tasks})()
+    bb = kb.backbones.convnet4((16, 16, 1), filters=16)
+    kwargs = omniglot_benchmark.evolve_kwargs(recipe, 0, data, bb)
+    assert (kwargs["depth_moves"], kwargs["candidates"], kwargs["final_epochs"]) == ("shape", 24, 160)
+    # 60% of the fine-tuned system: one convnet4 (16 filters, 16x16) and head per task.
+    one = bb.stem_params() + sum(bb.stage_params(d) for d in range(4))
+    head = lambda t: (bb.feature_size() + 1) * t.units  # noqa: E731
+    assert kwargs["budget"] == int(0.6 * (2 * one + head(tasks[0]) + head(tasks[1])))
+    assert omniglot_benchmark.evolve_kwargs({**recipe, "evolve_budget": None}, 0)["budget"] is None
 
 
 def test_std_over_seeds_is_the_sample_std_the_cards_use():
@@ -282,6 +297,34 @@ def test_evolve_add_task_on_two_alphabets(omniglot_zip):
                         "| yes, yes |")
     with pytest.raises(SystemExit, match=r"--late: unknown alphabets \['Klingon'\]"):
         bench.run(str(omniglot_zip), [0], ["Klingon"], alphabets=["Greek", "Latin"], recipe=tiny)
+    # The benchmark's `evolved` row is the same evolution: read instead of rerun, it
+    # gives `together` the errors evolving it here gave.
+    reference = bench.common.run(str(omniglot_zip), seeds=[0], methods=["evolved"],
+                                 alphabets=["Greek", "Latin"], recipe=tiny, latency_runs=0,
+                                 log=lambda _: None)
+    reference = json.loads(json.dumps(reference))  # as read from omniglot.json
+    read = bench.run(str(omniglot_zip), [0], ["Latin"], alphabets=["Greek", "Latin"], recipe=tiny,
+                     reference=reference, log=lambda _: None)
+    assert read["together_read"] and read["runs"]["0"]["together"] == run["together"]
+    assert read["runs"]["0"]["added"]["Latin"]["error"] == run["added"]["Latin"]["error"]
+
+
+def test_evolve_add_task_reads_together_only_from_a_matching_run():
+    bench = load_script(BENCHMARK.parent / "evolve_add_task.py", "evolve_add_task")
+    recipe = {"epochs": 1}
+    reference = {"recipe": recipe, "tasks": ["a", "b"], "seeds": [0, 2],
+                 "methods": {"evolved": {"task_errors": [{"a": 0.1, "b": 0.2}, {"a": 0.3, "b": 0.4}],
+                                         "seconds": [10.0, 20.0]}}}
+    assert bench.together_from(reference, recipe, ["a", "b"], [2]) == {
+        2: {"together": {"a": 0.3, "b": 0.4}, "together_seconds": 20.0}}
+    with pytest.raises(SystemExit, match=r"no evolved run of seeds \[1\]; it has \[0, 2\]"):
+        bench.together_from(reference, recipe, ["a", "b"], [0, 1])
+    with pytest.raises(SystemExit, match=r"its `recipe` differs from this run's"):
+        bench.together_from(reference, {"epochs": 2}, ["a", "b"], [0])
+    with pytest.raises(SystemExit, match=r"its `tasks` differs"):
+        bench.together_from(reference, recipe, ["b", "a"], [0])
+    with pytest.raises(SystemExit, match=r"has no 'evolved' row"):
+        bench.together_from({**reference, "methods": {}}, recipe, ["a", "b"], [0])
 
 
 def test_evolve_add_task_reports_outputs_that_moved(tmp_path):

@@ -6,7 +6,7 @@ documented rules (never recomputed from the code's own output). A count of
 frequency has standard deviation `sqrt(p (1 - p) / n)`. Each check allows
 `Z = 4.5` standard deviations, so a correct implementation fails one check
 with probability about 7e-6 (two-sided normal tail), and all of this file's
-~40 checks together with probability below 3e-4 (union bound), whatever the
+~45 checks together with probability below 3e-4 (union bound), whatever the
 seed; the seeds are fixed, so the outcome is reproducible.
 """
 
@@ -21,6 +21,7 @@ from keras_branch.search.evolution import (
     DEFAULT_HPARAMS,
     EvolvedSystem,
     TaskPath,
+    allowed_depths,
     mutate,
     score,
     select_parent,
@@ -99,9 +100,9 @@ def test_a_parent_without_children_is_always_taken_first():
 # === Mutation rates ===
 
 
-def _sample_mutations(parent, num_stages, prob, n, seed, clones="layer"):
+def _sample_mutations(parent, num_stages, prob, n, seed, clones="layer", depths=None):
     rng = np.random.default_rng(seed)
-    return [mutate(parent, num_stages, rng, prob, clones) for _ in range(n)]
+    return [mutate(parent, num_stages, rng, prob, clones, depths) for _ in range(n)]
 
 
 def test_mutation_rates_from_the_root():  # muNet's per-layer clones
@@ -255,3 +256,41 @@ def test_a_diverged_candidate_has_the_worst_quality_not_nan():
     assert quality(Task("r", "regression"), {"mse": math.nan}) == 0.0
     assert quality(Task("r", "regression"), {"mse": math.inf}) == 0.0
     assert quality(Task("r", "regression"), {"mse": 1.0}) == 0.5
+
+
+# === Depth moves ===
+
+
+def test_allowed_depths_keep_the_head_input_size():
+    # convnet4 on 32x32 halves the resolution per stage and flattens: 64
+    # filters give heads of 16*16*64, 8*8*64, 4*4*64, 2*2*64 inputs.
+    conv = backbones.convnet4((32, 32, 1), filters=64)
+    sizes = [conv.feature_size(d) for d in range(1, 5)]
+    assert sizes == [16384, 4096, 1024, 256]
+    assert allowed_depths(sizes) == [4]
+    assert allowed_depths(sizes, "any") == [1, 2, 3, 4]
+    mlp = backbones.mlp(8, widths=(16, 32, 16))
+    assert allowed_depths([mlp.feature_size(d) for d in range(1, 4)]) == [1, 3]
+    with pytest.raises(ValueError, match="`depth_moves` must be one of .*Received: depth_moves='all'"):
+        allowed_depths(sizes, "all")
+
+
+def test_restricted_depth_moves_reflect_or_drop_with_the_same_draws():
+    p, n = 0.3, 20_000
+    # From the full depth with only the full depth allowed: the depth never
+    # moves, and every other draw is the unrestricted one's.
+    root = TaskPath.root(4)
+    fixed = _sample_mutations(root, 4, p, n, seed=6, depths=[4])
+    free = _sample_mutations(root, 4, p, n, seed=6)
+    assert all(child.depth == 4 for child, _ in fixed)
+    for (child, done), (twin, twin_done) in zip(fixed, free):
+        assert done == [x for x in twin_done if not x.startswith("depth")]
+        assert child.hparams == twin.hparams
+        if twin.depth == 4:
+            assert child == twin
+    # From depth 2 of 4 with depths {2, 3}: a drawn step down is reflected
+    # up, so the depth rises with probability p (not p / 2) and never falls.
+    parent = TaskPath([0, 0, 0, 0], 2, [0, 0, 0, 0], dict(DEFAULT_HPARAMS))
+    done = [set(d) for _, d in _sample_mutations(parent, 4, p, n, seed=7, depths=[2, 3])]
+    _assert_frequency(sum("depth(2->3)" in d for d in done), n, p, "depth up, reflected")
+    assert not any("depth(2->1)" in d for d in done)

@@ -27,6 +27,7 @@ from keras_branch.search.evolution import (
     evolve,
     mutate,
 )
+from keras_branch.search.tree_search import shared_params
 from keras_branch.testing import run_layer_test, run_model_test
 from keras_branch.training import fit_spec
 
@@ -253,6 +254,9 @@ def test_evolve_rejects_bad_arguments(evolved):
         evolve(root, None, data, final_epochs=1, final_learning_rate=0, log=None)
     with pytest.raises(SearchError, match=r"`clones` must be one of .*Received: clones='tree'"):
         evolve(root, None, data, clones="tree", log=None)
+    with pytest.raises(SearchError, match=r"`depth_moves` must be one of \['shape', 'any'\]\. "
+                                          r"Received: depth_moves='all'"):
+        evolve(root, None, data, depth_moves="all", log=None)
     with pytest.raises(SearchError, match="unknown"):
         evolve(root, ["nope"], data, log=None)
     with pytest.raises(SearchError, match="root_task"):
@@ -333,6 +337,65 @@ def test_evolve_repeats_with_its_seed_and_leaves_global_random_state_alone(evolv
         np.testing.assert_array_equal(got[key], want[key])
     other = evolve(root, data.task_names[:2], data, scale=0.5, seed=1, **TINY)
     assert _without_seconds(other.history) != _without_seconds(first.history)
+
+
+def test_depth_moves_keep_the_head_input_size_unless_any(evolved):
+    data = evolved[0]
+    keras.utils.set_random_seed(0)
+    # Stage 2's features are narrower than stage 3's: with "shape" a depth
+    # move from 3 (down to 2, reflected up past the last stage) is dropped.
+    bb = backbones.mlp(data.input_shape[0], widths=(16, 8, 16))
+    root = fit_spec(TreeSpec.shared(data.task_names[:1], 3), bb, data, epochs=1, verbose=0,
+                    log=None).model
+    runs = {rule: evolve(root, data.task_names[:1], data, mutation_prob=1.0, depth_moves=rule,
+                         **TINY) for rule in ("shape", "any")}
+    depths = {rule: [e["path"]["depth"] for e in result.history if "candidate" in e]
+              for rule, result in runs.items()}
+    assert depths["shape"] == [3, 3, 3]
+    # muNet's move: every child of the root (depth 3) steps down to 2.
+    assert depths["any"][0] == 2 and all(d in (1, 2, 3) for d in depths["any"])
+    assert [e for e in runs["shape"].history[0]["mutations"] if e.startswith("depth")] == []
+
+
+def test_budget_bounds_the_system_and_skips_candidates_over_it(evolved):
+    data, root, _, _ = evolved
+    tasks = data.task_names[:3]
+    bb = EvolvedSystem.from_root(root).backbone
+    shared = shared_params(bb, [t for t in data.tasks if t.name in tasks])
+    # Room for about two stage-3 clones (32 * 32 + 32 = 1,056 each) beyond the shared model.
+    result = evolve(root, tasks, data, scale=1.0, passes=1, candidates=4, candidate_epochs=1,
+                    mutation_prob=0.3, budget=shared + 2600, log=None)
+    assert result.scores["config"]["budget"] == shared + 2600
+    assert shared <= result.model.count_params() <= shared + 2600
+    system = result.system
+    for task in system.tasks:  # the budget's count is the model's
+        assert system.params_with(task, system.path(task.name)) == result.model.count_params()
+    skipped = [r for r in result.history if "over_budget" in r]
+    trained = [r for r in result.history if r.get("quality") is not None]
+    assert skipped and trained and len(skipped) + len(trained) == 3 * 4
+    assert all(r["over_budget"]["added"] > r["over_budget"]["allowed"] and r["score"] is None
+               for r in skipped)
+    # The first visit may add its head (33 parameters) and a third of what
+    # the budget leaves beyond the shared model (the three heads and the root).
+    first = [r["over_budget"]["allowed"] for r in skipped if r["task"] == tasks[0]]
+    assert first and set(first) == {33 + 2600 // 3}
+    # A multiple of the shared model, as the affinity search's budgets.
+    loose = evolve(root, tasks[:1], data, passes=1, candidates=1, candidate_epochs=1,
+                   budget="3x", log=None)
+    assert loose.scores["config"]["budget"] == 3 * shared_params(bb, data.tasks[:1])
+    with pytest.raises(SearchError, match=r"`budget`=100 \(100 parameters\)"):
+        evolve(root, tasks, data, budget=100, log=None)
+    # Growing a system: the budget must hold what the system has and the new heads.
+    grown = EvolvedSystem.load(evolved[3])
+    held = grown.params() + 33  # one more head (planted tasks: 32 features + bias, 1 unit)
+    assert held == grown.params_with(data.tasks[3], TaskPath.root(3))
+    with pytest.raises(SearchError, match=rf"below what the system already holds with a head "
+                                          rf"for each new task \({held:,}\)"):
+        evolve(grown, [data.task_names[3]], data, budget=held - 1, log=None)
+    with pytest.raises(SearchError, match=r"each over the budget's 33 parameters for it"):
+        # Only the head fits, and every candidate clones a stage.
+        evolve(root, tasks[:1], data, passes=1, candidates=2, candidate_epochs=1,
+               mutation_prob=1.0, budget=shared_params(bb, data.tasks[:1]), log=None)
 
 
 # === Kill and resume (the CLI) ===
@@ -431,6 +494,12 @@ def test_cli_bad_tasks_roots_and_scales_end_with_one_line(evolved, tmp_path, cap
          "--scale: must be a number in (0, 1]. Received: '0'"),
         (("--system", system_dir, "--add-task", "g1_t1", "--data", DATA, "--scale", "1.01"),
          "Received: '1.01'"),
+        (("--system", system_dir, "--add-task", "g1_t1", "--data", DATA, "--depth-moves", "all"),
+         "argument --depth-moves: invalid choice: 'all'"),
+        (("--system", system_dir, "--add-task", "g1_t1", "--data", DATA, "--budget", "10"),
+         "No tree fits `budget`=10 (10 parameters)"),
+        (("--system", system_dir, "--add-task", "g1_t1", "--data", DATA, "--budget", "lots"),
+         "`budget` must be a parameter count or a multiple like '2x'. Received: 'lots'"),
     ]:
         out = tmp_path / "out"
         assert main(["evolve", *map(str, args), "--out", str(out)]) == 2, args

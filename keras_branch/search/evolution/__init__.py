@@ -16,14 +16,19 @@ Per task visit (round robin over the tasks, `passes` times):
 3. The child applies each mutation with probability `mutation_prob`: clone
    a block (a trainable copy of a frozen one; with `clones="suffix"`, the
    default, every later stage too), insert a zero-initialised adapter,
-   change the depth by one, move one hyperparameter one step along its
-   list (`mutate`).
-4. The child trains its own components (clones, adapters, head) for
+   change the depth by one (with `depth_moves="shape"`, the default, only
+   among depths whose head input has the full depth's size,
+   `allowed_depths`), move one hyperparameter one step along its list
+   (`mutate`).
+4. With a `budget`, a child that would add more parameters than its
+   task's part of the budget (`EvolvedSystem.params_with`) is recorded
+   and not trained.
+5. The child trains its own components (clones, adapters, head) for
    `candidate_epochs` on the task's data; frozen blocks never change.
    It is scored `quality * scale ** (accounted_params / root_params)`
    (`score`; shared blocks divided by their users, the root counting as a
    user of its own) and joins the population when it beats its parent.
-5. At the end of the visit the best path is installed. Components already
+6. At the end of the visit the best path is installed. Components already
    in the system are never modified, so old tasks never change (their
    outputs stay bit-identical).
 
@@ -52,7 +57,14 @@ from __future__ import annotations
 import warnings
 
 from keras_branch.search.evolution.loop import evolve, pretrain_and_evolve, pretrain_root
-from keras_branch.search.evolution.mutations import CLONE_RULES, HPARAM_LISTS, MUTATIONS, mutate
+from keras_branch.search.evolution.mutations import (
+    CLONE_RULES,
+    DEPTH_MOVES,
+    HPARAM_LISTS,
+    MUTATIONS,
+    allowed_depths,
+    mutate,
+)
 from keras_branch.search.evolution.selection import candidate_rng, quality, score, select_parent
 from keras_branch.search.evolution.state import STATE_FILE, SearchState
 from keras_branch.search.evolution.system import (
@@ -65,6 +77,7 @@ from keras_branch.search.evolution.system import (
 __all__ = [
     "CLONE_RULES",
     "DEFAULT_HPARAMS",
+    "DEPTH_MOVES",
     "HPARAM_LISTS",
     "MUTATIONS",
     "STATE_FILE",
@@ -72,6 +85,7 @@ __all__ = [
     "EvolvedSystem",
     "SearchState",
     "TaskPath",
+    "allowed_depths",
     "candidate_rng",
     "evolve",
     "mutate",

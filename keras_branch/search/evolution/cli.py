@@ -29,6 +29,7 @@ from keras_branch.cli_args import (
     finite_float,
     fraction,
     non_negative_int,
+    parse_budget,
     positive_int,
     probability,
     seed,
@@ -39,7 +40,7 @@ from keras_branch.evaluation import format_metrics
 from keras_branch.files import remove_owned_folder
 from keras_branch.saving import load_branched_model
 from keras_branch.search.evolution.loop import evolve
-from keras_branch.search.evolution.mutations import CLONE_RULES
+from keras_branch.search.evolution.mutations import CLONE_RULES, DEPTH_MOVES
 from keras_branch.search.evolution.system import EvolvedSystem
 
 __all__ = ["add_parser", "run"]
@@ -93,6 +94,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--clones", choices=CLONE_RULES, default="suffix",
                    help="suffix: a clone at stage d clones every later stage too (default); "
                         "layer: only the drawn stages (muNet)")
+    p.add_argument("--depth-moves", choices=DEPTH_MOVES, default="shape",
+                   help="shape: a depth mutation reaches only depths whose head input has the "
+                        "full depth's size (default); any: every depth (muNet)")
+    p.add_argument("--budget", type=parse_budget,
+                   help="the most parameters the system may hold: a count (e.g. 350000) or a "
+                        "multiple of the fully shared model (e.g. 2.4x); default no limit")
     p.add_argument("--seed", type=seed, default=0, help="mutation, initialisation and shuffling seed")
     p.add_argument("--state", help="search state folder (default: OUT.state): a new or empty "
                    "folder, or an interrupted search's to resume; one with other files is refused")
@@ -138,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
     result = evolve(
         root, tasks, data, scale=args.scale, passes=passes, candidates=args.candidates,
         candidate_epochs=args.candidate_epochs, mutation_prob=args.mutation_prob,
-        clones=args.clones,
+        clones=args.clones, depth_moves=args.depth_moves, budget=args.budget,
         final_epochs=args.final_epochs, final_learning_rate=args.final_learning_rate,
         seed=args.seed, root_task=args.root_task, state_dir=state, out_dir=args.out,
         overwrite=args.overwrite,

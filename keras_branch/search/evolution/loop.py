@@ -43,11 +43,17 @@ from keras_branch.errors import SearchError
 from keras_branch.evaluation import evaluate
 from keras_branch.results import TrainResult
 from keras_branch.search.evolution.candidates import child_weights, train_candidate
-from keras_branch.search.evolution.mutations import CLONE_RULES, mutate
+from keras_branch.search.evolution.mutations import (
+    CLONE_RULES,
+    DEPTH_MOVES,
+    allowed_depths,
+    mutate,
+)
 from keras_branch.search.evolution.selection import candidate_rng, score, select_parent
 from keras_branch.search.evolution.state import SearchState
 from keras_branch.search.evolution.system import EvolvedSystem, TaskPath
 from keras_branch.search.result import SearchResult
+from keras_branch.search.tree_search import resolve_budget, shared_params
 from keras_branch.spec import TreeSpec
 from keras_branch.training import fit_spec
 
@@ -64,6 +70,8 @@ def evolve(
     candidate_epochs: int = 3,
     mutation_prob: float = 0.2,
     clones: str = "suffix",
+    depth_moves: str = "shape",
+    budget: int | float | str | None = None,
     seed: int = 0,
     augment: Mapping[str, float] | None = None,
     final_epochs: int = 0,
@@ -95,6 +103,20 @@ def evolve(
             `"suffix"` (a clone at stage d clones every later stage too, so
             frozen blocks never sit above a path's trained ones) or
             `"layer"` (only the drawn stages, muNet's rule).
+        depth_moves: which depths a depth mutation may reach
+            (`mutations.allowed_depths`): `"shape"` (default) only depths
+            whose head input has the full depth's size (on a convnet4 with
+            flattened features: none but the full depth), `"any"` every
+            depth (muNet's move).
+        budget: the most parameters the system may hold once every task
+            of `tasks` is on a path (`EvolvedSystem.params_with`): a count,
+            or a multiple of the fully shared model over the system's and
+            `tasks`' tasks such as `"2.4x"` (as the affinity search's
+            budgets; the smallest evolved system is that model). Each task
+            visit may add at most its head plus an equal share of what the
+            budget leaves after every unplaced task's head; a candidate
+            over it is recorded and not trained. Default None: no limit,
+            the scale factor alone holds the size back.
         seed: everything random derives from it (a resumed run makes the
             same candidates); no global random state is seeded or consumed.
         augment: image augmentation of candidates' training batches (a
@@ -137,7 +159,7 @@ def evolve(
         Gesmundo & Dean, arXiv 2205.10937 (muNet).
     """
     _check_args(scale, passes, candidates, candidate_epochs, mutation_prob, final_epochs,
-                final_learning_rate, clones)
+                final_learning_rate, clones, depth_moves)
     began = time.perf_counter()
     say = log or (lambda _: None)
     system = root if isinstance(root, EvolvedSystem) else EvolvedSystem.from_root(root, root_task)
@@ -163,9 +185,20 @@ def evolve(
             f"The data's input shape {data.input_shape} differs from the root's "
             f"{system.backbone.input_shape}."
         )
+    everyone = system.tasks + [by_name[n] for n in tasks if n not in system.task_names]
+    limit = None if budget is None else resolve_budget(budget, shared_params(system.backbone,
+                                                                             everyone))
+    if limit is not None:
+        bb = system.backbone
+        held = system.params() + sum(
+            (bb.feature_size() + 1) * t.units for t in everyone if t.name not in system.task_names)
+        if held > limit:
+            raise SearchError(
+                f"`budget`={budget!r} ({limit:,} parameters) is below what the system already "
+                f"holds with a head for each new task ({held:,}).")
     config = {"tasks": tasks, "scale": scale, "passes": passes, "candidates": candidates,
               "candidate_epochs": candidate_epochs, "mutation_prob": mutation_prob,
-              "clones": clones,
+              "clones": clones, "depth_moves": depth_moves, "budget": limit,
               "seed": seed, "augment": dict(augment) if augment else None,
               "final_epochs": final_epochs, "final_learning_rate": final_learning_rate,
               "data": data.name,
@@ -173,6 +206,9 @@ def evolve(
     state = SearchState(state_dir, config, system, say)
     system = state.system
     splits = {name: data.select_tasks([name]) for name in tasks}
+    num_stages = system.backbone.num_stages
+    depths = allowed_depths([system.backbone.feature_size(d) for d in range(1, num_stages + 1)],
+                            depth_moves)
 
     for p in range(passes):
         for i, name in enumerate(tasks):
@@ -181,15 +217,31 @@ def evolve(
                 continue
             task = by_name[name]
             population = state.population(visit, task)
+            allowance = None if limit is None else _allowance(system, task, everyone, limit)
             if state.done_in_visit(visit) == 0:
                 say(f"[pass {p + 1}/{passes}] task {name}: {len(population)} parent(s), "
-                    f"{candidates} candidates")
+                    f"{candidates} candidates"
+                    + ("" if allowance is None else f", at most {allowance[1]:,} parameters added"))
             for c in range(state.done_in_visit(visit), candidates):
                 start = time.perf_counter()
                 rng = candidate_rng(seed, p, name, c)
                 parent = select_parent(population, rng)
-                path, mutations = mutate(TaskPath.from_dict(parent["path"]),
-                                         system.backbone.num_stages, rng, mutation_prob, clones)
+                path, mutations = mutate(TaskPath.from_dict(parent["path"]), num_stages, rng,
+                                         mutation_prob, clones, depths)
+                if allowance is not None:
+                    added = system.params_with(task, path) - allowance[0]
+                    if added > allowance[1]:
+                        parent["children"] += 1
+                        state.record(visit, {
+                            "pass": p, "task": name, "candidate": c, "parent": parent["id"],
+                            "mutations": mutations, "path": path.to_dict(), "quality": None,
+                            "params": None, "score": None, "accepted": False,
+                            "over_budget": {"added": added, "allowed": allowance[1]},
+                            "seconds": round(time.perf_counter() - start, 2)}, None, None)
+                        say(f"  {name} {c + 1}/{candidates}: parent {parent['id']}, "
+                            f"{', '.join(mutations) or 'no mutation'} -> adds {added:,} "
+                            f"parameters, over the {allowance[1]:,} allowed: not trained")
+                        continue
                 owned = child_weights(system, task, parent, path, state)
                 layer_seed = int(rng.integers(2**31))
                 order_seed = int(rng.integers(2**31))
@@ -222,7 +274,11 @@ def evolve(
             best = max((e for e in population if e["score"] is not None),
                        key=lambda e: e["score"], default=None)
             if best is None:
-                raise SearchError(f"No candidate of task {name!r} was trained; candidates={candidates}.")
+                raise SearchError(
+                    f"No candidate of task {name!r} was trained; candidates={candidates}"
+                    + ("" if allowance is None else
+                       f", each over the budget's {allowance[1]:,} parameters for it; a larger "
+                       f"`budget` or more `candidates` leaves room") + ".")
             path = TaskPath.from_dict(best["path"])
             owned = state.load_weights(best["id"], visit)
             installed = {k: best[k] for k in ("quality", "params", "score")}
@@ -324,8 +380,8 @@ def pretrain_and_evolve(
             root's training (`schedule` as in `fit_spec`).
         seed, augment, log: as in `evolve` (`augment` serves the root too).
         **kwargs: `evolve`'s other arguments (`scale`, `passes`,
-            `candidates`, `candidate_epochs`, `mutation_prob`, `clones`, `state_dir`,
-            `out_dir`, `overwrite`); evolution grows the root to every task
+            `candidates`, `candidate_epochs`, `mutation_prob`, `clones`, `depth_moves`,
+            `budget`, `state_dir`, `out_dir`, `overwrite`); evolution grows the root to every task
             of `data`.
 
     Returns:
@@ -352,8 +408,25 @@ def pretrain_and_evolve(
     return result
 
 
+def _allowance(system: EvolvedSystem, task, everyone, limit: int) -> tuple[int, int]:
+    """(the system's parameters without `task`, the most a path of `task` may add).
+
+    Every task not yet on a path is sure of its head (a frozen path's
+    cost); what the budget leaves beyond those heads is shared equally
+    among them, so the tasks visited first cannot spend the later ones'
+    part. Once every task is placed (a second pass) a task may take all
+    that the others leave.
+    """
+    base = system.params_with(task, None)
+    bb = system.backbone
+    unplaced = [t for t in everyone if t.name == task.name or t.name not in system.task_names]
+    head = lambda t: (bb.feature_size() + 1) * t.units  # noqa: E731
+    spare = limit - base - sum(head(t) for t in unplaced)
+    return base, head(task) + max(0, spare) // len(unplaced)
+
+
 def _check_args(scale, passes, candidates, candidate_epochs, mutation_prob, final_epochs,
-                final_learning_rate, clones) -> None:
+                final_learning_rate, clones, depth_moves) -> None:
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale <= 1:
         raise SearchError(f"`scale` must be in (0, 1]. Received: scale={scale!r}")
     for field, value in (("passes", passes), ("candidates", candidates),
@@ -371,3 +444,6 @@ def _check_args(scale, passes, candidates, candidate_epochs, mutation_prob, fina
         raise SearchError(f"`mutation_prob` must be in [0, 1]. Received: mutation_prob={mutation_prob!r}")
     if clones not in CLONE_RULES:
         raise SearchError(f"`clones` must be one of {list(CLONE_RULES)}. Received: clones={clones!r}")
+    if depth_moves not in DEPTH_MOVES:
+        raise SearchError(f"`depth_moves` must be one of {list(DEPTH_MOVES)}. "
+                          f"Received: depth_moves={depth_moves!r}")

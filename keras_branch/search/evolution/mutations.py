@@ -10,7 +10,8 @@ probability `prob`, independently:
   network); with `clones="layer"` (muNet's rule) only the drawn stages;
 - per used stage without an adapter: insert a zero-initialised adapter of
   the path's `adapter_dim`;
-- once: change the depth by one (up or down, reflected at the ends);
+- once: change the depth by one (up or down, reflected at the ends and at
+  depths the path may not take, `depths`);
 - once: move one hyperparameter, drawn uniformly from `HPARAM_LISTS`, one
   step along its list (reflected at the ends), so each of the three moves
   with probability `prob / 3`.
@@ -32,12 +33,13 @@ Reference:
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 
 import numpy as np
 
 from keras_branch.search.evolution.system import TaskPath
 
-__all__ = ["CLONE_RULES", "HPARAM_LISTS", "MUTATIONS", "mutate"]
+__all__ = ["CLONE_RULES", "DEPTH_MOVES", "HPARAM_LISTS", "MUTATIONS", "allowed_depths", "mutate"]
 
 #: Per-task hyperparameters and the lists a mutation moves them along.
 HPARAM_LISTS: dict[str, tuple] = {
@@ -49,10 +51,50 @@ HPARAM_LISTS: dict[str, tuple] = {
 MUTATIONS = ("clone", "adapter", "depth", "hparam")
 #: How a clone mutation extends (`mutate`'s `clones`).
 CLONE_RULES = ("suffix", "layer")
+#: Which depths a depth mutation may reach (`allowed_depths`).
+DEPTH_MOVES = ("shape", "any")
+
+
+def allowed_depths(feature_sizes: Sequence[int], rule: str = "shape") -> list[int]:
+    """The depths a path may take: with `"shape"`, those whose head input has the full depth's size.
+
+    muNet's depth mutation adds or removes a transformer layer: every depth
+    feeds the head a token of one size, so a child at another depth keeps a
+    head of the same shape and a few epochs rank it fairly. Where stages
+    change what the head receives (a convnet that halves its resolution, its
+    features flattened), a depth move gives the head another input: a new,
+    larger head on less pooled features, which after a candidate's few
+    epochs looks better than it ends (on Omniglot-5 the stage-3 heads rank
+    among the best on validation and generalise worst to new drawers,
+    `docs/evolution.md`). `"shape"` keeps depth moves among the depths
+    whose head input has the full depth's size; `"any"` allows every depth
+    (muNet's move, on any backbone).
+
+    Args:
+        feature_sizes: the head's input width at depths 1..num_stages
+            (`Backbone.feature_size`).
+        rule: `"shape"` or `"any"`.
+
+    Returns:
+        The allowed depths, ascending; the full depth is always one.
+
+    Example:
+    >>> allowed_depths([4096, 1024, 256])  # convnet stages, features flattened
+    [3]
+    >>> allowed_depths([16, 16, 16])  # an MLP of equal widths
+    [1, 2, 3]
+    >>> allowed_depths([4096, 1024, 256], rule="any")
+    [1, 2, 3]
+    """
+    if rule not in DEPTH_MOVES:
+        raise ValueError(f"`depth_moves` must be one of {DEPTH_MOVES}. Received: depth_moves={rule!r}")
+    return [d + 1 for d, size in enumerate(feature_sizes)
+            if rule == "any" or size == feature_sizes[-1]]
 
 
 def mutate(path: TaskPath, num_stages: int, rng: np.random.Generator,
-           prob: float, clones: str = "suffix") -> tuple[TaskPath, list[str]]:
+           prob: float, clones: str = "suffix",
+           depths: Sequence[int] | None = None) -> tuple[TaskPath, list[str]]:
     """A child path: each mutation applied with probability `prob`.
 
     Args:
@@ -64,6 +106,10 @@ def mutate(path: TaskPath, num_stages: int, rng: np.random.Generator,
             path's depth (described as `clone(stage d)` and
             `clone(stage e, suffix)` for each later one); `"layer"`: only the
             drawn stages (muNet). The draws are the same either way.
+        depths: the depths the path may take (`allowed_depths`; default:
+            1 to `num_stages`). A drawn step towards a depth outside them is
+            reflected, and dropped when the other way is outside too; the
+            draws are the same either way.
 
     Returns:
         The child and a description of the mutations (empty: the child
@@ -94,11 +140,12 @@ def mutate(path: TaskPath, num_stages: int, rng: np.random.Generator,
         if rng.random() < prob and not child.adapters[d]:
             child.adapters[d] = int(child.hparams["adapter_dim"])
             done.append(f"adapter(stage {d + 1}, {child.adapters[d]})")
+    reachable = set(range(1, num_stages + 1) if depths is None else depths)
     if rng.random() < prob:
         step = int(rng.choice([-1, 1]))
-        if not 1 <= child.depth + step <= num_stages:
+        if child.depth + step not in reachable:
             step = -step
-        if 1 <= child.depth + step <= num_stages:
+        if child.depth + step in reachable:
             old = child.depth
             child.depth += step
             for d in range(child.depth, num_stages):

@@ -301,6 +301,48 @@ class EvolvedSystem:
         total += (bb.feature_size(path.depth) + 1) * task.units
         return float(total)
 
+    def params(self) -> int:
+        """Parameters the system holds now (`params_with` changing no task)."""
+        return self.params_with(None, None)
+
+    def params_with(self, task: Task | None, path: TaskPath | None) -> int:
+        """Parameters the system holds with `task` on `path` (None: without `task`).
+
+        Every block some task uses, the root's blocks (the system keeps
+        them whoever uses them), every adapter and head; a clone marked in
+        `path` (negative route entry) counts as a new block. With every task
+        on a path, this is `spec.count_params` plus the root blocks no task
+        uses.
+
+        Args:
+            task: the task whose path is replaced (or added, or left out);
+                None: every task as it is (`path` must be None too).
+            path: its path, or None for the system without it.
+
+        Returns:
+            The parameter count.
+        """
+        bb = self.backbone
+        others = [t for t in self.tasks if task is None or t.name != task.name]
+        routes = {t.name: self.spec.route(t.name) for t in others} if self.spec else {}
+        depths = {t.name: self.spec.depth(t.name) for t in others} if self.spec else {}
+        adapters = {t.name: self.spec.adapter_dims(t.name) for t in others} if self.spec else {}
+        if path is not None:
+            others = others + [task]
+            route = list(path.route)
+            for d, b in enumerate(route):
+                if b < 0:  # a fresh clone: a block no task uses yet
+                    used = [r[d] for r in routes.values()] + [0]
+                    route[d] = max(used) + 1
+            routes[task.name], depths[task.name] = route, path.depth
+            adapters[task.name] = list(path.adapters)
+        if not others:
+            return self.root_params
+        spec = TreeSpec([t.name for t in others], routes, depths, adapters)
+        unused_root = sum(bb.stage_params(d) for d in range(bb.num_stages)
+                          if 0 not in spec.blocks(d))
+        return spec.count_params(bb, others) + unused_root
+
     # --- files ---
 
     def save(self, out_dir: str | os.PathLike, metrics: Mapping | None = None,
