@@ -9,7 +9,10 @@ all but the last alphabet pooled, the common recipe) and the recipe's
   benchmark's `evolved` method does;
 - per `--late` alphabet L: the other alphabets evolved in one call, the
   system saved and loaded again (what `keras-branch evolve --system DIR
-  --add-task L` reads), then L added.
+  --add-task L` reads), then L added. Under a budget (`evolve_budget`, a
+  fraction of the fine-tuned system) the first evolution gets that
+  fraction of the other alphabets' fine-tuned system, the growth that of
+  all of them.
 
 With `--reference omniglot.json` (a `benchmarks/omniglot.py` result with an
 `evolved` row under the same recipe, tasks and seeds) `together` is read
@@ -74,8 +77,14 @@ def old_outputs_identical(before: keras.Model, after: keras.Model, old: Sequence
 
 
 def add_later(root: keras.Model, data: MultiTaskData, late: str, kwargs: dict[str, Any],
-              workdir: str) -> dict[str, Any]:
+              workdir: str, first_budget: int | None = None) -> dict[str, Any]:
     """Evolves every task but `late`, saves and reloads the system, then adds `late`.
+
+    With a budget, the first evolution gets `first_budget` (the recipe's
+    fraction of the other tasks' fine-tuned system: what a user evolving
+    them alone would state) and the growth `kwargs["budget"]` (that of every
+    task): `kwargs`' budget alone would let the first tasks spend the late
+    one's part.
 
     Returns:
         `{"error", "old_identical", "seconds"}`: `late`'s test error, the
@@ -84,7 +93,8 @@ def add_later(root: keras.Model, data: MultiTaskData, late: str, kwargs: dict[st
     """
     start = time.perf_counter()
     others = [n for n in data.task_names if n != late]
-    base = evolve(root, others, data, out_dir=os.path.join(workdir, "system"), **kwargs)
+    base = evolve(root, others, data, out_dir=os.path.join(workdir, "system"),
+                  **{**kwargs, "budget": first_budget})
     grown = evolve(EvolvedSystem.load(os.path.join(workdir, "system")), [late], data, **kwargs)
     seconds = time.perf_counter() - start
     old = [t.key for t in data.tasks if t.name != late]
@@ -157,8 +167,10 @@ def run(data_path: str, seeds: Sequence[int], late: Sequence[str],
             entry = {"together": {n: together.metrics["test"][n]["error"] for n in data.task_names},
                      "together_seconds": time.perf_counter() - start, "added": {}}
         for name in late:
+            others = data.select_tasks([n for n in data.task_names if n != name])
+            first = common.evolve_kwargs(recipe, seed, others, backbone)["budget"]
             with tempfile.TemporaryDirectory() as workdir:
-                added = add_later(root, data, name, kwargs, workdir)
+                added = add_later(root, data, name, kwargs, workdir, first)
             entry["added"][name] = added
             log(f"seed {seed} {name}: added later {100 * added['error']:.2f}%, together "
                 f"{100 * entry['together'][name]:.2f}%, old outputs identical "

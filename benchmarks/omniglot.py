@@ -480,10 +480,14 @@ def litert_latency(models: dict[str, keras.Model], x: np.ndarray, runs: int = 20
 # === The run ===
 
 
+#: Recipe keys whose None is a setting (no budget), not "the default".
+NONE_IS_A_SETTING = ("evolve_budget",)
+
+
 def make_recipe(**overrides: Any) -> dict[str, Any]:
-    """`DEFAULT_RECIPE` with overrides (None values ignored), validated."""
+    """`DEFAULT_RECIPE` with overrides (None values ignored but in `NONE_IS_A_SETTING`), validated."""
     recipe = copy.deepcopy(DEFAULT_RECIPE)
-    recipe.update({k: v for k, v in overrides.items() if v is not None})
+    recipe.update({k: v for k, v in overrides.items() if v is not None or k in NONE_IS_A_SETTING})
     check_recipe(recipe["schedule"], recipe["weight_decay"], recipe["warmup_epochs"],
                  recipe["epochs"])
     parse_weighting(recipe["weighting"])  # a bad name fails before any training
@@ -741,9 +745,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--evolve-candidates", type=int, help="evolution's candidates per task visit")
     parser.add_argument("--evolve-final-epochs", type=int,
                         help="epochs of the installed path's own training after each visit")
-    parser.add_argument("--evolve-budget", type=float,
+    parser.add_argument("--evolve-budget", type=lambda text: None if text == "none" else float(text),
+                        default=argparse.SUPPRESS,
                         help="evolved system's parameters, at most this fraction of the "
-                             "fine-tuned system's")
+                             "fine-tuned system's; none: no budget")
     parser.add_argument("--evolve-depth-moves", choices=DEPTH_MOVES,
                         help="depths a depth mutation may reach (evolve's depth_moves)")
     parser.add_argument("--latency-runs", type=int, default=200)
@@ -765,8 +770,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "evolve_candidates": args.evolve_candidates,
         "evolve_final_epochs": args.evolve_final_epochs,
         "evolve_depth_moves": args.evolve_depth_moves,
-        "evolve_budget": args.evolve_budget,
     }
+    if "evolve_budget" in vars(args):  # given, if only as none
+        recipe["evolve_budget"] = args.evolve_budget
     run(
         args.data,
         seeds=seeds,
