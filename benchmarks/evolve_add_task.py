@@ -87,9 +87,10 @@ def add_later(root: keras.Model, data: MultiTaskData, late: str, kwargs: dict[st
     one's part.
 
     Returns:
-        `{"error", "old_identical", "seconds"}`: `late`'s test error, the
-        bit-identity of the old tasks' outputs (`old_outputs_identical`) and
-        the seconds of the two evolutions.
+        `{"error", "old_identical", "seconds", "path", "system_params"}`:
+        `late`'s test error, the bit-identity of the old tasks' outputs
+        (`old_outputs_identical`), the seconds of the two evolutions, the
+        path `late` got and the grown system's parameters.
     """
     start = time.perf_counter()
     others = [n for n in data.task_names if n != late]
@@ -100,7 +101,8 @@ def add_later(root: keras.Model, data: MultiTaskData, late: str, kwargs: dict[st
     old = [t.key for t in data.tasks if t.name != late]
     identical = old_outputs_identical(base.model, grown.model, old, data.split("test").x, workdir)
     return {"error": grown.metrics["test"][late]["error"], "old_identical": identical,
-            "seconds": seconds}
+            "seconds": seconds, "path": grown.system.path(late).to_dict(),
+            "system_params": grown.system.params()}
 
 
 def together_from(reference: dict[str, Any], recipe: dict[str, Any], tasks: Sequence[str],

@@ -293,6 +293,7 @@ def test_evolve_add_task_on_two_alphabets(omniglot_zip):
     assert run["added"]["Latin"]["error"] == run["together"]["Latin"]
     for name in ("Latin", "Greek"):
         assert run["added"][name]["old_identical"] == {"keras": True, "tflite": True}
+        assert run["added"][name]["path"]["depth"] == 4  # convnet4: no depth moves (`shape`)
     lines = bench.table(result).splitlines()
     latin = 100 * run["together"]["Latin"]
     assert lines[2] == (f"| Latin | {latin:.2f} | {latin:.2f} | {latin:.2f} | {latin:.2f} | +0.00 "
