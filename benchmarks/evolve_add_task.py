@@ -30,7 +30,8 @@ its errors must be equal); an earlier one is visited later than in
     python benchmarks/evolve_add_task.py --data ../shared/data/omniglot/images_background_small1.zip \\
         --seeds 0,1,2 --late Balinese,Latin --out benchmarks/results/evolve_add_task
     python benchmarks/evolve_add_task.py --data ../shared/data/omniglot/images_background_small1.zip \\
-        --seeds 0,1,2 --late Balinese --reference /tmp/ev17/omniglot.json --out /tmp/add
+        --seeds 0,1,2 --late Balinese,Latin \\
+        --reference benchmarks/results/evolved_intel/must_show_budget.json --out /tmp/add
 """
 
 from __future__ import annotations
@@ -170,7 +171,7 @@ def run(data_path: str, seeds: Sequence[int], late: Sequence[str],
                      "together_seconds": time.perf_counter() - start, "added": {}}
         for name in late:
             others = data.select_tasks([n for n in data.task_names if n != name])
-            first = common.evolve_kwargs(recipe, seed, others, backbone)["budget"]
+            first = common.evolve_budget_params(recipe, others, backbone)
             with tempfile.TemporaryDirectory() as workdir:
                 added = add_later(root, data, name, kwargs, workdir, first)
             entry["added"][name] = added

@@ -327,19 +327,29 @@ def _root(data, backbone, recipe, seed) -> tuple[keras.Model, float]:
                                                       **_fit_kwargs(recipe)).model)
 
 
+def evolve_budget_params(recipe: dict[str, Any], data=None, backbone=None) -> int | None:
+    """`evolve_budget` (a fraction of the fine-tuned system) in parameters, or None without one.
+
+    The fine-tuned system is one root network per task of `data`: the
+    independent model's parameters, so a budget needs `data` and `backbone`.
+    """
+    if recipe["evolve_budget"] is None:
+        return None
+    if data is None or backbone is None:
+        raise ValueError("`evolve_budget` is a fraction of the fine-tuned system's parameters: "
+                         "pass `data` and `backbone`, or set evolve_budget=None.")
+    finetuned = TreeSpec.independent(data.task_names, backbone.num_stages).count_params(
+        backbone, data.tasks)
+    return int(recipe["evolve_budget"] * finetuned)
+
+
 def evolve_kwargs(recipe: dict[str, Any], seed: int, data=None, backbone=None) -> dict[str, Any]:
     """`evolve`'s arguments under the recipe's `evolve_*` settings (final training at its rate).
 
-    `evolve_budget` (a fraction of the fine-tuned system, one root network
-    per task of `data`: the independent model's parameters) becomes a
-    parameter count; it needs `data` and `backbone`.
+    The budget is `evolve_budget_params` (it needs `data` and `backbone`).
     """
-    budget = None
-    if recipe["evolve_budget"] is not None:
-        finetuned = TreeSpec.independent(data.task_names, backbone.num_stages).count_params(
-            backbone, data.tasks)
-        budget = int(recipe["evolve_budget"] * finetuned)
-    return {"scale": recipe["evolve_scale"], "passes": recipe["evolve_passes"], "budget": budget,
+    return {"scale": recipe["evolve_scale"], "passes": recipe["evolve_passes"],
+            "budget": evolve_budget_params(recipe, data, backbone),
             "candidates": recipe["evolve_candidates"],
             "candidate_epochs": recipe["evolve_candidate_epochs"],
             "clones": recipe["evolve_clones"], "depth_moves": recipe["evolve_depth_moves"],
@@ -720,6 +730,11 @@ def save_figure(fig, ax, xlabel: str, ylabel: str, title: str, path: str) -> str
     return path
 
 
+def _budget_fraction(text: str) -> float | None:
+    """`--evolve-budget`: a fraction, or `none` for no budget."""
+    return None if text == "none" else float(text)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = script_parser(__doc__)
     parser.add_argument("--alphabets", help="comma-separated alphabets (default: all)")
@@ -745,7 +760,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--evolve-candidates", type=int, help="evolution's candidates per task visit")
     parser.add_argument("--evolve-final-epochs", type=int,
                         help="epochs of the installed path's own training after each visit")
-    parser.add_argument("--evolve-budget", type=lambda text: None if text == "none" else float(text),
+    parser.add_argument("--evolve-budget", type=_budget_fraction,
                         default=argparse.SUPPRESS,
                         help="evolved system's parameters, at most this fraction of the "
                              "fine-tuned system's; none: no budget")

@@ -132,6 +132,8 @@ def test_benchmark_refuses_bad_evolution_settings_before_training(omniglot_bench
     one = bb.stem_params() + sum(bb.stage_params(d) for d in range(4))
     head = lambda t: (bb.feature_size() + 1) * t.units  # noqa: E731
     assert kwargs["budget"] == int(0.6 * (2 * one + head(tasks[0]) + head(tasks[1])))
+    with pytest.raises(ValueError, match=r"pass `data` and `backbone`, or set evolve_budget=None"):
+        omniglot_benchmark.evolve_kwargs(recipe, 0)
     unbudgeted = omniglot_benchmark.make_recipe(evolve_budget=None)
     assert omniglot_benchmark.evolve_kwargs(unbudgeted, 0)["budget"] is None
 

@@ -189,9 +189,8 @@ def evolve(
     limit = None if budget is None else resolve_budget(budget, shared_params(system.backbone,
                                                                              everyone))
     if limit is not None:
-        bb = system.backbone
         held = system.params() + sum(
-            (bb.feature_size() + 1) * t.units for t in everyone if t.name not in system.task_names)
+            system.head_params(t) for t in everyone if t.name not in system.task_names)
         if held > limit:
             raise SearchError(
                 f"`budget`={budget!r} ({limit:,} parameters) is below what the system already "
@@ -418,11 +417,9 @@ def _allowance(system: EvolvedSystem, task, everyone, limit: int) -> tuple[int, 
     that the others leave.
     """
     base = system.params_with(task, None)
-    bb = system.backbone
     unplaced = [t for t in everyone if t.name == task.name or t.name not in system.task_names]
-    head = lambda t: (bb.feature_size() + 1) * t.units  # noqa: E731
-    spare = limit - base - sum(head(t) for t in unplaced)
-    return base, head(task) + max(0, spare) // len(unplaced)
+    spare = limit - base - sum(system.head_params(t) for t in unplaced)
+    return base, system.head_params(task) + max(0, spare) // len(unplaced)
 
 
 def _check_args(scale, passes, candidates, candidate_epochs, mutation_prob, final_epochs,

@@ -87,7 +87,8 @@ def allowed_depths(feature_sizes: Sequence[int], rule: str = "shape") -> list[in
     [1, 2, 3]
     """
     if rule not in DEPTH_MOVES:
-        raise ValueError(f"`depth_moves` must be one of {DEPTH_MOVES}. Received: depth_moves={rule!r}")
+        raise ValueError(f"`depth_moves` must be one of {list(DEPTH_MOVES)}. "
+                         f"Received: depth_moves={rule!r}")
     return [d + 1 for d, size in enumerate(feature_sizes)
             if rule == "any" or size == feature_sizes[-1]]
 

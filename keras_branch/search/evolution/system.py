@@ -298,8 +298,12 @@ class EvolvedSystem:
         for d, dim in enumerate(path.adapters[: path.depth]):
             if dim:
                 total += adapter_params(bb.stage_output_shape(d)[-1], dim)
-        total += (bb.feature_size(path.depth) + 1) * task.units
+        total += self.head_params(task, path.depth)
         return float(total)
+
+    def head_params(self, task: Task, depth: int | None = None) -> int:
+        """Parameters of `task`'s head on the features of stage `depth` (default: the last)."""
+        return (self.backbone.feature_size(depth) + 1) * task.units
 
     def params(self) -> int:
         """Parameters the system holds now (`params_with` changing no task)."""
