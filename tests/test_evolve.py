@@ -362,23 +362,27 @@ def test_budget_bounds_the_system_and_skips_candidates_over_it(evolved):
     tasks = data.task_names[:3]
     bb = EvolvedSystem.from_root(root).backbone
     shared = shared_params(bb, [t for t in data.tasks if t.name in tasks])
-    # Room for about two stage-3 clones (32 * 32 + 32 = 1,056 each) beyond the shared model.
+    # Room for one stage-3 clone (32 * 32 + 32 = 1,056) per task beyond the shared model.
     result = evolve(root, tasks, data, scale=1.0, passes=1, candidates=4, candidate_epochs=1,
-                    mutation_prob=0.3, budget=shared + 2600, log=None)
-    assert result.scores["config"]["budget"] == shared + 2600
-    assert shared <= result.model.count_params() <= shared + 2600
+                    mutation_prob=0.3, budget=shared + 3300, log=None)
+    assert result.scores["config"]["budget"] == shared + 3300
+    assert shared <= result.model.count_params() <= shared + 3300
     system = result.system
     for task in system.tasks:  # the budget's count is the model's
         assert system.params_with(task, system.path(task.name)) == result.model.count_params()
     skipped = [r for r in result.history if "over_budget" in r]
     trained = [r for r in result.history if r.get("quality") is not None]
-    assert skipped and trained and len(skipped) + len(trained) == 3 * 4
+    assert skipped and trained
+    for name in tasks:  # four candidates, and the root path where all four were over
+        visit = [r for r in result.history if r["task"] == name]
+        over = sum("over_budget" in r for r in visit)
+        assert [r["candidate"] for r in visit] == list(range(4 + (over == 4)))
     assert all(r["over_budget"]["added"] > r["over_budget"]["allowed"] and r["score"] is None
                for r in skipped)
-    # The first visit may add its head (33 parameters) and a third of what
-    # the budget leaves beyond the shared model (the three heads and the root).
-    first = [r["over_budget"]["allowed"] for r in skipped if r["task"] == tasks[0]]
-    assert first and set(first) == {33 + 2600 // 3}
+    # Every visit may add its head (33 parameters) and a third of what the
+    # budget leaves beyond the shared model (the three heads and the root),
+    # whatever the tasks visited before it left unspent.
+    assert {r["over_budget"]["allowed"] for r in skipped} == {33 + 3300 // 3}
     # A multiple of the shared model, as the affinity search's budgets.
     loose = evolve(root, tasks[:1], data, passes=1, candidates=1, candidate_epochs=1,
                    budget="3x", log=None)
@@ -392,10 +396,31 @@ def test_budget_bounds_the_system_and_skips_candidates_over_it(evolved):
     with pytest.raises(SearchError, match=rf"below what the system already holds with a head "
                                           rf"for each new task \({held:,}\)"):
         evolve(grown, [data.task_names[3]], data, budget=held - 1, log=None)
-    with pytest.raises(SearchError, match=r"each over the budget's 33 parameters for it"):
-        # Only the head fits, and every candidate clones a stage.
-        evolve(root, tasks[:1], data, passes=1, candidates=2, candidate_epochs=1,
-               mutation_prob=1.0, budget=shared_params(bb, data.tasks[:1]), log=None)
+    # A task added later gets the part it gets evolved with the others:
+    # its head and a third of what the budget leaves beyond the root and the
+    # three heads, not all that the two placed tasks left.
+    budget = grown.params() + 33 + 20000
+    part = 33 + (budget - grown.root_params - 3 * 33) // 3
+    assert part < 20033  # the placed tasks leave more than the part
+    parts = {}
+    for start, new in ((grown, [data.task_names[3]]), (root, grown.task_names + [data.task_names[3]])):
+        lines = []
+        evolve(start, new, data, passes=1, candidates=1, candidate_epochs=1, budget=budget,
+               log=lines.append)
+        parts[len(new)] = [line for line in lines if data.task_names[3] in line][0]
+    assert parts[1].endswith(f"at most {part:,} parameters added") and parts[3] == parts[1]
+    # Only the head fits and every candidate clones a stage: the task gets
+    # the root path (the shared model), trained as one more candidate.
+    lines = []
+    tight = evolve(root, tasks[:1], data, passes=1, candidates=2, candidate_epochs=1,
+                   mutation_prob=1.0, budget=shared_params(bb, data.tasks[:1]), log=lines.append)
+    assert [r["candidate"] for r in tight.history if "over_budget" in r] == [0, 1]
+    fallback = [r for r in tight.history if r.get("quality") is not None and "final" not in r]
+    assert [(r["candidate"], r["mutations"], r["accepted"]) for r in fallback] == [(2, [], True)]
+    assert tight.system.path(tasks[0]).route == [0, 0, 0]
+    assert tight.model.count_params() == shared_params(bb, data.tasks[:1])
+    assert any("every candidate over the 33 parameters allowed; training the root path" in line
+               for line in lines)
 
 
 # === Kill and resume (the CLI) ===
