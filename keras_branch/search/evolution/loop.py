@@ -113,10 +113,12 @@ def evolve(
             or a multiple of the fully shared model over the system's and
             `tasks`' tasks such as `"2.4x"` (as the affinity search's
             budgets; the smallest evolved system is that model). A task's
-            path may add at most its head plus an equal share of what the
-            budget leaves beyond the root and every task's head (the same
-            part in every pass, and for a task added later); a candidate
-            over it is recorded and not trained. Default None: no limit,
+            part is its head plus an equal share of what the budget leaves
+            beyond the root and every task's head; one call pools the parts
+            of the tasks it places (a task visited later may use what
+            earlier ones left), never those of tasks placed before it (a
+            task added later gets its own part). A candidate over what its
+            visit may add is recorded and not trained. Default None: no limit,
             the scale factor alone holds the size back.
         seed: everything random derives from it (a resumed run makes the
             same candidates); no global random state is seeded or consumed.
@@ -189,13 +191,15 @@ def evolve(
     everyone = system.tasks + [by_name[n] for n in tasks if n not in system.task_names]
     limit = None if budget is None else resolve_budget(budget, shared_params(system.backbone,
                                                                              everyone))
+    ceiling = None
     if limit is not None:
-        held = system.params() + sum(
-            system.head_params(t) for t in everyone if t.name not in system.task_names)
+        new = [t for t in everyone if t.name not in system.task_names]
+        held = system.params() + sum(system.head_params(t) for t in new)
         if held > limit:
             raise SearchError(
                 f"`budget`={budget!r} ({limit:,} parameters) is below what the system already "
                 f"holds with a head for each new task ({held:,}).")
+        ceiling = _ceiling(system, new, everyone, limit)
     config = {"tasks": tasks, "scale": scale, "passes": passes, "candidates": candidates,
               "candidate_epochs": candidate_epochs, "mutation_prob": mutation_prob,
               "clones": clones, "depth_moves": depth_moves, "budget": limit,
@@ -217,7 +221,7 @@ def evolve(
                 continue
             task = by_name[name]
             population = state.population(visit, task)
-            allowance = None if limit is None else _allowance(system, task, everyone, limit)
+            allowance = None if ceiling is None else _allowance(system, task, everyone, ceiling)
             if state.done_in_visit(visit) == 0:
                 say(f"[pass {p + 1}/{passes}] task {name}: {len(population)} parent(s), "
                     f"{candidates} candidates"
@@ -414,28 +418,39 @@ def pretrain_and_evolve(
     return result
 
 
-def _allowance(system: EvolvedSystem, task, everyone, limit: int) -> tuple[int, int]:
+def _ceiling(system: EvolvedSystem, new, everyone, limit: int) -> int:
+    """The most parameters `system` may hold once this call has placed `new`.
+
+    Every task's part of the budget is its head plus an equal share of what
+    the budget leaves beyond the root and every task's head. One call
+    pools the parts of the tasks it places; the parts of tasks placed
+    before it (a system grown with `--add-task`) are theirs even where they
+    left some unspent. Without that, a task added later could spend
+    everything the earlier ones left: on Omniglot it then cloned every
+    stage (4-epoch validation ranks the whole clone best) and after final
+    training generalised like fine-tuning the whole root (Balinese added to
+    the other four alphabets: 16.4% against 13.7% evolved together,
+    docs/evolution.md). Evolving every task in one call, the ceiling is the
+    budget.
+    """
+    spare = max(0, limit - system.root_params - sum(system.head_params(t) for t in everyone))
+    pooled = sum(system.head_params(t) for t in new) + spare * len(new) // len(everyone)
+    return min(limit, system.params() + pooled)
+
+
+def _allowance(system: EvolvedSystem, task, everyone, ceiling: int) -> tuple[int, int]:
     """(the system's parameters without `task`, the most a path of `task` may add).
 
-    A task's part is its head plus an equal share of what the budget
-    leaves beyond the root and every task's head, whenever it is visited:
-    a task never spends what another left unspent. With the budget alone
-    holding paths back (scale 1), a task that could take the others'
-    remainder cloned every stage because 4-epoch validation ranks the
-    whole clone best, and after final training it generalised like
-    fine-tuning the whole root (Balinese added to the other four alphabets:
-    16.4% against 13.7% evolved together, docs/evolution.md). Equal parts
-    also make a task added later (`--add-task`) get what it gets evolved
-    with the others. The part is further capped by what the budget still
-    leaves once every other unplaced task keeps its head (a grown system's
-    old tasks may hold more than their parts).
+    Every task not yet on a path is sure of its head (a frozen path's
+    cost); what `ceiling` (`_ceiling`) leaves beyond those heads is shared
+    equally among them, so the tasks visited first cannot spend the later
+    ones' part. Once every task is placed (a second pass) a task may take
+    all that the others leave under the ceiling.
     """
     base = system.params_with(task, None)
-    spare = limit - system.root_params - sum(system.head_params(t) for t in everyone)
-    part = system.head_params(task) + max(0, spare) // len(everyone)
-    unplaced = [t for t in everyone if t.name != task.name and t.name not in system.task_names]
-    left = limit - base - sum(system.head_params(t) for t in unplaced)
-    return base, min(part, left)
+    unplaced = [t for t in everyone if t.name == task.name or t.name not in system.task_names]
+    spare = ceiling - base - sum(system.head_params(t) for t in unplaced)
+    return base, system.head_params(task) + max(0, spare) // len(unplaced)
 
 
 def _check_args(scale, passes, candidates, candidate_epochs, mutation_prob, final_epochs,
