@@ -106,6 +106,16 @@ def add_later(root: keras.Model, data: MultiTaskData, late: str, kwargs: dict[st
             "system_params": grown.system.params()}
 
 
+#: Recipe settings of other methods (trees, probes, TAG, Learning to
+#: Branch): a reference run may differ in them and still hold this run's systems.
+NOT_EVOLUTION = ("budgets", "probe_epochs", "num_inputs", "tag_epochs", "tag_every", "ltb_epochs")
+
+
+def _bearing(recipe: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The settings of `recipe` that the root and the evolution depend on."""
+    return None if recipe is None else {k: v for k, v in recipe.items() if k not in NOT_EVOLUTION}
+
+
 def together_from(reference: dict[str, Any], recipe: dict[str, Any], tasks: Sequence[str],
                   seeds: Sequence[int]) -> dict[int, dict[str, Any]]:
     """Per seed, `together`'s test errors and seconds from an omniglot.json's `evolved` row.
@@ -118,10 +128,11 @@ def together_from(reference: dict[str, Any], recipe: dict[str, Any], tasks: Sequ
     if row is None:
         raise SystemExit("--reference: the result has no 'evolved' row; run benchmarks/omniglot.py "
                          "with --methods evolved.")
-    for field, mine in (("recipe", recipe), ("tasks", list(tasks))):
-        if reference.get(field) != mine:
+    for field, theirs, mine in (("recipe", _bearing(reference.get("recipe")), _bearing(recipe)),
+                                ("tasks", reference.get("tasks"), list(tasks))):
+        if theirs != mine:
             raise SystemExit(f"--reference: its `{field}` differs from this run's: "
-                             f"{reference.get(field)!r} against {mine!r}.")
+                             f"{theirs!r} against {mine!r}.")
     missing = [s for s in seeds if s not in reference["seeds"]]
     if missing:
         raise SystemExit(f"--reference: no evolved run of seeds {missing}; it has {reference['seeds']}.")

@@ -326,6 +326,10 @@ def test_evolve_add_task_reads_together_only_from_a_matching_run():
         bench.together_from(reference, recipe, ["a", "b"], [0, 1])
     with pytest.raises(SystemExit, match=r"its `recipe` differs from this run's"):
         bench.together_from(reference, {"epochs": 2}, ["a", "b"], [0])
+    # The trees' budgets and the probes' settings do not touch the root or the evolution.
+    other_trees = {**reference, "recipe": {**recipe, "budgets": ["2x"], "probe_epochs": 3}}
+    assert bench.together_from(other_trees, recipe, ["a", "b"], [0])[0]["together"] == {
+        "a": 0.1, "b": 0.2}
     with pytest.raises(SystemExit, match=r"its `tasks` differs"):
         bench.together_from(reference, recipe, ["b", "a"], [0])
     with pytest.raises(SystemExit, match=r"has no 'evolved' row"):
