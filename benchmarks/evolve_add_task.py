@@ -22,10 +22,13 @@ machine, so it is the same system, and a seed costs one evolution less.
 It prints, per seed and late alphabet, L's test error added later and
 evolved together, and whether the old alphabets' outputs on every test
 image are bit-identical before and after L was added, in Keras and in the
-exported TFLite file (each task's signature). With one pass the last
-alphabet of the data sees the same system either way (the same candidates:
-its errors must be equal); an earlier one is visited later than in
-`together`, with more paths to draw parents from.
+exported TFLite file (each task's signature). Without a budget, with one
+pass, the last alphabet of the data sees the same system either way (the
+same candidates: its errors must be equal); under one, the first
+evolution's parts differ from those of all five, and a late alphabet gets
+its own part where, visited last together, it may use what the others
+left. An earlier alphabet is visited later than in `together`, with more
+paths to draw parents from.
 
     python benchmarks/evolve_add_task.py --data ../shared/data/omniglot/images_background_small1.zip \\
         --seeds 0,1,2 --late Balinese,Latin --out benchmarks/results/evolve_add_task
