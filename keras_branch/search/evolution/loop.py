@@ -188,18 +188,18 @@ def evolve(
             f"The data's input shape {data.input_shape} differs from the root's "
             f"{system.backbone.input_shape}."
         )
-    everyone = system.tasks + [by_name[n] for n in tasks if n not in system.task_names]
+    new = [by_name[n] for n in tasks if n not in system.task_names]
+    everyone = system.tasks + new
     limit = None if budget is None else resolve_budget(budget, shared_params(system.backbone,
                                                                              everyone))
     ceiling = None
     if limit is not None:
-        new = [t for t in everyone if t.name not in system.task_names]
         held = system.params() + sum(system.head_params(t) for t in new)
         if held > limit:
             raise SearchError(
                 f"`budget`={budget!r} ({limit:,} parameters) is below what the system already "
                 f"holds with a head for each new task ({held:,}).")
-        ceiling = _ceiling(system, new, everyone, limit)
+        ceiling = _ceiling(system, held, len(new), everyone, limit)
     config = {"tasks": tasks, "scale": scale, "passes": passes, "candidates": candidates,
               "candidate_epochs": candidate_epochs, "mutation_prob": mutation_prob,
               "clones": clones, "depth_moves": depth_moves, "budget": limit,
@@ -418,8 +418,10 @@ def pretrain_and_evolve(
     return result
 
 
-def _ceiling(system: EvolvedSystem, new, everyone, limit: int) -> int:
-    """The most parameters `system` may hold once this call has placed `new`.
+def _ceiling(system: EvolvedSystem, held: int, placing: int, everyone, limit: int) -> int:
+    """The most parameters `system` may hold once this call has placed its `placing` new tasks.
+
+    `held` is what the system holds now with a head for each of them.
 
     Every task's part of the budget is its head plus an equal share of what
     the budget leaves beyond the root and every task's head. One call
@@ -434,8 +436,7 @@ def _ceiling(system: EvolvedSystem, new, everyone, limit: int) -> int:
     budget.
     """
     spare = max(0, limit - system.root_params - sum(system.head_params(t) for t in everyone))
-    pooled = sum(system.head_params(t) for t in new) + spare * len(new) // len(everyone)
-    return min(limit, system.params() + pooled)
+    return min(limit, held + spare * placing // len(everyone))
 
 
 def _allowance(system: EvolvedSystem, task, everyone, ceiling: int) -> tuple[int, int]:
