@@ -114,9 +114,16 @@ def add_later(root: keras.Model, data: MultiTaskData, late: str, kwargs: dict[st
 NOT_EVOLUTION = ("budgets", "probe_epochs", "num_inputs", "tag_epochs", "tag_every", "ltb_epochs")
 
 
+#: Evolution settings added to the recipe after some results were written, with
+#: the value that gives the behaviour from before (a result without the key ran so).
+ADDED_LATER = {"evolve_finalists": 1}
+
+
 def _bearing(recipe: dict[str, Any] | None) -> dict[str, Any] | None:
     """The settings of `recipe` that the root and the evolution depend on."""
-    return None if recipe is None else {k: v for k, v in recipe.items() if k not in NOT_EVOLUTION}
+    if recipe is None:
+        return None
+    return {k: v for k, v in {**ADDED_LATER, **recipe}.items() if k not in NOT_EVOLUTION}
 
 
 def together_from(reference: dict[str, Any], recipe: dict[str, Any], tasks: Sequence[str],

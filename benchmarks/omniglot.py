@@ -137,6 +137,9 @@ DEFAULT_RECIPE: dict[str, Any] = {
     # with the shared blocks frozen an epoch costs less than the whole network's,
     # and a stage-4 clone still gains from 80 to 160 epochs.
     "evolve_final_epochs": 160,
+    # The visit's best paths of distinct structure that get the final
+    # training (the best after it is installed); 1: the best candidate.
+    "evolve_finalists": 1,
     "weighting": "equal",
 }
 
@@ -354,6 +357,7 @@ def evolve_kwargs(recipe: dict[str, Any], seed: int, data=None, backbone=None) -
             "candidate_epochs": recipe["evolve_candidate_epochs"],
             "clones": recipe["evolve_clones"], "depth_moves": recipe["evolve_depth_moves"],
             "final_epochs": recipe["evolve_final_epochs"],
+            "finalists": recipe["evolve_finalists"],
             "final_learning_rate": recipe["learning_rate"], "augment": recipe["augment"],
             "seed": seed, "log": None}
 
@@ -509,7 +513,8 @@ def make_recipe(**overrides: Any) -> dict[str, Any]:
                                or not 0 < budget <= 1):
         raise ValueError(f"`evolve_budget` must be a fraction in (0, 1] of the fine-tuned "
                          f"system's parameters, or None. Received: evolve_budget={budget!r}")
-    for key, least in (("evolve_candidates", 1), ("evolve_final_epochs", 0)):
+    for key, least in (("evolve_candidates", 1), ("evolve_final_epochs", 0),
+                       ("evolve_finalists", 1)):
         if not isinstance(recipe[key], int) or recipe[key] < least:
             raise ValueError(f"`{key}` must be an integer >= {least}. Received: {key}={recipe[key]!r}")
     recipe["augment"] = check_config(recipe["augment"] or {})
@@ -760,6 +765,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--evolve-candidates", type=int, help="evolution's candidates per task visit")
     parser.add_argument("--evolve-final-epochs", type=int,
                         help="epochs of the installed path's own training after each visit")
+    parser.add_argument("--evolve-finalists", type=int,
+                        help="evolution's finalists per visit (the best distinct paths "
+                             "final-trained; the best after it is installed)")
     parser.add_argument("--evolve-budget", type=_budget_fraction,
                         default=argparse.SUPPRESS,
                         help="evolved system's parameters, at most this fraction of the "
@@ -784,6 +792,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "weighting": args.weighting,
         "evolve_candidates": args.evolve_candidates,
         "evolve_final_epochs": args.evolve_final_epochs,
+        "evolve_finalists": args.evolve_finalists,
         "evolve_depth_moves": args.evolve_depth_moves,
     }
     if "evolve_budget" in vars(args):  # given, if only as none

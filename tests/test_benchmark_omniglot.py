@@ -115,6 +115,9 @@ def test_benchmark_refuses_bad_evolution_settings_before_training(omniglot_bench
         omniglot_benchmark.main(["--data", missing, "--evolve-candidates", "0"])
     with pytest.raises(ValueError, match=r"Received: evolve_final_epochs=-1"):
         omniglot_benchmark.main(["--data", missing, "--evolve-final-epochs", "-1"])
+    with pytest.raises(ValueError, match=r"`evolve_finalists` must be an integer >= 1\. "
+                                         r"Received: evolve_finalists=0"):
+        omniglot_benchmark.main(["--data", missing, "--evolve-finalists", "0"])
     with pytest.raises(ValueError, match=r"`evolve_depth_moves` must be one of \['shape', 'any'\]\. "
                                          r"Received: evolve_depth_moves='all'"):
         omniglot_benchmark.make_recipe(evolve_depth_moves="all")
@@ -122,12 +125,14 @@ def test_benchmark_refuses_bad_evolution_settings_before_training(omniglot_bench
                                          r"Received: evolve_budget=1\.5"):
         omniglot_benchmark.main(["--data", missing, "--evolve-budget", "1.5"])
     import keras_branch as kb
-    recipe = omniglot_benchmark.make_recipe(evolve_candidates=24, evolve_final_epochs=160)
+    recipe = omniglot_benchmark.make_recipe(evolve_candidates=24, evolve_final_epochs=160,
+                                            evolve_finalists=2)
     tasks = [kb.Task("a", "multiclass", classes=3), kb.Task("b", "multiclass", classes=5)]
     data = type("Data", (), {"task_names": ["a", "b"], "tasks": tasks})()
     bb = kb.backbones.convnet4((16, 16, 1), filters=16)
     kwargs = omniglot_benchmark.evolve_kwargs(recipe, 0, data, bb)
-    assert (kwargs["depth_moves"], kwargs["candidates"], kwargs["final_epochs"]) == ("shape", 24, 160)
+    assert (kwargs["depth_moves"], kwargs["candidates"], kwargs["final_epochs"],
+            kwargs["finalists"]) == ("shape", 24, 160, 2)
     # 60% of the fine-tuned system: one convnet4 (16 filters, 16x16) and head per task.
     one = bb.stem_params() + sum(bb.stage_params(d) for d in range(4))
     head = lambda t: (bb.feature_size() + 1) * t.units  # noqa: E731
@@ -330,6 +335,10 @@ def test_evolve_add_task_reads_together_only_from_a_matching_run():
     other_trees = {**reference, "recipe": {**recipe, "budgets": ["2x"], "probe_epochs": 3}}
     assert bench.together_from(other_trees, recipe, ["a", "b"], [0])[0]["together"] == {
         "a": 0.1, "b": 0.2}
+    # A result written before `evolve_finalists` existed ran with one finalist.
+    assert bench.together_from(reference, {**recipe, "evolve_finalists": 1}, ["a", "b"], [0])
+    with pytest.raises(SystemExit, match=r"its `recipe` differs from this run's"):
+        bench.together_from(reference, {**recipe, "evolve_finalists": 2}, ["a", "b"], [0])
     with pytest.raises(SystemExit, match=r"its `tasks` differs"):
         bench.together_from(reference, recipe, ["b", "a"], [0])
     with pytest.raises(SystemExit, match=r"has no 'evolved' row"):

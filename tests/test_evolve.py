@@ -27,6 +27,7 @@ from keras_branch.search.evolution import (
     evolve,
     mutate,
 )
+from keras_branch.search.evolution.selection import finalists
 from keras_branch.search.tree_search import shared_params
 from keras_branch.testing import run_layer_test, run_model_test
 from keras_branch.training import fit_spec
@@ -263,6 +264,59 @@ def test_evolve_rejects_bad_arguments(evolved):
         evolve(root, None, data, root_task="nope", log=None)
     with pytest.raises(SearchError, match="no trained weights"):
         evolve(backbones.mlp(100), None, data, log=None)
+
+
+def test_finalists_are_the_best_entries_of_distinct_structure():
+    def entry(name, value, route, adapters=(0, 0, 0), depth=3):
+        return {"id": name, "score": value,
+                "path": {"route": list(route), "depth": depth, "adapters": list(adapters)}}
+
+    shared = lambda d, b: b in (0, 1)  # noqa: E731  (blocks 0 and 1 are the system's)
+    population = [
+        entry("root", None, (0, 0, 0)),                 # not scored: never a finalist
+        entry("frozen", 0.90, (0, 0, 0)),
+        entry("frozen_again", 0.95, (0, 0, 0)),         # same structure, better: replaces it
+        entry("clone3", 0.95, (0, 0, 7)),               # ties frozen_again: comes after it
+        entry("clone3_other", 0.99, (0, 0, 9)),         # another lineage's clone, same structure
+        entry("other_task", 0.80, (0, 0, 1)),           # reads another task's block
+        entry("adapters", 0.85, (0, 0, 0), (0, 0, 16)),
+        entry("shallow", 0.70, (0, 0, 5), depth=2),     # stage 3 unused: same as frozen at depth 2
+    ]
+    ids = lambda n: [e["id"] for e in finalists(population, n, shared)]  # noqa: E731
+    assert ids(1) == ["clone3_other"]
+    assert ids(3) == ["clone3_other", "frozen_again", "adapters"]
+    assert ids(10) == ["clone3_other", "frozen_again", "adapters", "other_task", "shallow"]
+    # Ties keep the population's order, as the single best (max) always did.
+    tied = [entry("a", 0.5, (0, 0, 0)), entry("b", 0.5, (0, 0, 7))]
+    assert [e["id"] for e in finalists(tied, 1, shared)] == ["a"]
+    assert finalists([entry("root", None, (0, 0, 0))], 2, shared) == []
+
+
+def test_finalists_train_longer_and_the_best_after_it_is_installed(evolved):
+    data, _, first, _ = evolved
+    name = data.task_names[2]
+    settings = dict(TINY, candidates=6, mutation_prob=0.6, final_epochs=3)
+    one = evolve(first.system, [name], data, **settings)
+    two = evolve(first.system, [name], data, finalists=2, **settings)
+    finals = [r for r in two.scores["history"] if "final" in r]
+    assert [(r["finalist"], r["epochs"]) for r in finals] == [(1, 3), (2, 3)]
+    # The candidates are one finalist's run's, record for record, and so is the first finalist.
+    candidates = [r for r in two.scores["history"] if "final" not in r]
+    assert _without_seconds(candidates) == \
+        _without_seconds([r for r in one.scores["history"] if "final" not in r])
+    assert _without_seconds(finals[:1]) == \
+        _without_seconds([r for r in one.scores["history"] if "final" in r])
+    # The finalists are the two best kept candidates of distinct structure.
+    kept = {f"p0c{r['candidate']}": r for r in candidates if r["accepted"]}
+    assert finals[0]["score"] is not None and finals[0]["path"] != finals[1]["path"]
+    assert kept[finals[0]["final"]]["score"] >= kept[finals[1]["final"]]["score"]
+    # Installed: the finalist with the better score after the final training.
+    winner = max(finals, key=lambda r: r["score"])
+    assert two.system.scores[name]["quality"] == winner["quality"]
+    assert two.system.path(name).to_dict()["route"] == winner["path"]["route"]
+    assert two.scores["config"]["finalists"] == 2
+    with pytest.raises(SearchError, match=r"`finalists` must be a positive int. Received: finalists=0"):
+        evolve(first.system, [name], data, finalists=0, **TINY)
 
 
 def test_final_training_trains_the_installed_path_and_nothing_else(evolved):

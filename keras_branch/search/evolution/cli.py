@@ -89,6 +89,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "0: none)")
     p.add_argument("--final-learning-rate", type=finite_float(0.0),
                    help="the final training's peak rate (default: each path's own)")
+    p.add_argument("--finalists", type=positive_int, default=1,
+                   help="with --final-epochs: how many of a visit's best distinct paths get "
+                        "the final training; the best after it is installed (default 1)")
     p.add_argument("--mutation-prob", type=probability, default=0.2,
                    help="probability of each mutation of a candidate")
     p.add_argument("--clones", choices=CLONE_RULES, default="suffix",
@@ -147,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
         candidate_epochs=args.candidate_epochs, mutation_prob=args.mutation_prob,
         clones=args.clones, depth_moves=args.depth_moves, budget=args.budget,
         final_epochs=args.final_epochs, final_learning_rate=args.final_learning_rate,
-        seed=args.seed, root_task=args.root_task, state_dir=state, out_dir=args.out,
+        finalists=args.finalists, seed=args.seed, root_task=args.root_task, state_dir=state, out_dir=args.out,
         overwrite=args.overwrite,
     )
     print(str(result.system.spec))

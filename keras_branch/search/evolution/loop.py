@@ -37,6 +37,7 @@ from typing import Any
 import keras
 
 from keras_branch.backbones import Backbone
+from keras_branch.build import block_name
 from keras_branch.compiling import compile_model
 from keras_branch.data.multitask import MultiTaskData, pool_tasks
 from keras_branch.errors import SearchError
@@ -49,7 +50,12 @@ from keras_branch.search.evolution.mutations import (
     allowed_depths,
     mutate,
 )
-from keras_branch.search.evolution.selection import candidate_rng, score, select_parent
+from keras_branch.search.evolution.selection import (
+    candidate_rng,
+    finalists as distinct_finalists,
+    score,
+    select_parent,
+)
 from keras_branch.search.evolution.state import SearchState
 from keras_branch.search.evolution.system import EvolvedSystem, TaskPath
 from keras_branch.search.result import SearchResult
@@ -76,6 +82,7 @@ def evolve(
     augment: Mapping[str, float] | None = None,
     final_epochs: int = 0,
     final_learning_rate: float | None = None,
+    finalists: int = 1,
     root_task: str | None = None,
     state_dir: str | os.PathLike | None = None,
     out_dir: str | os.PathLike | None = None,
@@ -137,6 +144,14 @@ def evolve(
             epochs), so a long final training at the rate they chose can
             undertrain: on Omniglot-5 (seed 0) the recipe's 3e-3 here took
             the evolved system from 9.75% to 8.78%.
+        finalists: with `final_epochs`, how many of the visit's best paths
+            of distinct structure (`selection.finalists`) get the final
+            training; the one with the best score after it is installed.
+            Candidates are ranked after a few epochs on the validation split,
+            and a child without mutation continues its parent's training, so
+            a small path retrained over generations can outrank a larger one
+            that ends better (docs/evolution.md). Each finalist costs
+            `final_epochs` more epochs. Default 1: the best candidate.
         root_task: see `root`.
         state_dir: where the search state is written after every candidate;
             rerunning with the same arguments resumes from it.
@@ -162,7 +177,7 @@ def evolve(
         Gesmundo & Dean, arXiv 2205.10937 (muNet).
     """
     _check_args(scale, passes, candidates, candidate_epochs, mutation_prob, final_epochs,
-                final_learning_rate, clones, depth_moves)
+                final_learning_rate, clones, depth_moves, finalists)
     began = time.perf_counter()
     say = log or (lambda _: None)
     system = root if isinstance(root, EvolvedSystem) else EvolvedSystem.from_root(root, root_task)
@@ -205,7 +220,7 @@ def evolve(
               "clones": clones, "depth_moves": depth_moves, "budget": limit,
               "seed": seed, "augment": dict(augment) if augment else None,
               "final_epochs": final_epochs, "final_learning_rate": final_learning_rate,
-              "data": data.name,
+              "finalists": finalists, "data": data.name,
               "start_tasks": system.task_names}
     state = SearchState(state_dir, config, system, say)
     system = state.system
@@ -288,31 +303,38 @@ def evolve(
                     f"{', '.join(mutations) or 'no mutation'} -> quality {quality:.4f}, "
                     f"params/task {params:,.0f}, score {value:.4f}"
                     f"{' (kept)' if better else ''}")
-            best = max((e for e in population if e["score"] is not None), key=lambda e: e["score"])
-            path = TaskPath.from_dict(best["path"])
-            owned = state.load_weights(best["id"], visit)
-            installed = {k: best[k] for k in ("quality", "params", "score")}
-            # The task's own path from an earlier pass had its final training then.
-            if final_epochs and not best["id"].startswith("task:"):
-                start = time.perf_counter()
-                rng = candidate_rng(seed, p, name, "final")
-                trained = copy.deepcopy(path)
-                if final_learning_rate is not None:
-                    trained.hparams["learning_rate"] = final_learning_rate
-                quality, owned = train_candidate(
-                    system, task, trained, owned, splits[name], final_epochs, augment,
-                    int(rng.integers(2**31)), int(rng.integers(2**31)), schedule="cosine")
-                gc.collect()
-                installed.update(quality=quality,
-                                 score=score(quality, best["params"], system.root_params, scale))
-                state.history.append({
-                    "pass": p, "task": name, "final": best["id"], "epochs": final_epochs,
-                    "path": path.to_dict(), "quality": quality, "params": best["params"],
-                    "score": installed["score"],
-                    "seconds": round(time.perf_counter() - start, 2),
-                })
-                say(f"  {name}: {best['id']} trained {final_epochs} more epochs -> "
-                    f"quality {best['quality']:.4f} -> {quality:.4f}")
+            # The finalists are the visit's best paths of distinct structure
+            # (one unless `finalists` > 1); each trains `final_epochs` more and
+            # the best after that is installed (ties: the better-ranked one).
+            shared = (lambda d, b: block_name(d, b) in system.weights)
+            ranked = []
+            for k, entry in enumerate(distinct_finalists(population, finalists, shared)):
+                path = TaskPath.from_dict(entry["path"])
+                owned = state.load_weights(entry["id"], visit)
+                installed = {key: entry[key] for key in ("quality", "params", "score")}
+                # The task's own path from an earlier pass had its final training then.
+                if final_epochs and not entry["id"].startswith("task:"):
+                    start = time.perf_counter()
+                    rng = candidate_rng(seed, p, name, "final" if k == 0 else f"final{k + 1}")
+                    trained = copy.deepcopy(path)
+                    if final_learning_rate is not None:
+                        trained.hparams["learning_rate"] = final_learning_rate
+                    quality, owned = train_candidate(
+                        system, task, trained, owned, splits[name], final_epochs, augment,
+                        int(rng.integers(2**31)), int(rng.integers(2**31)), schedule="cosine")
+                    gc.collect()
+                    installed.update(quality=quality, score=score(quality, entry["params"],
+                                                                  system.root_params, scale))
+                    state.history.append({
+                        "pass": p, "task": name, "final": entry["id"], "finalist": k + 1,
+                        "epochs": final_epochs, "path": path.to_dict(), "quality": quality,
+                        "params": entry["params"], "score": installed["score"],
+                        "seconds": round(time.perf_counter() - start, 2),
+                    })
+                    say(f"  {name}: {entry['id']} trained {final_epochs} more epochs -> "
+                        f"quality {entry['quality']:.4f} -> {quality:.4f}")
+                ranked.append((installed, path, owned, entry))
+            installed, path, owned, best = max(ranked, key=lambda r: r[0]["score"])
             system.install(task, path, owned, installed)
             state.finish(visit, system)
             say(f"  {name}: installed {best['id']} (quality {installed['quality']:.4f}, "
@@ -455,11 +477,11 @@ def _allowance(system: EvolvedSystem, task, everyone, ceiling: int) -> tuple[int
 
 
 def _check_args(scale, passes, candidates, candidate_epochs, mutation_prob, final_epochs,
-                final_learning_rate, clones, depth_moves) -> None:
+                final_learning_rate, clones, depth_moves, finalists) -> None:
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale <= 1:
         raise SearchError(f"`scale` must be in (0, 1]. Received: scale={scale!r}")
     for field, value in (("passes", passes), ("candidates", candidates),
-                         ("candidate_epochs", candidate_epochs)):
+                         ("candidate_epochs", candidate_epochs), ("finalists", finalists)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise SearchError(f"`{field}` must be a positive int. Received: {field}={value!r}")
     if isinstance(final_epochs, bool) or not isinstance(final_epochs, int) or final_epochs < 0:

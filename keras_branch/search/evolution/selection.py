@@ -8,6 +8,8 @@
 - `quality`: accuracy, or `1 / (1 + mse)` for a regression task.
 - `candidate_rng`: the generator of one candidate, made from the run's seed
   and the candidate's place in the search, so a resumed run draws the same.
+- `finalists`: the best entries of a visit's population with distinct
+  structures, which the final training then ranks again.
 
 Reference:
     Gesmundo & Dean, "An Evolutionary Approach to Dynamic Introduction of
@@ -19,14 +21,14 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
 from keras_branch.tasks import REGRESSION, Task
 
-__all__ = ["candidate_rng", "quality", "score", "select_parent"]
+__all__ = ["candidate_rng", "finalists", "quality", "score", "select_parent"]
 
 
 def candidate_rng(*keys: Any) -> np.random.Generator:
@@ -80,6 +82,61 @@ def select_parent(population: list[dict], rng: np.random.Generator) -> dict:
         if rng.random() < 0.5 ** entry["children"]:
             return entry
     return ranked[int(rng.integers(len(ranked)))]
+
+
+def finalists(population: list[dict], count: int,
+              shared: Callable[[int, int], bool]) -> list[dict]:
+    """The `count` best scored entries whose paths differ in structure, best first.
+
+    A path's structure is its depth, per used stage the shared block it
+    reads (or "own" for a block the task trains: a clone made in this
+    visit) and its adapter sizes; hyperparameters do not count. Of entries
+    with one structure only the best scored is kept (ties: the earlier
+    entry), so the finalists are different paths, not one path trained by
+    two lineages.
+
+    Why: candidates are ranked on a small validation split after a few
+    epochs, and a child without mutation continues its parent's training,
+    so a cheap path retrained over generations can tie or beat a larger one
+    trained once. Training the best distinct paths long and ranking them
+    again is successive halving's last round (Jamieson & Talwalkar, 2016).
+
+    Args:
+        population: entries with `score` (None: not scored, skipped) and
+            `path` (`TaskPath.to_dict()`); not modified.
+        count: at most how many to return (>= 1).
+        shared: `shared(stage, block)`: whether block `block` of `stage`
+            is one the system holds already (not the task's own).
+
+    Returns:
+        Up to `count` entries (the same objects), by score, best first.
+
+    Example:
+    >>> frozen = {"route": [0, 0], "depth": 2, "adapters": [0, 0]}
+    >>> clone = {"route": [0, 5], "depth": 2, "adapters": [0, 0]}
+    >>> population = [{"id": "a", "score": 0.9, "path": frozen},
+    ...               {"id": "b", "score": 0.9, "path": frozen},
+    ...               {"id": "c", "score": 0.8, "path": clone}]
+    >>> [e["id"] for e in finalists(population, 2, lambda d, b: b == 0)]
+    ['a', 'c']
+    """
+    def structure(path: Mapping[str, Any]) -> tuple:
+        depth = int(path["depth"])
+        blocks = tuple(b if shared(d, b) else "own" for d, b in enumerate(path["route"][:depth]))
+        return depth, blocks, tuple(path["adapters"][:depth])
+
+    scored = [e for e in population if e["score"] is not None]
+    ranked = sorted(scored, key=lambda e: e["score"], reverse=True)  # stable: ties keep order
+    chosen: list[dict] = []
+    seen: set[tuple] = set()
+    for entry in ranked:
+        key = structure(entry["path"])
+        if key not in seen:
+            seen.add(key)
+            chosen.append(entry)
+        if len(chosen) == count:
+            break
+    return chosen
 
 
 def quality(task: Task, metrics: Mapping[str, float]) -> float:
