@@ -84,7 +84,12 @@ from keras_branch.plots import plot_mixing_weights  # noqa: E402
 from keras_branch.search import (  # noqa: E402
     TaskAffinity, learn_to_branch, tag_affinity, task_affinity,
 )
-from keras_branch.search.evolution import DEPTH_MOVES, evolve, pretrain_root  # noqa: E402
+from keras_branch.search.evolution import (  # noqa: E402
+    DEPTH_MOVES,
+    check_evolve_args,
+    evolve,
+    pretrain_root,
+)
 from keras_branch.search.learn_to_branch import undecided  # noqa: E402
 from keras_branch.search.tree_search import branch  # noqa: E402
 from keras_branch.soft_ordering_model import fit_soft_ordering  # noqa: E402
@@ -351,15 +356,20 @@ def evolve_kwargs(recipe: dict[str, Any], seed: int, data=None, backbone=None) -
 
     The budget is `evolve_budget_params` (it needs `data` and `backbone`).
     """
-    return {"scale": recipe["evolve_scale"], "passes": recipe["evolve_passes"],
-            "budget": evolve_budget_params(recipe, data, backbone),
-            "candidates": recipe["evolve_candidates"],
-            "candidate_epochs": recipe["evolve_candidate_epochs"],
-            "clones": recipe["evolve_clones"], "depth_moves": recipe["evolve_depth_moves"],
-            "final_epochs": recipe["evolve_final_epochs"],
-            "finalists": recipe["evolve_finalists"],
+    return {**evolve_settings(recipe), "budget": evolve_budget_params(recipe, data, backbone),
             "final_learning_rate": recipe["learning_rate"], "augment": recipe["augment"],
             "seed": seed, "log": None}
+
+
+#: The recipe's `evolve_<name>` keys that are `evolve`'s argument `<name>` as they stand
+#: (`evolve_budget` is a fraction of the fine-tuned system: `evolve_budget_params`).
+EVOLVE_SETTINGS = ("scale", "passes", "candidates", "candidate_epochs", "clones", "depth_moves",
+                   "final_epochs", "finalists")
+
+
+def evolve_settings(recipe: dict[str, Any]) -> dict[str, Any]:
+    """The recipe's `evolve_*` settings under `evolve`'s argument names (all but the budget)."""
+    return {name: recipe[f"evolve_{name}"] for name in EVOLVE_SETTINGS}
 
 
 def method_evolved(data, backbone, recipe, seed):
@@ -505,18 +515,12 @@ def make_recipe(**overrides: Any) -> dict[str, Any]:
     check_recipe(recipe["schedule"], recipe["weight_decay"], recipe["warmup_epochs"],
                  recipe["epochs"])
     parse_weighting(recipe["weighting"])  # a bad name fails before any training
-    if recipe["evolve_depth_moves"] not in DEPTH_MOVES:
-        raise ValueError(f"`evolve_depth_moves` must be one of {list(DEPTH_MOVES)}. "
-                         f"Received: evolve_depth_moves={recipe['evolve_depth_moves']!r}")
+    check_evolve_args(evolve_settings(recipe), prefix="evolve_")
     budget = recipe["evolve_budget"]
     if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float))
                                or not 0 < budget <= 1):
         raise ValueError(f"`evolve_budget` must be a fraction in (0, 1] of the fine-tuned "
                          f"system's parameters, or None. Received: evolve_budget={budget!r}")
-    for key, least in (("evolve_candidates", 1), ("evolve_final_epochs", 0),
-                       ("evolve_finalists", 1)):
-        if not isinstance(recipe[key], int) or recipe[key] < least:
-            raise ValueError(f"`{key}` must be an integer >= {least}. Received: {key}={recipe[key]!r}")
     recipe["augment"] = check_config(recipe["augment"] or {})
     return recipe
 

@@ -110,17 +110,20 @@ def test_benchmark_refuses_bad_seeds_before_loading_anything(omniglot_benchmark,
 
 def test_benchmark_refuses_bad_evolution_settings_before_training(omniglot_benchmark, tmp_path):
     missing = str(tmp_path / "no-such.zip")
-    with pytest.raises(ValueError, match=r"`evolve_candidates` must be an integer >= 1\. "
+    with pytest.raises(ValueError, match=r"`evolve_candidates` must be a positive int\. "
                                          r"Received: evolve_candidates=0"):
         omniglot_benchmark.main(["--data", missing, "--evolve-candidates", "0"])
-    with pytest.raises(ValueError, match=r"Received: evolve_final_epochs=-1"):
+    with pytest.raises(ValueError, match=r"`evolve_final_epochs` must be an int >= 0\. "
+                                         r"Received: evolve_final_epochs=-1"):
         omniglot_benchmark.main(["--data", missing, "--evolve-final-epochs", "-1"])
-    with pytest.raises(ValueError, match=r"`evolve_finalists` must be an integer >= 1\. "
+    with pytest.raises(ValueError, match=r"`evolve_finalists` must be a positive int\. "
                                          r"Received: evolve_finalists=0"):
         omniglot_benchmark.main(["--data", missing, "--evolve-finalists", "0"])
     with pytest.raises(ValueError, match=r"`evolve_depth_moves` must be one of \['shape', 'any'\]\. "
                                          r"Received: evolve_depth_moves='all'"):
         omniglot_benchmark.make_recipe(evolve_depth_moves="all")
+    with pytest.raises(ValueError, match=r"`evolve_scale` must be in \(0, 1\]\. Received: evolve_scale=0"):
+        omniglot_benchmark.make_recipe(evolve_scale=0)
     with pytest.raises(ValueError, match=r"`evolve_budget` must be a fraction in \(0, 1\] .*"
                                          r"Received: evolve_budget=1\.5"):
         omniglot_benchmark.main(["--data", missing, "--evolve-budget", "1.5"])

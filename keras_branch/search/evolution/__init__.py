@@ -56,7 +56,12 @@ from __future__ import annotations
 
 import warnings
 
-from keras_branch.search.evolution.loop import evolve, pretrain_and_evolve, pretrain_root
+from keras_branch.search.evolution.loop import (
+    check_evolve_args,
+    evolve,
+    pretrain_and_evolve,
+    pretrain_root,
+)
 from keras_branch.search.evolution.mutations import (
     CLONE_RULES,
     DEPTH_MOVES,
@@ -87,6 +92,7 @@ __all__ = [
     "TaskPath",
     "allowed_depths",
     "candidate_rng",
+    "check_evolve_args",
     "evolve",
     "mutate",
     "pretrain_and_evolve",

@@ -63,7 +63,7 @@ from keras_branch.search.tree_search import resolve_budget, shared_params
 from keras_branch.spec import TreeSpec
 from keras_branch.training import fit_spec
 
-__all__ = ["evolve", "pretrain_and_evolve", "pretrain_root"]
+__all__ = ["check_evolve_args", "evolve", "pretrain_and_evolve", "pretrain_root"]
 
 
 def evolve(
@@ -176,8 +176,10 @@ def evolve(
     Reference:
         Gesmundo & Dean, arXiv 2205.10937 (muNet).
     """
-    _check_args(scale, passes, candidates, candidate_epochs, mutation_prob, final_epochs,
-                final_learning_rate, clones, depth_moves, finalists)
+    check_evolve_args({"scale": scale, "passes": passes, "candidates": candidates,
+                       "candidate_epochs": candidate_epochs, "mutation_prob": mutation_prob,
+                       "final_epochs": final_epochs, "final_learning_rate": final_learning_rate,
+                       "clones": clones, "depth_moves": depth_moves, "finalists": finalists})
     began = time.perf_counter()
     say = log or (lambda _: None)
     system = root if isinstance(root, EvolvedSystem) else EvolvedSystem.from_root(root, root_task)
@@ -476,25 +478,50 @@ def _allowance(system: EvolvedSystem, task, everyone, ceiling: int) -> tuple[int
     return base, system.head_params(task) + max(0, spare) // len(unplaced)
 
 
-def _check_args(scale, passes, candidates, candidate_epochs, mutation_prob, final_epochs,
-                final_learning_rate, clones, depth_moves, finalists) -> None:
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale <= 1:
-        raise SearchError(f"`scale` must be in (0, 1]. Received: scale={scale!r}")
-    for field, value in (("passes", passes), ("candidates", candidates),
-                         ("candidate_epochs", candidate_epochs), ("finalists", finalists)):
+def check_evolve_args(settings: Mapping[str, Any], prefix: str = "") -> None:
+    """Validates the `evolve` settings in `settings` (by `evolve`'s argument names).
+
+    Only the keys present are checked, so a recipe holding some of them (such
+    as `benchmarks/omniglot.py`'s `evolve_*` keys) can refuse a bad value
+    before any training, with the message `evolve` would give.
+
+    Args:
+        settings: some of `scale`, `passes`, `candidates`,
+            `candidate_epochs`, `finalists`, `final_epochs`,
+            `final_learning_rate`, `mutation_prob`, `clones`, `depth_moves`.
+        prefix: put before each name in the messages (the caller's field
+            names, e.g. `"evolve_"`).
+
+    Raises:
+        SearchError: naming the field and the value received.
+
+    Example:
+    >>> check_evolve_args({"candidates": 0}, prefix="evolve_")
+    Traceback (most recent call last):
+    ...
+    keras_branch.errors.SearchError: `evolve_candidates` must be a positive int. Received: evolve_candidates=0
+    """
+    def fail(key: str, rule: str) -> None:
+        raise SearchError(f"`{prefix}{key}` must be {rule}. Received: {prefix}{key}={settings[key]!r}")
+
+    def number(value) -> bool:
+        return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+    if "scale" in settings and not (number(settings["scale"]) and 0 < settings["scale"] <= 1):
+        fail("scale", "in (0, 1]")
+    for key in ("passes", "candidates", "candidate_epochs", "finalists"):
+        value = settings.get(key, 1)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise SearchError(f"`{field}` must be a positive int. Received: {field}={value!r}")
-    if isinstance(final_epochs, bool) or not isinstance(final_epochs, int) or final_epochs < 0:
-        raise SearchError(f"`final_epochs` must be an int >= 0. Received: final_epochs={final_epochs!r}")
-    if final_learning_rate is not None and (
-            isinstance(final_learning_rate, bool) or not isinstance(final_learning_rate, (int, float))
-            or not math.isfinite(final_learning_rate) or final_learning_rate <= 0):
-        raise SearchError(f"`final_learning_rate` must be a finite number > 0 or None. "
-                          f"Received: final_learning_rate={final_learning_rate!r}")
-    if not 0 <= mutation_prob <= 1:
-        raise SearchError(f"`mutation_prob` must be in [0, 1]. Received: mutation_prob={mutation_prob!r}")
-    if clones not in CLONE_RULES:
-        raise SearchError(f"`clones` must be one of {list(CLONE_RULES)}. Received: clones={clones!r}")
-    if depth_moves not in DEPTH_MOVES:
-        raise SearchError(f"`depth_moves` must be one of {list(DEPTH_MOVES)}. "
-                          f"Received: depth_moves={depth_moves!r}")
+            fail(key, "a positive int")
+    value = settings.get("final_epochs", 0)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        fail("final_epochs", "an int >= 0")
+    value = settings.get("final_learning_rate")
+    if value is not None and not (number(value) and value > 0):
+        fail("final_learning_rate", "a finite number > 0 or None")
+    if "mutation_prob" in settings and not (number(settings["mutation_prob"])
+                                            and 0 <= settings["mutation_prob"] <= 1):
+        fail("mutation_prob", "in [0, 1]")
+    for key, choices in (("clones", CLONE_RULES), ("depth_moves", DEPTH_MOVES)):
+        if key in settings and settings[key] not in choices:
+            fail(key, f"one of {list(choices)}")
