@@ -91,10 +91,12 @@ def add_later(root: keras.Model, data: MultiTaskData, late: str, kwargs: dict[st
     one's part.
 
     Returns:
-        `{"error", "old_identical", "seconds", "path", "system_params"}`:
-        `late`'s test error, the bit-identity of the old tasks' outputs
-        (`old_outputs_identical`), the seconds of the two evolutions, the
-        path `late` got and the grown system's parameters.
+        `{"error", "old_identical", "seconds", "path", "system_params",
+        "spec", "history"}`: `late`'s test error, the bit-identity of the old
+        tasks' outputs (`old_outputs_identical`), the seconds of the two
+        evolutions, the path `late` got, the grown system's parameters and
+        spec (which task owns which block), and the growth's search records
+        (its candidates and final training: what ranked the installed path).
     """
     start = time.perf_counter()
     others = [n for n in data.task_names if n != late]
@@ -106,7 +108,8 @@ def add_later(root: keras.Model, data: MultiTaskData, late: str, kwargs: dict[st
     identical = old_outputs_identical(base.model, grown.model, old, data.split("test").x, workdir)
     return {"error": grown.metrics["test"][late]["error"], "old_identical": identical,
             "seconds": seconds, "path": grown.system.path(late).to_dict(),
-            "system_params": grown.system.params()}
+            "system_params": grown.system.params(), "spec": grown.system.spec.to_dict(),
+            "history": grown.scores["history"]}
 
 
 #: Recipe settings of other methods (trees, probes, TAG, Learning to

@@ -304,6 +304,9 @@ def test_evolve_add_task_on_two_alphabets(omniglot_zip):
     for name in ("Latin", "Greek"):
         assert run["added"][name]["old_identical"] == {"keras": True, "tflite": True}
         assert run["added"][name]["path"]["depth"] == 4  # convnet4: no depth moves (`shape`)
+        # the grown system's spec and the growth's records come along (who owns which block)
+        assert run["added"][name]["spec"]["routes"][name] == run["added"][name]["path"]["route"]
+        assert {e["task"] for e in run["added"][name]["history"]} == {name}
     lines = bench.table(result).splitlines()
     latin = 100 * run["together"]["Latin"]
     assert lines[2] == (f"| Latin | {latin:.2f} | {latin:.2f} | {latin:.2f} | {latin:.2f} | +0.00 "
