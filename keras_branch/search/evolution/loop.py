@@ -454,10 +454,11 @@ def _ceiling(system: EvolvedSystem, held: int, placing: int, everyone, limit: in
     left some unspent. Without that, a task added later could spend
     everything the earlier ones left: on Omniglot it then cloned every
     stage (4-epoch validation ranks the whole clone best) and after final
-    training generalised like fine-tuning the whole root (Balinese added to
-    the other four alphabets: 16.4% against 13.7% evolved together,
-    docs/evolution.md). Evolving every task in one call, the ceiling is the
-    budget.
+    training generalised like fine-tuning the whole root (Balinese seed 2,
+    docs/evolution.md). Under this rule a late task can still trail: most
+    children of the other tasks' paths (which carry adapters) are over its
+    part and never trained (docs/evolution.md, "Adding a task later").
+    Evolving every task in one call, the ceiling is the budget.
     """
     spare = max(0, limit - system.root_params - sum(system.head_params(t) for t in everyone))
     return min(limit, held + spare * placing // len(everyone))
