@@ -351,16 +351,6 @@ def evolve_budget_params(recipe: dict[str, Any], data=None, backbone=None) -> in
     return int(recipe["evolve_budget"] * finetuned)
 
 
-def evolve_kwargs(recipe: dict[str, Any], seed: int, data=None, backbone=None) -> dict[str, Any]:
-    """`evolve`'s arguments under the recipe's `evolve_*` settings (final training at its rate).
-
-    The budget is `evolve_budget_params` (it needs `data` and `backbone`).
-    """
-    return {**evolve_settings(recipe), "budget": evolve_budget_params(recipe, data, backbone),
-            "final_learning_rate": recipe["learning_rate"], "augment": recipe["augment"],
-            "seed": seed, "log": None}
-
-
 #: The recipe's `evolve_<name>` keys that are `evolve`'s argument `<name>` as they stand
 #: (`evolve_budget` is a fraction of the fine-tuned system: `evolve_budget_params`).
 EVOLVE_SETTINGS = ("scale", "passes", "candidates", "candidate_epochs", "clones", "depth_moves",
@@ -370,6 +360,16 @@ EVOLVE_SETTINGS = ("scale", "passes", "candidates", "candidate_epochs", "clones"
 def evolve_settings(recipe: dict[str, Any]) -> dict[str, Any]:
     """The recipe's `evolve_*` settings under `evolve`'s argument names (all but the budget)."""
     return {name: recipe[f"evolve_{name}"] for name in EVOLVE_SETTINGS}
+
+
+def evolve_kwargs(recipe: dict[str, Any], seed: int, data=None, backbone=None) -> dict[str, Any]:
+    """`evolve`'s arguments under the recipe's `evolve_*` settings (final training at its rate).
+
+    The budget is `evolve_budget_params` (it needs `data` and `backbone`).
+    """
+    return {**evolve_settings(recipe), "budget": evolve_budget_params(recipe, data, backbone),
+            "final_learning_rate": recipe["learning_rate"], "augment": recipe["augment"],
+            "seed": seed, "log": None}
 
 
 def method_evolved(data, backbone, recipe, seed):

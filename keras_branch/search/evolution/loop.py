@@ -502,27 +502,29 @@ def check_evolve_args(settings: Mapping[str, Any], prefix: str = "") -> None:
     ...
     keras_branch.errors.SearchError: `evolve_candidates` must be a positive int. Received: evolve_candidates=0
     """
-    def fail(key: str, rule: str) -> None:
-        raise SearchError(f"`{prefix}{key}` must be {rule}. Received: {prefix}{key}={settings[key]!r}")
+    for key, (ok, rule) in _EVOLVE_ARG_RULES.items():
+        if key in settings and not ok(settings[key]):
+            raise SearchError(f"`{prefix}{key}` must be {rule}. "
+                              f"Received: {prefix}{key}={settings[key]!r}")
 
-    def number(value) -> bool:
-        return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
 
-    if "scale" in settings and not (number(settings["scale"]) and 0 < settings["scale"] <= 1):
-        fail("scale", "in (0, 1]")
-    for key in ("passes", "candidates", "candidate_epochs", "finalists"):
-        value = settings.get(key, 1)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            fail(key, "a positive int")
-    value = settings.get("final_epochs", 0)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        fail("final_epochs", "an int >= 0")
-    value = settings.get("final_learning_rate")
-    if value is not None and not (number(value) and value > 0):
-        fail("final_learning_rate", "a finite number > 0 or None")
-    if "mutation_prob" in settings and not (number(settings["mutation_prob"])
-                                            and 0 <= settings["mutation_prob"] <= 1):
-        fail("mutation_prob", "in [0, 1]")
-    for key, choices in (("clones", CLONE_RULES), ("depth_moves", DEPTH_MOVES)):
-        if key in settings and settings[key] not in choices:
-            fail(key, f"one of {list(choices)}")
+def _int_at_least(least: int) -> Callable[[Any], bool]:
+    return lambda v: not isinstance(v, bool) and isinstance(v, int) and v >= least
+
+
+def _finite(v) -> bool:
+    return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+
+
+#: `check_evolve_args`' rules, in the order they are checked: (test, what the message asks for).
+_EVOLVE_ARG_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "scale": (lambda v: _finite(v) and 0 < v <= 1, "in (0, 1]"),
+    **{key: (_int_at_least(1), "a positive int")
+       for key in ("passes", "candidates", "candidate_epochs", "finalists")},
+    "final_epochs": (_int_at_least(0), "an int >= 0"),
+    "final_learning_rate": (lambda v: v is None or (_finite(v) and v > 0),
+                            "a finite number > 0 or None"),
+    "mutation_prob": (lambda v: _finite(v) and 0 <= v <= 1, "in [0, 1]"),
+    "clones": (lambda v: v in CLONE_RULES, f"one of {list(CLONE_RULES)}"),
+    "depth_moves": (lambda v: v in DEPTH_MOVES, f"one of {list(DEPTH_MOVES)}"),
+}
