@@ -6,7 +6,7 @@ documented rules (never recomputed from the code's own output). A count of
 frequency has standard deviation `sqrt(p (1 - p) / n)`. Each check allows
 `Z = 4.5` standard deviations, so a correct implementation fails one check
 with probability about 7e-6 (two-sided normal tail), and all of this file's
-~45 checks together with probability below 3e-4 (union bound), whatever the
+~50 checks together with probability below 4e-4 (union bound), whatever the
 seed; the seeds are fixed, so the outcome is reproducible.
 """
 
@@ -19,12 +19,15 @@ import pytest
 from keras_branch import Task, backbones
 from keras_branch.search.evolution import (
     DEFAULT_HPARAMS,
+    DRAWS_PER_SLOT,
     EvolvedSystem,
     TaskPath,
     allowed_depths,
+    draw_child,
     mutate,
     score,
     select_parent,
+    trim_to_fit,
 )
 
 Z = 4.5
@@ -294,3 +297,70 @@ def test_restricted_depth_moves_reflect_or_drop_with_the_same_draws():
     done = [set(d) for _, d in _sample_mutations(parent, 4, p, n, seed=7, depths=[2, 3])]
     _assert_frequency(sum("depth(2->3)" in d for d in done), n, p, "depth up, reflected")
     assert not any("depth(2->1)" in d for d in done)
+
+
+# === Children that fit the budget ===
+
+
+def test_trim_drops_adapters_on_cloned_stages_deepest_first_until_the_child_fits():
+    system = _two_stage_system()
+    task_b = Task("b", "multiclass", classes=3)
+    # b clones stage 2 (36) and keeps adapters of size 2 on both stages: on
+    # stage 1's 8 channels 58 (as above), on stage 2's 4 channels LayerNorm
+    # 2 * 4, Dense 4 -> 2: 10, Dense 2 -> 4: 12, so 30; its head reads 4
+    # features: 15. Without b the system holds the root (100) and a's head (5).
+    base = 105
+
+    def child():
+        return TaskPath([0, -1], 2, [2, 2], dict(DEFAULT_HPARAMS))
+
+    assert system.params_with(task_b, child()) - base == 36 + 58 + 30 + 15
+    # Room for all of it: left as drawn.
+    path, done = child(), ["clone(stage 2)"]
+    assert trim_to_fit(system, task_b, path, done, (base, 139)) == 139
+    assert path.adapters == [2, 2] and done == ["clone(stage 2)"]
+    # One short: the cloned stage's adapter goes, the frozen stage's stays.
+    path, done = child(), ["clone(stage 2)"]
+    assert trim_to_fit(system, task_b, path, done, (base, 138)) == 139 - 30
+    assert path.adapters == [2, 0] and done == ["clone(stage 2)", "drop adapter(stage 2)"]
+    # Still over without it: the stage-1 adapter (on a frozen block) is kept.
+    path, done = child(), []
+    assert trim_to_fit(system, task_b, path, done, (base, 100)) == 109
+    assert path.adapters == [2, 0]
+    # Both stages cloned (64 + 36): both adapters may go, deepest first.
+    path, done = TaskPath([-1, -1], 2, [2, 2], dict(DEFAULT_HPARAMS)), []
+    assert trim_to_fit(system, task_b, path, done, (base, 100 + 15)) == 100 + 15
+    assert done == ["drop adapter(stage 2)", "drop adapter(stage 1)"]
+
+
+def test_a_slot_draws_again_until_its_child_fits():
+    system = _two_stage_system()
+    task_b = Task("b", "multiclass", classes=3)
+    root = {"id": "root", "path": TaskPath.root(2).to_dict(), "score": None, "children": 0}
+    # Only b's head (15) fits: a child fits when it draws no clone and no
+    # adapter, 4 independent events of probability p each (per-layer clones,
+    # depth fixed), so with probability (1 - p) ** 4 = 1 / 16.
+    p, n, part = 0.5, 4000, (105, 15)
+    fit = (1 - p) ** 4
+    draws, unfit = [], 0
+    for seed in range(n):
+        parent, path, done, added, refused = draw_child(
+            system, task_b, [root], np.random.default_rng(seed), 2, p, "layer", [2], part)
+        assert parent is root and all(r["added"] > 15 for r in refused)
+        if added <= 15:
+            assert path.route == [0, 0] and path.adapters == [0, 0] and added == 15
+            assert all(m.startswith(("learning_rate", "adapter_dim", "batch_size")) for m in done)
+            draws.append(len(refused) + 1)
+        else:  # every draw over: the last is returned, the others listed
+            assert len(refused) == DRAWS_PER_SLOT - 1
+            unfit += 1
+    _assert_frequency(sum(k == 1 for k in draws), n, fit, "fits on the first draw")
+    _assert_frequency(sum(k == 2 for k in draws), n, (1 - fit) * fit, "fits on the second")
+    _assert_frequency(unfit, n, (1 - fit) ** DRAWS_PER_SLOT, "never fits")
+    # Without a budget: one draw, the one `select_parent` and `mutate` make.
+    rng, twin = np.random.default_rng(3), np.random.default_rng(3)
+    _, path, done, added, refused = draw_child(system, task_b, [root], rng, 2, p, "layer",
+                                               [2], None)
+    select_parent([root], twin)
+    assert (path, done, added, refused) == (*mutate(TaskPath.root(2), 2, twin, p, "layer", [2]),
+                                            None, [])

@@ -3,6 +3,7 @@
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from keras_branch.export import export_model, litert_runner
 from keras_branch.layers import Adapter
 from keras_branch.layers.adapter import adapter_params
 from keras_branch.search.evolution import (
+    DRAWS_PER_SLOT,
     HPARAM_LISTS,
     EvolvedSystem,
     TaskPath,
@@ -411,32 +413,44 @@ def test_depth_moves_keep_the_head_input_size_unless_any(evolved):
     assert [e for e in runs["shape"].history[0]["mutations"] if e.startswith("depth")] == []
 
 
-def test_budget_bounds_the_system_and_skips_candidates_over_it(evolved):
+def test_budget_bounds_the_system_and_draws_again_over_it(evolved):
     data, root, _, _ = evolved
     tasks = data.task_names[:3]
     bb = EvolvedSystem.from_root(root).backbone
     shared = shared_params(bb, [t for t in data.tasks if t.name in tasks])
     # Room for one stage-3 clone (32 * 32 + 32 = 1,056) per task beyond the shared model.
+    lines = []
     result = evolve(root, tasks, data, scale=1.0, passes=1, candidates=4, candidate_epochs=1,
-                    mutation_prob=0.3, budget=shared + 3300, log=None)
+                    mutation_prob=0.5, budget=shared + 3300, log=lines.append)
     assert result.scores["config"]["budget"] == shared + 3300
-    assert shared <= result.model.count_params() <= shared + 3300
     system = result.system
-    for task in system.tasks:  # the budget's count is the model's
-        assert system.params_with(task, system.path(task.name)) == result.model.count_params()
-    skipped = [r for r in result.history if "over_budget" in r]
-    trained = [r for r in result.history if r.get("quality") is not None]
-    assert skipped and trained
-    for name in tasks:  # four candidates, and the root path where all four were over
-        visit = [r for r in result.history if r["task"] == name]
-        over = sum("over_budget" in r for r in visit)
-        assert [r["candidate"] for r in visit] == list(range(4 + (over == 4)))
-    assert all(r["over_budget"]["added"] > r["over_budget"]["allowed"] and r["score"] is None
-               for r in skipped)
+    # The budget counts what the system holds: the model plus the root's
+    # blocks no task uses (kept so that later tasks can start from the root).
+    paths = [system.path(t) for t in tasks]
+    unused = sum(bb.stage_params(d) for d in range(3)
+                 if not any(p.depth > d and p.route[d] == 0 for p in paths))
+    assert shared <= system.params() == result.model.count_params() + unused <= shared + 3300
+    for task in system.tasks:
+        assert system.params_with(task, system.path(task.name)) == system.params()
     # The first visit may add its head (33 parameters) and a third of what
     # the budget leaves beyond the shared model (the three heads and the root).
-    first = [r["over_budget"]["allowed"] for r in skipped if r["task"] == tasks[0]]
-    assert first and set(first) == {33 + 3300 // 3}
+    allowed = {m[1]: int(m[2].replace(",", "")) for m in
+               (re.match(r"\[pass 1/1\] task (\S+): .*at most ([\d,]+) parameters added", line)
+                for line in lines) if m}
+    assert allowed[tasks[0]] == 33 + 3300 // 3 and sorted(allowed) == sorted(tasks)
+    # A child over its visit's part is drawn again, never trained; a slot
+    # whose every draw is over is recorded once, with the draws before it.
+    redrawn = [(r["task"], d) for r in result.history for d in r.get("redrawn", [])]
+    assert redrawn and all(d["added"] > allowed[task] for task, d in redrawn)
+    skipped = [r for r in result.history if "over_budget" in r]
+    assert all(r["over_budget"]["added"] > r["over_budget"]["allowed"] == allowed[r["task"]]
+               and r["score"] is None and len(r["redrawn"]) == DRAWS_PER_SLOT - 1
+               for r in skipped)
+    for name in tasks:  # four slots, and the root path where all four were over
+        visit = [r for r in result.history if r["task"] == name and "final" not in r]
+        over = sum("over_budget" in r for r in visit)
+        assert [r["candidate"] for r in visit] == list(range(4 + (over == 4)))
+        assert all((r["quality"] is None) == ("over_budget" in r) for r in visit)
     # A multiple of the shared model, as the affinity search's budgets.
     loose = evolve(root, tasks[:1], data, passes=1, candidates=1, candidate_epochs=1,
                    budget="3x", log=None)
@@ -470,7 +484,9 @@ def test_budget_bounds_the_system_and_skips_candidates_over_it(evolved):
     lines = []
     tight = evolve(root, tasks[:1], data, passes=1, candidates=2, candidate_epochs=1,
                    mutation_prob=1.0, budget=shared_params(bb, data.tasks[:1]), log=lines.append)
-    assert [r["candidate"] for r in tight.history if "over_budget" in r] == [0, 1]
+    over = [r for r in tight.history if "over_budget" in r]
+    assert [r["candidate"] for r in over] == [0, 1]
+    assert [len(r["redrawn"]) for r in over] == [DRAWS_PER_SLOT - 1] * 2
     fallback = [r for r in tight.history if r.get("quality") is not None and "final" not in r]
     assert [(r["candidate"], r["mutations"], r["accepted"]) for r in fallback] == [(2, [], True)]
     assert tight.system.path(tasks[0]).route == [0, 0, 0]

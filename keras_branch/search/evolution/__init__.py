@@ -21,8 +21,10 @@ Per task visit (round robin over the tasks, `passes` times):
    `allowed_depths`), move one hyperparameter one step along its list
    (`mutate`).
 4. With a `budget`, a child that would add more parameters than its
-   task's part of the budget (`EvolvedSystem.params_with`) is recorded
-   and not trained.
+   task's part of the budget (`EvolvedSystem.params_with`) first drops the
+   adapters on stages it clones, then is drawn again (steps 2-3, up to
+   `DRAWS_PER_SLOT` times, `draw_child`); a slot whose every draw is over
+   is recorded and not trained.
 5. The child trains its own components (clones, adapters, head) for
    `candidate_epochs` on the task's data; frozen blocks never change.
    It is scored `quality * scale ** (accounted_params / root_params)`
@@ -37,7 +39,8 @@ rerun with the same arguments resumes where it stopped, keeping every scored
 candidate.
 
 Modules: `system` (EvolvedSystem, TaskPath), `mutations`, `selection`
-(parent selection and the score), `candidates` (a candidate's model and its
+(parent selection and the score), `budget` (each task's part of the
+budget, children drawn to fit it), `candidates` (a candidate's model and its
 training), `state` (the resumable state folder), `weights` (component weight
 files), `loop` (`evolve`, `pretrain_and_evolve`), `cli` (`keras-branch
 evolve`).
@@ -56,6 +59,7 @@ from __future__ import annotations
 
 import warnings
 
+from keras_branch.search.evolution.budget import DRAWS_PER_SLOT, draw_child, trim_to_fit
 from keras_branch.search.evolution.loop import (
     check_evolve_args,
     evolve,
@@ -83,6 +87,7 @@ __all__ = [
     "CLONE_RULES",
     "DEFAULT_HPARAMS",
     "DEPTH_MOVES",
+    "DRAWS_PER_SLOT",
     "HPARAM_LISTS",
     "MUTATIONS",
     "STATE_FILE",
@@ -93,6 +98,7 @@ __all__ = [
     "allowed_depths",
     "candidate_rng",
     "check_evolve_args",
+    "draw_child",
     "evolve",
     "mutate",
     "pretrain_and_evolve",
@@ -100,6 +106,7 @@ __all__ = [
     "quality",
     "score",
     "select_parent",
+    "trim_to_fit",
 ]
 
 

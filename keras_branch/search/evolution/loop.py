@@ -2,7 +2,8 @@
 
 Per task visit (round robin over the tasks, `passes` times): the population
 is made (`state.SearchState.population`), each candidate draws a parent
-(`selection.select_parent`), mutates it (`mutations.mutate`), trains its own
+(`selection.select_parent`), mutates it (`mutations.mutate`; under a budget
+drawn again while over the task's part, `budget.draw_child`), trains its own
 components (`candidates.train_candidate`) and joins the population when its
 score beats its parent's; at the end of the visit the best path is installed
 (`system.EvolvedSystem.install`). The state is written after every candidate.
@@ -43,18 +44,17 @@ from keras_branch.data.multitask import MultiTaskData, pool_tasks
 from keras_branch.errors import SearchError
 from keras_branch.evaluation import evaluate
 from keras_branch.results import TrainResult
+from keras_branch.search.evolution.budget import allowance, ceiling as budget_ceiling, draw_child
 from keras_branch.search.evolution.candidates import child_weights, train_candidate
 from keras_branch.search.evolution.mutations import (
     CLONE_RULES,
     DEPTH_MOVES,
     allowed_depths,
-    mutate,
 )
 from keras_branch.search.evolution.selection import (
     candidate_rng,
     finalists as distinct_finalists,
     score,
-    select_parent,
 )
 from keras_branch.search.evolution.state import SearchState
 from keras_branch.search.evolution.system import EvolvedSystem, TaskPath
@@ -124,9 +124,12 @@ def evolve(
             beyond the root and every task's head; one call pools the parts
             of the tasks it places (a task visited later may use what
             earlier ones left), never those of tasks placed before it (a
-            task added later gets its own part). A candidate over what its
-            visit may add is recorded and not trained. Default None: no limit,
-            the scale factor alone holds the size back.
+            task added later gets its own part, `budget.ceiling`). A child
+            over what its visit may add first drops the adapters on stages
+            it clones, then is drawn again (`budget.draw_child`, up to
+            `DRAWS_PER_SLOT` times); a slot whose every draw is over is
+            recorded and not trained. Default None: no limit, the scale
+            factor alone holds the size back.
         seed: everything random derives from it (a resumed run makes the
             same candidates); no global random state is seeded or consumed.
         augment: image augmentation of candidates' training batches (a
@@ -216,7 +219,7 @@ def evolve(
             raise SearchError(
                 f"`budget`={budget!r} ({limit:,} parameters) is below what the system already "
                 f"holds with a head for each new task ({held:,}).")
-        ceiling = _ceiling(system, held, len(new), everyone, limit)
+        ceiling = budget_ceiling(system, held, len(new), everyone, limit)
     config = {"tasks": tasks, "scale": scale, "passes": passes, "candidates": candidates,
               "candidate_epochs": candidate_epochs, "mutation_prob": mutation_prob,
               "clones": clones, "depth_moves": depth_moves, "budget": limit,
@@ -238,20 +241,21 @@ def evolve(
                 continue
             task = by_name[name]
             population = state.population(visit, task)
-            allowance = None if ceiling is None else _allowance(system, task, everyone, ceiling)
+            part = None if limit is None else allowance(system, task, everyone, ceiling)
             if state.done_in_visit(visit) == 0:
                 say(f"[pass {p + 1}/{passes}] task {name}: {len(population)} parent(s), "
                     f"{candidates} candidates"
-                    + ("" if allowance is None else f", at most {allowance[1]:,} parameters added"))
+                    + ("" if part is None else f", at most {part[1]:,} parameters added"))
             # One more than `candidates`: the last runs only where the budget
             # turned every candidate away (see below).
             for c in range(state.done_in_visit(visit), candidates + 1):
                 start = time.perf_counter()
                 rng = candidate_rng(seed, p, name, c)
+                refused: list[dict] = []
                 if c < candidates:
-                    parent = select_parent(population, rng)
-                    path, mutations = mutate(TaskPath.from_dict(parent["path"]), num_stages, rng,
-                                             mutation_prob, clones, depths)
+                    parent, path, mutations, added, refused = draw_child(
+                        system, task, population, rng, num_stages, mutation_prob, clones, depths,
+                        part)
                 elif any(e["score"] is not None for e in population):
                     break
                 else:
@@ -260,22 +264,23 @@ def evolve(
                     # every task's head, so the task is still placed.
                     parent = next(e for e in population if e["id"] == "root")
                     path, mutations = TaskPath.from_dict(parent["path"]), []
-                    say(f"  {name}: every candidate over the {allowance[1]:,} parameters "
+                    added = system.params_with(task, path) - part[0]
+                    say(f"  {name}: every candidate over the {part[1]:,} parameters "
                         f"allowed; training the root path")
-                if allowance is not None:
-                    added = system.params_with(task, path) - allowance[0]
-                    if added > allowance[1]:
-                        parent["children"] += 1
-                        state.record(visit, {
-                            "pass": p, "task": name, "candidate": c, "parent": parent["id"],
-                            "mutations": mutations, "path": path.to_dict(), "quality": None,
-                            "params": None, "score": None, "accepted": False,
-                            "over_budget": {"added": added, "allowed": allowance[1]},
-                            "seconds": round(time.perf_counter() - start, 2)}, None, None)
-                        say(f"  {name} {c + 1}/{candidates}: parent {parent['id']}, "
-                            f"{', '.join(mutations) or 'no mutation'} -> adds {added:,} "
-                            f"parameters, over the {allowance[1]:,} allowed: not trained")
-                        continue
+                drawn = {"redrawn": refused} if refused else {}
+                if part is not None and added > part[1]:
+                    parent["children"] += 1
+                    state.record(visit, {
+                        "pass": p, "task": name, "candidate": c, "parent": parent["id"],
+                        "mutations": mutations, "path": path.to_dict(), "quality": None,
+                        "params": None, "score": None, "accepted": False,
+                        "over_budget": {"added": added, "allowed": part[1]}, **drawn,
+                        "seconds": round(time.perf_counter() - start, 2)}, None, None)
+                    say(f"  {name} {c + 1}/{candidates}: {len(refused) + 1} children drawn, "
+                        f"the last (parent {parent['id']}, "
+                        f"{', '.join(mutations) or 'no mutation'}) adds {added:,} "
+                        f"parameters, over the {part[1]:,} allowed: not trained")
+                    continue
                 owned = child_weights(system, task, parent, path, state)
                 layer_seed = int(rng.integers(2**31))
                 order_seed = int(rng.integers(2**31))
@@ -440,43 +445,6 @@ def pretrain_and_evolve(
     result.scores["root_metrics"] = root.metrics
     result.seconds["root"] = time.perf_counter() - began - result.seconds["evolution"]
     return result
-
-
-def _ceiling(system: EvolvedSystem, held: int, placing: int, everyone, limit: int) -> int:
-    """The most parameters `system` may hold once this call has placed its `placing` new tasks.
-
-    `held` is what the system holds now with a head for each of them.
-
-    Every task's part of the budget is its head plus an equal share of what
-    the budget leaves beyond the root and every task's head. One call
-    pools the parts of the tasks it places; the parts of tasks placed
-    before it (a system grown with `--add-task`) are theirs even where they
-    left some unspent. Without that, a task added later could spend
-    everything the earlier ones left: on Omniglot it then cloned every
-    stage (4-epoch validation ranks the whole clone best) and after final
-    training generalised like fine-tuning the whole root (Balinese seed 2,
-    docs/evolution.md). Under this rule a late task can still trail: most
-    children of the other tasks' paths (which carry adapters) are over its
-    part and never trained (docs/evolution.md, "Adding a task later").
-    Evolving every task in one call, the ceiling is the budget.
-    """
-    spare = max(0, limit - system.root_params - sum(system.head_params(t) for t in everyone))
-    return min(limit, held + spare * placing // len(everyone))
-
-
-def _allowance(system: EvolvedSystem, task, everyone, ceiling: int) -> tuple[int, int]:
-    """(the system's parameters without `task`, the most a path of `task` may add).
-
-    Every task not yet on a path is sure of its head (a frozen path's
-    cost); what `ceiling` (`_ceiling`) leaves beyond those heads is shared
-    equally among them, so the tasks visited first cannot spend the later
-    ones' part. Once every task is placed (a second pass) a task may take
-    all that the others leave under the ceiling.
-    """
-    base = system.params_with(task, None)
-    unplaced = [t for t in everyone if t.name == task.name or t.name not in system.task_names]
-    spare = ceiling - base - sum(system.head_params(t) for t in unplaced)
-    return base, system.head_params(task) + max(0, spare) // len(unplaced)
 
 
 def check_evolve_args(settings: Mapping[str, Any], prefix: str = "") -> None:
