@@ -167,6 +167,7 @@ def test_measure_writes_results_and_card(tmp_path):
     assert entry.card() == zoo.render_card(entry, entry.results())
 
 
+@pytest.mark.slow  # the default run's longest test (67 s on 2 quiet cores): it stays under 15 min
 @pytest.mark.skipif(not os.path.isfile(OMNIGLOT), reason="needs ../shared/data/omniglot")
 def test_measuring_an_evolved_entry_keeps_seed_zeros_spec(tmp_path):
     entry = zoo.entry("omniglot-evolved")
