@@ -442,6 +442,8 @@ def test_budget_bounds_the_system_and_draws_again_over_it(evolved):
     # whose every draw is over is recorded once, with the draws before it.
     redrawn = [(r["task"], d) for r in result.history for d in r.get("redrawn", [])]
     assert redrawn and all(d["added"] > allowed[task] for task, d in redrawn)
+    # A trained slot keeps the draws refused before its child too.
+    assert any(r.get("redrawn") and r["quality"] is not None for r in result.history)
     skipped = [r for r in result.history if "over_budget" in r]
     assert all(r["over_budget"]["added"] > r["over_budget"]["allowed"] == allowed[r["task"]]
                and r["score"] is None and len(r["redrawn"]) == DRAWS_PER_SLOT - 1

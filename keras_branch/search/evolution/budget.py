@@ -142,16 +142,13 @@ def draw_child(system: EvolvedSystem, task: Task, population: list[dict],
         draw was.
     """
     refused: list[dict] = []
-    for _ in range(DRAWS_PER_SLOT if part is not None else 1):
+    while True:
         parent = select_parent(population, rng)
         path, mutations = mutate(TaskPath.from_dict(parent["path"]), num_stages, rng, prob,
                                  clones, depths)
         if part is None:
             return parent, path, mutations, None, refused
         added = trim_to_fit(system, task, path, mutations, part)
-        if added <= part[1]:
-            break
+        if added <= part[1] or len(refused) == DRAWS_PER_SLOT - 1:
+            return parent, path, mutations, added, refused
         refused.append({"parent": parent["id"], "mutations": mutations, "added": added})
-    else:
-        refused.pop()  # the last draw is the slot's own (over-budget) record
-    return parent, path, mutations, added, refused

@@ -297,7 +297,7 @@ def evolve(
                 record = {
                     "pass": p, "task": name, "candidate": c, "parent": parent["id"],
                     "mutations": mutations, "path": path.to_dict(), "quality": quality,
-                    "params": params, "score": value, "accepted": better,
+                    "params": params, "score": value, "accepted": better, **drawn,
                     "seconds": round(time.perf_counter() - start, 2),
                 }
                 entry = {"id": f"p{p}c{c}", "path": path.to_dict(), "score": value,
