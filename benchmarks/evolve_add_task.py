@@ -35,6 +35,9 @@ paths to draw parents from.
     python benchmarks/evolve_add_task.py --data ../shared/data/omniglot/images_background_small1.zip \\
         --seeds 0,1,2 --late Balinese,Latin \\
         --reference benchmarks/results/evolved_intel/must_show_budget.json --out /tmp/add
+
+`--evolve-finalists N` runs both under N finalists per visit (the
+reference must have been run with the same: `omniglot.py --evolve-finalists N`).
 """
 
 from __future__ import annotations
@@ -232,13 +235,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="alphabets added to a system evolved on the others")
     parser.add_argument("--reference", help="omniglot.json with an 'evolved' row of the same "
                                             "recipe: read 'together' from it instead of evolving")
+    parser.add_argument("--evolve-finalists", type=int,
+                        help="evolution's finalists per visit (benchmarks/omniglot.py's flag; "
+                             "default: the recipe's)")
     parser.add_argument("--out", help="folder for evolve_add_task.json")
     args = parser.parse_args(argv)
     late = [n for n in args.late.split(",") if n]
     if not late:
         raise SystemExit(f"--late must name at least one alphabet. Received: {args.late!r}")
     reference = common.read_reference(args.reference)
-    result = run(args.data, parse_seeds(args.seeds), late, reference=reference)
+    recipe = {} if args.evolve_finalists is None else {"evolve_finalists": args.evolve_finalists}
+    result = run(args.data, parse_seeds(args.seeds), late, recipe=recipe, reference=reference)
     print(table(result))
     if args.out:
         print("wrote", common.write_json(args.out, "evolve_add_task.json", result))

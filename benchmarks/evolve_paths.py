@@ -19,6 +19,8 @@ root's block, the other stages frozen):
 - `clone3_depth3`: stages 1-2 frozen, stage 3 cloned, no stage 4 (a depth
   move down);
 - `clone4_adapters`: `clone4` with adapters (width 16) after stages 1-3;
+- `clone4_adapter3`: `clone4` with one adapter (width 16) after stage 3
+  (the path evolving all five alphabets installed for Balinese, seed 0);
 - `norms`, `clone4_norms`: `head` / `clone4` with the batch normalization of
   every frozen stage trainable (its scale, offset and statistics). This is
   not a component evolution has: it probes what task-owned normalization
@@ -67,6 +69,7 @@ PATHS: dict[str, tuple[tuple[int, ...], int, tuple[int, ...], bool]] = {
     "clone234": ((2, 3, 4), 4, (0, 0, 0, 0), False),
     "clone3_depth3": ((3,), 3, (0, 0, 0, 0), False),
     "clone4_adapters": ((4,), 4, (16, 16, 16, 0), False),
+    "clone4_adapter3": ((4,), 4, (0, 0, 16, 0), False),
     "norms": ((), 4, (0, 0, 0, 0), True),
     "clone4_norms": ((4,), 4, (0, 0, 0, 0), True),
 }
@@ -93,33 +96,48 @@ def path_model(system: EvolvedSystem, task, name: str, seed: int) -> keras.Model
 
 
 def run(data_path: str, seeds: Sequence[int], paths: Sequence[str], epochs: int,
-        checkpoints: Sequence[int], log=print) -> dict[str, Any]:
+        checkpoints: Sequence[int], log=print, train_seeds: Sequence[int] | None = None,
+        trained: Sequence[str] | None = None) -> dict[str, Any]:
     """Trains every path on every alphabet per seed; returns the errors along the way.
+
+    `train_seeds` (default: each root's seed) draw the new weights, the
+    batches and the augmentation; with them every root trains each path
+    once per train seed, recorded under `"<seed>/<train seed>"`: one root
+    and path under several give the spread of the path's error that
+    training alone makes. `trained` limits the alphabets trained (the root
+    still pools the recipe's alphabets).
 
     Returns:
         `{"machine", "recipe", "tasks", "seeds", "epochs", "checkpoints", "paths": {name:
         {"params_per_task", "errors": {seed: {epoch: [validation, test]}},
         "task_errors": {seed: {task: {epoch: [validation, test]}}}}}}`
-        (errors are means over the alphabets).
+        (errors are means over the alphabets trained; with `train_seeds` the
+        keys of `errors` and `task_errors` are `result["runs"]`).
     """
     recipe = common.make_recipe()
     size = recipe["image_size"]
     data = load_omniglot(data_path, image_size=size)
     backbone = backbones.convnet4((size, size, 1), filters=recipe["filters"])
     marks = sorted({*checkpoints, epochs})
+    unknown = sorted(set(trained or ()) - set(data.task_names))
+    if unknown:
+        raise SystemExit(f"--alphabets: unknown {unknown}; the data has {data.task_names}")
+    runs = [(s, s, str(s)) for s in seeds] if train_seeds is None else \
+        [(s, t, f"{s}/{t}") for s in seeds for t in train_seeds]
     result: dict[str, Any] = {"machine": machine_info(), "recipe": recipe,
                               "tasks": data.task_names, "seeds": list(seeds),
                               "epochs": epochs, "checkpoints": marks,
+                              "runs": [key for _, _, key in runs],
                               "paths": {p: {"errors": {}, "task_errors": {}} for p in paths}}
-    for seed in seeds:
-        root, _ = common._root(data, backbone, recipe, seed)
+    for seed, draws, key in runs:
+        root, _ = common._root(data, backbone, recipe, seed)  # trained once per seed
         system = EvolvedSystem.from_root(root)
         for name in paths:
             row = result["paths"][name]
             per_task, params = {}, []
-            for task in data.tasks:
+            for task in [t for t in data.tasks if trained is None or t.name in trained]:
                 single = data.select_tasks([task.name])
-                model = path_model(system, task, name, seed)
+                model = path_model(system, task, name, draws)
                 params.append(own_params(model))
                 steps = single.steps("train", recipe["batch_size"])
                 compile_model(model, optimizer=make_optimizer(
@@ -134,18 +152,18 @@ def run(data_path: str, seeds: Sequence[int], paths: Sequence[str], epochs: int,
                                                 for split in ("validation", "test")]
 
                 start = time.perf_counter()
-                model.fit(single.epoch_dataset("train", recipe["batch_size"], seed, 0, epochs,
-                                               make_augment(recipe["augment"], seed=seed)),
+                model.fit(single.epoch_dataset("train", recipe["batch_size"], draws, 0, epochs,
+                                               make_augment(recipe["augment"], seed=draws)),
                           epochs=epochs, steps_per_epoch=steps, verbose=0, shuffle=False,
                           callbacks=[Checkpoints()])
                 per_task[task.name] = curve
-                log(f"seed {seed} {name} {task.name}: validation/test error at {epochs} epochs "
+                log(f"seed {key} {name} {task.name}: validation/test error at {epochs} epochs "
                     f"{curve[str(epochs)][0]:.4f}/{curve[str(epochs)][1]:.4f} "
                     f"({time.perf_counter() - start:.0f} s)")
             row["params_per_task"] = float(np.mean(params))
-            row["task_errors"][str(seed)] = per_task
-            row["errors"][str(seed)] = {
-                str(e): np.mean([per_task[t][str(e)] for t in data.task_names], axis=0).tolist()
+            row["task_errors"][key] = per_task
+            row["errors"][key] = {
+                str(e): np.mean([curve[str(e)] for curve in per_task.values()], axis=0).tolist()
                 for e in marks}
     return result
 
@@ -167,7 +185,7 @@ def own_params(model: keras.Model) -> int:
 
 def table(result: dict[str, Any], reference: dict[str, Any] | None = None) -> str:
     """Markdown: per path, test error (%) at the last epoch per seed and mean, and validation errors."""
-    seeds = [str(s) for s in result["seeds"]]
+    seeds = result.get("runs", [str(s) for s in result["seeds"]])
     last, first = result["epochs"], result["checkpoints"][0]
     lines = [f"| path | own params per task | test error %, seeds {', '.join(seeds)} | mean test % "
              f"| mean validation % | mean validation % at {first} epochs |",
@@ -196,8 +214,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=80, help="training epochs per path")
     parser.add_argument("--checkpoints", default="4,16", help="epochs at which errors are also recorded")
     parser.add_argument("--reference", help="a benchmarks/omniglot.py result with finetuned/evolved rows")
+    parser.add_argument("--train-seeds",
+                        help="seeds of the new weights, batches and augmentation, each trained "
+                             "on every root (default: the root's seed)")
+    parser.add_argument("--alphabets", help="alphabets to train the paths on (default: all)")
     parser.add_argument("--out", help="folder for evolve_paths.json")
     args = parser.parse_args(argv)
+    trained = args.alphabets.split(",") if args.alphabets else None
     paths = args.paths.split(",")
     unknown = [p for p in paths if p not in PATHS]
     if unknown:
@@ -206,7 +229,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"--epochs must be >= 1. Received: {args.epochs}")
     reference = common.read_reference(args.reference)
     result = run(args.data, parse_seeds(args.seeds), paths, args.epochs,
-                 [int(e) for e in args.checkpoints.split(",") if e])
+                 [int(e) for e in args.checkpoints.split(",") if e],
+                 train_seeds=parse_seeds(args.train_seeds) if args.train_seeds else None,
+                 trained=trained)
     print(table(result, reference))
     if args.out:
         print("wrote", common.write_json(args.out, "evolve_paths.json", result))

@@ -247,7 +247,7 @@ def test_scale_sweep_table_and_plot(tmp_path):
                     str(tmp_path / "other.json")])
 
 
-def test_evolve_paths_own_params_training_and_table():
+def test_evolve_paths_own_params_training_and_table(omniglot_zip):
     """benchmarks/evolve_paths.py: each path's own parameters by hand, `norms` trains only BN."""
     import keras_branch as kb
     from keras_branch.compiling import compile_model
@@ -264,6 +264,7 @@ def test_evolve_paths_own_params_training_and_table():
     # is LayerNorm 16 + Dense(16) 144 + Dense(8) 136 = 296.
     expected = {"head": 99, "clone4": 608 + 99, "clone34": 2 * 608 + 99, "norms": 4 * 32 + 99,
                 "clone4_norms": 608 + 3 * 32 + 99, "clone4_adapters": 608 + 3 * 296 + 99,
+                "clone4_adapter3": 608 + 296 + 99,
                 "clone3_depth3": 608 + (4 * 4 * 8 * 3 + 3)}
     for name, count in expected.items():
         assert paths.own_params(paths.path_model(system, task, name, seed=0)) == count, name
@@ -287,6 +288,15 @@ def test_evolve_paths_own_params_training_and_table():
     assert lines.splitlines()[3] == "| finetuned (reference run) | | 8.00, 6.00 | 7.00 | | |"
     with pytest.raises(SystemExit, match=r"--paths: unknown \['clone9'\]"):
         paths.main(["--data", "unused.zip", "--paths", "clone4,clone9"])
+    # Several training draws per root: one column per (root seed, train seed).
+    drawn = {**result, "runs": ["0/3", "0/4"], "paths": {"clone4": {
+        "params_per_task": 43_000.0, "errors": {"0/3": result["paths"]["clone4"]["errors"]["0"],
+                                                "0/4": result["paths"]["clone4"]["errors"]["1"]}}}}
+    lines = paths.table(drawn).splitlines()
+    assert "seeds 0/3, 0/4" in lines[0]
+    assert lines[2] == "| clone4 | 43,000 | 7.00, 9.00 | 8.00 | 4.00 | 15.00 |"
+    with pytest.raises(SystemExit, match=r"--alphabets: unknown \['Klingon'\]"):
+        paths.run(str(omniglot_zip), [0], ["clone4"], 1, [], trained=["Klingon"])
 
 
 @pytest.mark.slow
@@ -349,6 +359,21 @@ def test_evolve_add_task_reads_together_only_from_a_matching_run():
         bench.together_from(reference, recipe, ["b", "a"], [0])
     with pytest.raises(SystemExit, match=r"has no 'evolved' row"):
         bench.together_from({**reference, "methods": {}}, recipe, ["a", "b"], [0])
+
+
+def test_evolve_add_task_takes_the_finalists_of_the_recipe(tmp_path, monkeypatch):
+    """--evolve-finalists reaches the recipe (as benchmarks/omniglot.py's flag), checked before training."""
+    bench = load_script(BENCHMARK.parent / "evolve_add_task.py", "evolve_add_task")
+    missing = str(tmp_path / "no-such.zip")
+    with pytest.raises(ValueError, match=r"`evolve_finalists` must be a positive int\. "
+                                         r"Received: evolve_finalists=0"):
+        bench.main(["--data", missing, "--evolve-finalists", "0"])
+    seen = []
+    monkeypatch.setattr(bench, "run", lambda *a, **k: seen.append(k["recipe"]) or 1 / 0)
+    for argv, recipe in ((["--evolve-finalists", "2"], {"evolve_finalists": 2}), ([], {})):
+        with pytest.raises(ZeroDivisionError):
+            bench.main(["--data", missing, *argv])
+    assert seen == [{"evolve_finalists": 2}, {}]
 
 
 def test_evolve_add_task_reports_outputs_that_moved(tmp_path):
