@@ -122,6 +122,7 @@ def run(data_path: str, seeds: Sequence[int], paths: Sequence[str], epochs: int,
     unknown = sorted(set(trained or ()) - set(data.task_names))
     if unknown:
         raise SystemExit(f"--alphabets: unknown {unknown}; the data has {data.task_names}")
+    tasks = [t for t in data.tasks if trained is None or t.name in trained]
     runs = [(s, s, str(s)) for s in seeds] if train_seeds is None else \
         [(s, t, f"{s}/{t}") for s in seeds for t in train_seeds]
     result: dict[str, Any] = {"machine": machine_info(), "recipe": recipe,
@@ -135,7 +136,7 @@ def run(data_path: str, seeds: Sequence[int], paths: Sequence[str], epochs: int,
         for name in paths:
             row = result["paths"][name]
             per_task, params = {}, []
-            for task in [t for t in data.tasks if trained is None or t.name in trained]:
+            for task in tasks:
                 single = data.select_tasks([task.name])
                 model = path_model(system, task, name, draws)
                 params.append(own_params(model))
