@@ -25,7 +25,8 @@ def machine() -> str:
     info = machine_info()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     gpu = "no GPU" if info["gpu"] == "none" else f"GPU {info['gpu']}"
-    return (f"{info['cpu']}, {info['cpu_cores']} cores, {gpu}, shared with other jobs "
+    simd = f" ({info['simd'].upper()})" if info.get("simd") else ""
+    return (f"{info['cpu']}{simd}, {info['cpu_cores']} cores, {gpu}, shared with other jobs "
             f"(load average {load:.1f} at the start)")
 
 

@@ -3,6 +3,7 @@ their results, the CLI lists/shows/trains/evaluates, and a card's number reprodu
 
 import json
 import os
+import subprocess
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from keras_branch import zoo
 from keras_branch.cli import main
 from keras_branch.data import load_omniglot
+from keras_branch.zoo.measure import SIMD_LEVELS, code_version
 from keras_branch.zoo.registry import ZooEntry, ZooError
 
 ENTRIES = zoo.list()
@@ -163,8 +165,28 @@ def test_measure_writes_results_and_card(tmp_path):
     assert written["params"] == entry.count_params()
     assert written["recipe"]["epochs"] == 1 and written["recipe_overrides"] == {"epochs": 1}
     assert "recipe overrides" in (tmp_path / "README.md").read_text()
+    machine = written["machine"]
+    assert machine["simd"] in SIMD_LEVELS + (None,)
+    if machine["simd"]:  # the card names what the CPU could run
+        assert f"({machine['simd'].upper()})" in (tmp_path / "README.md").read_text()
     # the entry's own card is untouched by a measurement written elsewhere
     assert entry.card() == zoo.render_card(entry, entry.results())
+
+
+def test_code_version_names_the_commit_and_changes(tmp_path):
+    assert code_version(tmp_path / "file") is None  # not a git checkout
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git[:3], "init", "-q"], check=True)
+    (tmp_path / "a.txt").write_text("one")
+    subprocess.run([*git, "add", "a.txt"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "one"], check=True)
+    commit = subprocess.run([*git, "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                            text=True, check=True).stdout.strip()
+    assert code_version(tmp_path / "a.txt") == commit
+    (tmp_path / "b.txt").write_text("untracked")  # an untracked file changes no code
+    assert code_version(tmp_path / "a.txt") == commit
+    (tmp_path / "a.txt").write_text("two")
+    assert code_version(tmp_path / "a.txt") == commit + "-dirty"
 
 
 @pytest.mark.slow  # the default run's longest test (67 s on 2 quiet cores): it stays under 15 min

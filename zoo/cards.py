@@ -170,10 +170,13 @@ def _results_lines(entry, results: dict[str, Any]) -> list[str]:
         + f" | **{results['mean']:.4f}** |")
     lines += [
         "",
-        f"Machine: {machine['cpu']}, {machine['cpu_cores']} cores, "
+        f"Machine: {machine['cpu']}"
+        f"{' (' + machine['simd'].upper() + ')' if machine.get('simd') else ''}, "
+        f"{machine['cpu_cores']} cores, "
         f"{machine.get('memory') or 'memory unknown'}, GPU {machine['gpu']}; {machine['os']}, "
         f"Python {machine['python']}, TensorFlow {machine['tensorflow']}, Keras "
-        f"{machine['keras']}; measured {machine['date']}.",
+        f"{machine['keras']}"
+        f"{'; code ' + machine['code'] if machine.get('code') else ''}; measured {machine['date']}.",
         "",
     ]
     return lines

@@ -18,6 +18,7 @@ import datetime
 import os
 import platform
 import statistics
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -191,20 +192,33 @@ def litert_latency_ms(path: str, x: np.ndarray, runs: int = 300, warmup: int = 1
 # === Machine ===
 
 
+#: x86 vector extensions, widest first (`simd` in `machine_info`).
+SIMD_LEVELS = ("avx512f", "avx2", "avx", "sse4_2")
+
+
 def machine_info() -> dict[str, Any]:
-    """What a measurement ran on: CPU model and cores, GPUs, memory, versions, date."""
+    """What a measurement ran on: CPU model, vector extensions and cores, GPUs, memory, versions, code, date.
+
+    `simd` is the widest x86 vector extension the CPU reports: two CPUs sold
+    under one model name ("AMD EPYC") can differ in it, and TensorFlow's
+    kernels then round differently, so a search's ranking (and the paths
+    evolution installs) can move between them. `code` is the checkout's
+    commit (`-dirty` with uncommitted changes; None outside a git checkout).
+    """
     import keras
     import tensorflow as tf
 
     cpu = platform.processor() or platform.machine()
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())  # the first processor's
     except OSError:
         pass
+    cpu = fields.get("model name", cpu)
+    flags = set(fields.get("flags", "").split())
     memory = None
     try:
         with open("/proc/meminfo", encoding="utf-8") as f:
@@ -222,8 +236,28 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
+        "simd": next((level for level in SIMD_LEVELS if level in flags), None),
+        "code": code_version(),
         "date": datetime.date.today().isoformat(),
     }
+
+
+def code_version(path: str | os.PathLike | None = None) -> str | None:
+    """The git commit of the checkout holding `path` (default: this package), `-dirty` if changed.
+
+    None when `path` is not in a git checkout (an installed wheel) or git is
+    missing: a result then says only the package versions it ran under.
+    """
+    where = os.path.dirname(os.path.abspath(path or __file__))
+    try:
+        def git(*args: str) -> str:
+            return subprocess.run(["git", "-C", where, *args], capture_output=True, text=True,
+                                  timeout=10, check=True).stdout.strip()
+        commit = git("rev-parse", "--short=12", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("-dirty" if dirty else "")
 
 
 # === Metrics ===
