@@ -17,7 +17,9 @@ all but the last alphabet pooled, the common recipe) and the recipe's
 With `--reference omniglot.json` (a `benchmarks/omniglot.py` result with an
 `evolved` row under the same recipe, tasks and seeds) `together` is read
 from it instead of evolved again: the evolution is deterministic on one
-machine, so it is the same system, and a seed costs one evolution less.
+machine, so it is the same system, and a seed costs one evolution less. A
+reference from another CPU is refused (evolution installs other paths
+there), and one from another commit is named in the log.
 
 It prints, per seed and late alphabet, L's test error added later and
 evolved together, and whether the old alphabets' outputs on every test
@@ -133,17 +135,37 @@ def _bearing(recipe: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def together_from(reference: dict[str, Any], recipe: dict[str, Any], tasks: Sequence[str],
-                  seeds: Sequence[int]) -> dict[int, dict[str, Any]]:
+                  seeds: Sequence[int], machine: dict[str, Any] | None = None,
+                  log=print) -> dict[int, dict[str, Any]]:
     """Per seed, `together`'s test errors and seconds from an omniglot.json's `evolved` row.
+
+    Args:
+        machine: this run's `machine_info()`; when given, the reference must
+            have run on the same CPU (model, and vector extension where both
+            record it), and another commit (`code`) is logged.
 
     Raises:
         SystemExit: the reference has no `evolved` row, or another recipe,
-            other tasks or lacks a seed (its systems would not be this run's).
+            other tasks, another CPU or lacks a seed (its systems would not
+            be this run's).
     """
     row = reference["methods"].get("evolved")
     if row is None:
         raise SystemExit("--reference: the result has no 'evolved' row; run benchmarks/omniglot.py "
                          "with --methods evolved.")
+    theirs_at = reference.get("machine") or {}
+    if machine is not None and theirs_at:
+        # The CPU's rounding moves candidates' validation scores, and with
+        # them the paths evolution installs (docs/evolution.md).
+        keys = [k for k in ("cpu", "simd") if theirs_at.get(k) and machine.get(k)]
+        if any(theirs_at[k] != machine[k] for k in keys):
+            raise SystemExit(
+                "--reference: it ran on another CPU ("
+                + ", ".join(f"{k} {theirs_at[k]!r} against {machine[k]!r}" for k in keys)
+                + "); evolution installs other paths there, so its systems are not this run's.")
+        if theirs_at.get("code") and machine.get("code") and theirs_at["code"] != machine["code"]:
+            log(f"--reference ran commit {theirs_at['code']}, this run {machine['code']}: its "
+                f"systems are this run's only if evolution did not change between them.")
     for field, theirs, mine in (("recipe", _bearing(reference.get("recipe")), _bearing(recipe)),
                                 ("tasks", reference.get("tasks"), list(tasks))):
         if theirs != mine:
@@ -181,9 +203,10 @@ def run(data_path: str, seeds: Sequence[int], late: Sequence[str],
     unknown = [n for n in late if n not in data.task_names]
     if unknown:
         raise SystemExit(f"--late: unknown alphabets {unknown}; the data has {data.task_names}")
-    read = together_from(reference, recipe, data.task_names, seeds) if reference else {}
+    where = machine_info()
+    read = together_from(reference, recipe, data.task_names, seeds, where, log) if reference else {}
     backbone = backbones.convnet4((size, size, 1), filters=recipe["filters"])
-    result: dict[str, Any] = {"machine": machine_info(), "recipe": recipe,
+    result: dict[str, Any] = {"machine": where, "recipe": recipe,
                               "tasks": data.task_names, "seeds": list(seeds),
                               "late": list(late), "together_read": bool(reference), "runs": {}}
     for seed in seeds:

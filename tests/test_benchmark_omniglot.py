@@ -359,6 +359,19 @@ def test_evolve_add_task_reads_together_only_from_a_matching_run():
         bench.together_from(reference, recipe, ["b", "a"], [0])
     with pytest.raises(SystemExit, match=r"has no 'evolved' row"):
         bench.together_from({**reference, "methods": {}}, recipe, ["a", "b"], [0])
+    # Evolution installs other paths on another CPU: a reference from one is refused.
+    here = {"cpu": "AMD EPYC", "simd": "avx2", "code": "abc"}
+    amd = {**reference, "machine": {"cpu": "AMD EPYC", "code": "abc"}}  # written before `simd`
+    assert bench.together_from(amd, recipe, ["a", "b"], [0], here)[0]["together"] == {
+        "a": 0.1, "b": 0.2}
+    for other in ({"cpu": "Intel Xeon"}, {"cpu": "AMD EPYC", "simd": "avx512f"}):
+        with pytest.raises(SystemExit, match=r"--reference: it ran on another CPU \("):
+            bench.together_from({**reference, "machine": other}, recipe, ["a", "b"], [0], here)
+    said = []
+    bench.together_from({**reference, "machine": {**here, "code": "def"}}, recipe, ["a", "b"],
+                        [0], here, said.append)
+    assert said == ["--reference ran commit def, this run abc: its systems are this run's only "
+                    "if evolution did not change between them."]
 
 
 def test_evolve_add_task_takes_the_finalists_of_the_recipe(tmp_path, monkeypatch):
