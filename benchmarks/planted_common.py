@@ -17,6 +17,7 @@ from keras_branch import TreeSpec, backbones
 from keras_branch.data import planted_groups
 from keras_branch.search import tag_affinity
 from keras_branch.training import fit_spec
+from keras_branch.zoo.cards import cpu_words
 from keras_branch.zoo.measure import machine_info
 
 
@@ -25,8 +26,7 @@ def machine() -> str:
     info = machine_info()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     gpu = "no GPU" if info["gpu"] == "none" else f"GPU {info['gpu']}"
-    simd = f" ({info['simd'].upper()})" if info.get("simd") else ""
-    return (f"{info['cpu']}{simd}, {info['cpu_cores']} cores, {gpu}, shared with other jobs "
+    return (f"{cpu_words(info)}, {info['cpu_cores']} cores, {gpu}, shared with other jobs "
             f"(load average {load:.1f} at the start)")
 
 

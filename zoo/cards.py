@@ -132,6 +132,14 @@ def render_card(entry, results: dict[str, Any] | None) -> str:
     return "\n".join(lines)
 
 
+def cpu_words(machine: dict[str, Any]) -> str:
+    """The CPU of a `machine_info()` record with its widest vector extension, e.g. "AMD EPYC (AVX2)".
+
+    Records written before `simd` existed give the model alone.
+    """
+    return machine["cpu"] + (f" ({machine['simd'].upper()})" if machine.get("simd") else "")
+
+
 def _results_lines(entry, results: dict[str, Any]) -> list[str]:
     metric = results["metric"]
     seeds = results["seeds"]
@@ -170,9 +178,7 @@ def _results_lines(entry, results: dict[str, Any]) -> list[str]:
         + f" | **{results['mean']:.4f}** |")
     lines += [
         "",
-        f"Machine: {machine['cpu']}"
-        f"{' (' + machine['simd'].upper() + ')' if machine.get('simd') else ''}, "
-        f"{machine['cpu_cores']} cores, "
+        f"Machine: {cpu_words(machine)}, {machine['cpu_cores']} cores, "
         f"{machine.get('memory') or 'memory unknown'}, GPU {machine['gpu']}; {machine['os']}, "
         f"Python {machine['python']}, TensorFlow {machine['tensorflow']}, Keras "
         f"{machine['keras']}"
