@@ -26,6 +26,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from keras_branch.checks import check_choice
 from keras_branch.errors import BackboneError
 from keras_branch.seeding import seeded_layers
 
@@ -98,10 +99,7 @@ class Backbone:
             raise BackboneError(
                 f"`stages` must be a non-empty list of stage layers. Received: {stages!r}"
             )
-        if pooling not in POOLINGS:
-            raise BackboneError(
-                f"`pooling` must be one of {list(POOLINGS)}. Received: pooling={pooling!r}"
-            )
+        check_choice(pooling, "pooling", POOLINGS, error=BackboneError)
         if stage_weights is not None and len(stage_weights) != len(stages):
             raise BackboneError(
                 f"`stage_weights` needs one entry per stage ({len(stages)}). "

@@ -9,6 +9,7 @@ where a number is wanted (`True` is an int to Python, never to a user).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -106,6 +107,31 @@ def check_number(
         bound = "" if minimum is None else (f" >= {minimum:g}" if inclusive else f" > {minimum:g}")
         raise error(f"`{field}` must be a finite number{bound}. Received: {field}={value!r}")
     return float(value)
+
+
+def check_choice(value: Any, field: str, choices: Sequence, error: type[Exception] = ValueError) -> Any:
+    """`value` if it is one of `choices`.
+
+    Args:
+        value: what the caller passed.
+        field: the argument's name, for the message.
+        choices: the accepted values.
+        error: the exception type to raise.
+
+    Returns:
+        `value`.
+
+    Example:
+    >>> check_choice("cosine", "schedule", ("constant", "cosine"))
+    'cosine'
+    >>> check_choice("linear", "schedule", ("constant", "cosine"))
+    Traceback (most recent call last):
+    ...
+    ValueError: `schedule` must be one of ['constant', 'cosine']. Received: schedule='linear'
+    """
+    if value not in choices:
+        raise error(f"`{field}` must be one of {list(choices)}. Received: {field}={value!r}")
+    return value
 
 
 def check_utf8(value: str, field: str, error: type[Exception] = ValueError) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 
 import keras
 
-from keras_branch.checks import check_int, check_number
+from keras_branch.checks import check_choice, check_int, check_number
 from keras_branch.errors import DataError, WeightingError
 from keras_branch.tasks import Task
 from keras_branch.weighting import Weighting, get_weighting
@@ -32,8 +32,7 @@ def check_recipe(
     Raises:
         DataError: naming the field and the value received.
     """
-    if schedule not in SCHEDULES:
-        raise DataError(f"`schedule` must be one of {list(SCHEDULES)}. Received: schedule={schedule!r}")
+    check_choice(schedule, "schedule", SCHEDULES, error=DataError)
     check_number(weight_decay, "weight_decay", minimum=0, inclusive=True, error=DataError)
     check_int(warmup_epochs, "warmup_epochs", minimum=0, error=DataError)
     if epochs is not None and warmup_epochs >= max(epochs, 1) and warmup_epochs > 0:

@@ -32,6 +32,8 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from keras_branch.checks import check_choice
+
 _KINDS = ("multiclass", "binary", "regression")
 
 
@@ -114,10 +116,7 @@ class MaskedLoss(keras.losses.Loss):
         dtype: Any = None,
         task: str | None = None,
     ):
-        if kind not in _KINDS:
-            raise ValueError(
-                f"`kind` must be one of {list(_KINDS)}. Received: kind={kind!r}"
-            )
+        check_choice(kind, "kind", _KINDS)
         super().__init__(name=name or f"masked_{kind}", reduction=reduction, dtype=dtype)
         self.kind = kind
         self.task = task
@@ -181,10 +180,7 @@ class MaskedMetric(keras.metrics.Metric):
     """
 
     def __init__(self, metric: Any, kind: str, name: str | None = None, dtype=None):
-        if kind not in _KINDS:
-            raise ValueError(
-                f"`kind` must be one of {list(_KINDS)}. Received: kind={kind!r}"
-            )
+        check_choice(kind, "kind", _KINDS)
         metric = keras.metrics.get(metric)
         super().__init__(name=name or metric.name, dtype=dtype)
         self.metric = metric

@@ -30,7 +30,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from keras_branch.checks import check_int
+from keras_branch.checks import check_choice, check_int
 from keras_branch.data.multitask import MultiTaskData
 from keras_branch.errors import KerasBranchError
 from keras_branch.layers.conv_block import ConvBlock
@@ -154,10 +154,7 @@ class SoftOrderingModel(TaskModel):
                 f"`route_training` must be a bool. Received: route_training={route_training!r}"
             )
         ordering = normalize_ordering(ordering)
-        if pooling not in POOLINGS:
-            raise KerasBranchError(
-                f"`pooling` must be one of {list(POOLINGS)}. Received: pooling={pooling!r}"
-            )
+        check_choice(pooling, "pooling", POOLINGS, error=KerasBranchError)
         try:
             shape = tuple(int(s) for s in input_shape)
         except (TypeError, ValueError):

@@ -19,7 +19,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_branch.checks import check_int
+from keras_branch.checks import check_choice, check_int
 from keras_branch.layers.branch_point import _positive_float
 
 SOFT = "soft"
@@ -150,10 +150,7 @@ class SoftOrdering(keras.layers.Layer):
                 f"Received: pool={pool!r}"
             )
         check_int(num_tasks, "num_tasks", minimum=1)
-        if ordering not in ORDERINGS:
-            raise ValueError(
-                f"`ordering` must be one of {list(ORDERINGS)}. Received: ordering={ordering!r}"
-            )
+        check_choice(ordering, "ordering", ORDERINGS)
         check_int(seed, "seed")
         layers = [_as_layer(entry, i) for i, entry in enumerate(pool)]
         if len({id(layer) for layer in layers}) != len(layers):

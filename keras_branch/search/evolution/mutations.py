@@ -37,6 +37,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from keras_branch.checks import check_choice
 from keras_branch.search.evolution.system import TaskPath
 
 __all__ = ["CLONE_RULES", "DEPTH_MOVES", "HPARAM_LISTS", "MUTATIONS", "allowed_depths", "mutate"]
@@ -86,9 +87,7 @@ def allowed_depths(feature_sizes: Sequence[int], rule: str = "shape") -> list[in
     >>> allowed_depths([4096, 1024, 256], rule="any")
     [1, 2, 3]
     """
-    if rule not in DEPTH_MOVES:
-        raise ValueError(f"`depth_moves` must be one of {list(DEPTH_MOVES)}. "
-                         f"Received: depth_moves={rule!r}")
+    check_choice(rule, "depth_moves", DEPTH_MOVES)
     return [d + 1 for d, size in enumerate(feature_sizes)
             if rule == "any" or size == feature_sizes[-1]]
 
@@ -124,8 +123,7 @@ def mutate(path: TaskPath, num_stages: int, rng: np.random.Generator,
     Reference:
         Gesmundo & Dean, arXiv 2205.10937 (muNet).
     """
-    if clones not in CLONE_RULES:
-        raise ValueError(f"`clones` must be one of {CLONE_RULES}. Received: clones={clones!r}")
+    check_choice(clones, "clones", CLONE_RULES)
     child = copy.deepcopy(path)
     done: list[str] = []
 
