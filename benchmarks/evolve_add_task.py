@@ -117,21 +117,16 @@ def add_later(root: keras.Model, data: MultiTaskData, late: str, kwargs: dict[st
             "history": grown.scores["history"]}
 
 
-#: Recipe settings of other methods (trees, probes, TAG, Learning to
-#: Branch): a reference run may differ in them and still hold this run's systems.
-NOT_EVOLUTION = ("budgets", "probe_epochs", "num_inputs", "tag_epochs", "tag_every", "ltb_epochs")
-
-
 #: Evolution settings added to the recipe after some results were written, with
 #: the value that gives the behaviour from before (a result without the key ran so).
-ADDED_LATER = {"evolve_finalists": 1}
+ADDED_LATER = {"evolve_finalists": 1, "evolve_final_start": "inherited"}
 
 
 def _bearing(recipe: dict[str, Any] | None) -> dict[str, Any] | None:
     """The settings of `recipe` that the root and the evolution depend on."""
     if recipe is None:
         return None
-    return {k: v for k, v in {**ADDED_LATER, **recipe}.items() if k not in NOT_EVOLUTION}
+    return common.evolution_settings({**ADDED_LATER, **recipe})
 
 
 def together_from(reference: dict[str, Any], recipe: dict[str, Any], tasks: Sequence[str],

@@ -86,6 +86,7 @@ from keras_branch.search import (  # noqa: E402
 )
 from keras_branch.search.evolution import (  # noqa: E402
     DEPTH_MOVES,
+    FINAL_STARTS,
     check_evolve_args,
     evolve,
     pretrain_root,
@@ -145,6 +146,10 @@ DEFAULT_RECIPE: dict[str, Any] = {
     # The visit's best paths of distinct structure that get the final
     # training (the best after it is installed); 1: the best candidate.
     "evolve_finalists": 1,
+    # The final training starts from the root's blocks (fresh adapters and
+    # head), not from the candidates' weights: a task's result then follows
+    # from the structure the search chose, not from the lineage that found it.
+    "evolve_final_start": "root",
     "weighting": "equal",
 }
 
@@ -153,11 +158,26 @@ DEFAULT_METHODS = ("independent", "shared", "soft_ordering", "ltb", "affinity", 
 Method = Callable[[MultiTaskData, Any, dict, int], tuple[keras.Model, TreeSpec | None, dict]]
 
 
+#: The recipe's settings that are `fit_spec` arguments as they stand (`_fit_kwargs`).
+FIT_SETTINGS = ("epochs", "batch_size", "learning_rate", "schedule", "warmup_epochs",
+                "weight_decay", "augment")
+
+#: What the root (`_root`) depends on: its training and the backbone's settings.
+ROOT_SETTINGS = (*FIT_SETTINGS, "weighting", "image_size", "filters")
+
+
+def evolution_settings(recipe: dict[str, Any]) -> dict[str, Any]:
+    """The settings of `recipe` that `finetuned` and `evolved` depend on: the root's and `evolve_*`.
+
+    Two results whose evolution settings agree hold the same roots and
+    systems, whatever their other methods' settings (trees, probes, TAG).
+    """
+    return {k: v for k, v in recipe.items() if k in ROOT_SETTINGS or k.startswith("evolve_")}
+
+
 def _fit_kwargs(recipe: dict) -> dict[str, Any]:
     """The `fit_spec` keyword arguments of a recipe."""
-    keys = ("epochs", "batch_size", "learning_rate", "schedule", "warmup_epochs",
-            "weight_decay", "augment")
-    kwargs = {k: recipe[k] for k in keys}
+    kwargs = {k: recipe[k] for k in FIT_SETTINGS}
     if recipe.get("weighting", "equal") != "equal":  # `NAME[:KEY=VALUE,...]`, keras_branch.weighting
         kwargs["weighting"] = parse_weighting(recipe["weighting"])
     return kwargs
@@ -329,7 +349,7 @@ def _root(data, backbone, recipe, seed) -> tuple[keras.Model, float]:
     model and its training seconds.
     """
     # The evolution settings do not change the root: a scale sweep trains it once.
-    trained = {k: v for k, v in recipe.items() if not k.startswith("evolve_")}
+    trained = {k: v for k, v in recipe.items() if k in ROOT_SETTINGS}
     key = (id(data), id(backbone), seed, json.dumps(trained, sort_keys=True))
     return _latest("root", key, lambda: pretrain_root(data, backbone, seed=seed,
                                                       **_fit_kwargs(recipe)).model)
@@ -354,7 +374,7 @@ def evolve_budget_params(recipe: dict[str, Any], data=None, backbone=None) -> in
 #: The recipe's `evolve_<name>` keys that are `evolve`'s argument `<name>` as they stand
 #: (`evolve_budget` is a fraction of the fine-tuned system: `evolve_budget_params`).
 EVOLVE_SETTINGS = ("scale", "passes", "candidates", "candidate_epochs", "clones", "depth_moves",
-                   "final_epochs", "finalists")
+                   "final_epochs", "finalists", "final_start")
 
 
 def evolve_settings(recipe: dict[str, Any]) -> dict[str, Any]:
@@ -772,6 +792,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--evolve-finalists", type=int,
                         help="evolution's finalists per visit (the best distinct paths "
                              "final-trained; the best after it is installed)")
+    parser.add_argument("--evolve-final-start", choices=FINAL_STARTS,
+                        help="where the installed path's final training starts: root (its "
+                             "own blocks from the root's) or inherited (the candidates' weights)")
     parser.add_argument("--evolve-budget", type=_budget_fraction,
                         default=argparse.SUPPRESS,
                         help="evolved system's parameters, at most this fraction of the "
@@ -797,6 +820,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "evolve_candidates": args.evolve_candidates,
         "evolve_final_epochs": args.evolve_final_epochs,
         "evolve_finalists": args.evolve_finalists,
+        "evolve_final_start": args.evolve_final_start,
         "evolve_depth_moves": args.evolve_depth_moves,
     }
     if "evolve_budget" in vars(args):  # given, if only as none

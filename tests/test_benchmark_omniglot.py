@@ -122,6 +122,9 @@ def test_benchmark_refuses_bad_evolution_settings_before_training(omniglot_bench
     with pytest.raises(ValueError, match=r"`evolve_depth_moves` must be one of \['shape', 'any'\]\. "
                                          r"Received: evolve_depth_moves='all'"):
         omniglot_benchmark.make_recipe(evolve_depth_moves="all")
+    with pytest.raises(ValueError, match=r"`evolve_final_start` must be one of \['root', 'inherited'\]\. "
+                                         r"Received: evolve_final_start='parent'"):
+        omniglot_benchmark.make_recipe(evolve_final_start="parent")
     with pytest.raises(ValueError, match=r"`evolve_scale` must be in \(0, 1\]\. Received: evolve_scale=0"):
         omniglot_benchmark.make_recipe(evolve_scale=0)
     with pytest.raises(ValueError, match=r"`evolve_budget` must be a fraction in \(0, 1\] .*"
@@ -129,13 +132,15 @@ def test_benchmark_refuses_bad_evolution_settings_before_training(omniglot_bench
         omniglot_benchmark.main(["--data", missing, "--evolve-budget", "1.5"])
     import keras_branch as kb
     recipe = omniglot_benchmark.make_recipe(evolve_candidates=24, evolve_final_epochs=160,
-                                            evolve_finalists=2)
+                                            evolve_finalists=2, evolve_final_start="inherited")
     tasks = [kb.Task("a", "multiclass", classes=3), kb.Task("b", "multiclass", classes=5)]
     data = type("Data", (), {"task_names": ["a", "b"], "tasks": tasks})()
     bb = kb.backbones.convnet4((16, 16, 1), filters=16)
     kwargs = omniglot_benchmark.evolve_kwargs(recipe, 0, data, bb)
     assert (kwargs["depth_moves"], kwargs["candidates"], kwargs["final_epochs"],
-            kwargs["finalists"]) == ("shape", 24, 160, 2)
+            kwargs["finalists"], kwargs["final_start"]) == ("shape", 24, 160, 2, "inherited")
+    assert omniglot_benchmark.evolve_kwargs(omniglot_benchmark.make_recipe(), 0, data, bb)[
+        "final_start"] == "root"
     # 60% of the fine-tuned system: one convnet4 (16 filters, 16x16) and head per task.
     one = bb.stem_params() + sum(bb.stage_params(d) for d in range(4))
     head = lambda t: (bb.feature_size() + 1) * t.units  # noqa: E731
@@ -347,14 +352,22 @@ def test_evolve_add_task_reads_together_only_from_a_matching_run():
         bench.together_from(reference, recipe, ["a", "b"], [0, 1])
     with pytest.raises(SystemExit, match=r"its `recipe` differs from this run's"):
         bench.together_from(reference, {"epochs": 2}, ["a", "b"], [0])
-    # The trees' budgets and the probes' settings do not touch the root or the evolution.
-    other_trees = {**reference, "recipe": {**recipe, "budgets": ["2x"], "probe_epochs": 3}}
+    # The trees' budgets, the probes' and any other method's settings do not touch the
+    # root or the evolution; the backbone's do.
+    other_trees = {**reference, "recipe": {**recipe, "budgets": ["2x"], "probe_epochs": 3,
+                                           "soft_pool": "wide"}}
     assert bench.together_from(other_trees, recipe, ["a", "b"], [0])[0]["together"] == {
         "a": 0.1, "b": 0.2}
-    # A result written before `evolve_finalists` existed ran with one finalist.
-    assert bench.together_from(reference, {**recipe, "evolve_finalists": 1}, ["a", "b"], [0])
     with pytest.raises(SystemExit, match=r"its `recipe` differs from this run's"):
-        bench.together_from(reference, {**recipe, "evolve_finalists": 2}, ["a", "b"], [0])
+        bench.together_from({**reference, "recipe": {**recipe, "filters": 32}}, recipe,
+                            ["a", "b"], [0])
+    # A result written before `evolve_finalists` and `evolve_final_start` existed ran with
+    # one finalist, whose final training started from the candidates' weights.
+    old = {**recipe, "evolve_finalists": 1, "evolve_final_start": "inherited"}
+    assert bench.together_from(reference, old, ["a", "b"], [0])
+    for changed in ({"evolve_finalists": 2}, {"evolve_final_start": "root"}):
+        with pytest.raises(SystemExit, match=r"its `recipe` differs from this run's"):
+            bench.together_from(reference, {**old, **changed}, ["a", "b"], [0])
     with pytest.raises(SystemExit, match=r"its `tasks` differs"):
         bench.together_from(reference, recipe, ["b", "a"], [0])
     with pytest.raises(SystemExit, match=r"has no 'evolved' row"):

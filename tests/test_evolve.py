@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from keras_branch import SearchError, SpecError, Task, TreeSpec, backbones, build_model
+from keras_branch.build import adapter_name, block_name
 from keras_branch.cli import main
 from keras_branch.compiling import compile_model
 from keras_branch.data import load_data
@@ -22,6 +23,7 @@ from keras_branch.export import export_model, litert_runner
 from keras_branch.layers import Adapter
 from keras_branch.layers.adapter import adapter_params
 from keras_branch.search.evolution import (
+    DEFAULT_HPARAMS,
     DRAWS_PER_SLOT,
     HPARAM_LISTS,
     EvolvedSystem,
@@ -29,6 +31,7 @@ from keras_branch.search.evolution import (
     evolve,
     mutate,
 )
+from keras_branch.search.evolution.candidates import final_start_weights, train_candidate
 from keras_branch.search.evolution.selection import finalists
 from keras_branch.search.tree_search import shared_params
 from keras_branch.testing import run_layer_test, run_model_test
@@ -356,6 +359,57 @@ def test_final_training_trains_the_installed_path_and_nothing_else(evolved):
                for a, b in zip(other.system.weights[n], final.system.weights[n]))
 
 
+def test_the_final_training_starts_from_the_root_not_from_the_lineage(evolved):
+    data, _, first, _ = evolved
+    system, task = first.system, data.tasks[2]
+    clone = system.next_block_id(2)
+    path = TaskPath([0, 0, clone], 3, [0, 4, 0], dict(DEFAULT_HPARAMS))
+    own = {block_name(2, clone): system.weights[block_name(2, 0)],
+           adapter_name(1, task.key): None, f"head_{task.key}": None}
+    one_task = data.select_tasks([task.name])
+    # Two lineages: the same path trained from other seeds, so other weights.
+    lineages = [train_candidate(system, task, path, own, one_task, 1, None, s, s + 1)[1]
+                for s in (1, 2)]
+    assert any(not np.array_equal(a, b) for n in own
+               for a, b in zip(lineages[0][n], lineages[1][n]))
+    start = final_start_weights(system, lineages[0], "root")
+    assert start.keys() == own.keys() and start[adapter_name(1, task.key)] is None
+    assert start[f"head_{task.key}"] is None
+    assert all(np.array_equal(a, b) for a, b in zip(start[block_name(2, clone)],
+                                                    system.weights[block_name(2, 0)]))
+    assert final_start_weights(system, lineages[0], "inherited") == lineages[0]
+    # From the root, the final training ends where the path takes it, whichever lineage found it.
+    finals = [train_candidate(system, task, path, final_start_weights(system, w, start_at),
+                              one_task, 2, None, 7, 8, schedule="cosine")
+              for start_at in ("root", "inherited") for w in lineages]
+    assert finals[0][0] == finals[1][0]
+    for n in own:
+        for a, b in zip(finals[0][1][n], finals[1][1][n]):
+            np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(a, b) for n in own
+               for a, b in zip(finals[2][1][n], finals[3][1][n]))
+    with pytest.raises(ValueError, match=r"`final_start` must be one of \['root', 'inherited'\]\. "
+                                         r"Received: final_start='parent'"):
+        final_start_weights(system, lineages[0], "parent")
+
+
+def test_evolve_records_where_the_final_training_started(evolved):
+    data, _, first, _ = evolved
+    name = data.task_names[2]
+    runs = {start: evolve(first.system, [name], data, final_epochs=2, final_start=start, **TINY)
+            for start in ("root", "inherited")}
+    histories = {k: r.scores["history"] for k, r in runs.items()}
+    # The search is the same; only the final training's start differs.
+    assert _without_seconds([r for r in histories["root"] if "final" not in r]) == \
+        _without_seconds([r for r in histories["inherited"] if "final" not in r])
+    assert [r["start"] for r in histories["root"] if "final" in r] == ["root"]
+    assert [r["start"] for r in histories["inherited"] if "final" in r] == ["inherited"]
+    assert runs["root"].scores["config"]["final_start"] == "root"
+    with pytest.raises(SearchError, match=r"`final_start` must be one of \['root', 'inherited'\]\. "
+                                          r"Received: final_start='parent'"):
+        evolve(first.system, [name], data, final_start="parent", **TINY)
+
+
 # === Seeds and global state ===
 
 
@@ -595,6 +649,8 @@ def test_cli_bad_tasks_roots_and_scales_end_with_one_line(evolved, tmp_path, cap
          "Received: '1.01'"),
         (("--system", system_dir, "--add-task", "g1_t1", "--data", DATA, "--depth-moves", "all"),
          "argument --depth-moves: invalid choice: 'all'"),
+        (("--system", system_dir, "--add-task", "g1_t1", "--data", DATA, "--final-start", "parent"),
+         "argument --final-start: invalid choice: 'parent'"),
         (("--system", system_dir, "--add-task", "g1_t1", "--data", DATA, "--budget", "10"),
          "No tree fits `budget`=10 (10 parameters)"),
         (("--system", system_dir, "--add-task", "g1_t1", "--data", DATA, "--budget", "lots"),

@@ -60,6 +60,7 @@ from __future__ import annotations
 import warnings
 
 from keras_branch.search.evolution.budget import DRAWS_PER_SLOT, draw_child, trim_to_fit
+from keras_branch.search.evolution.candidates import FINAL_STARTS
 from keras_branch.search.evolution.loop import (
     check_evolve_args,
     evolve,
@@ -88,6 +89,7 @@ __all__ = [
     "DEFAULT_HPARAMS",
     "DEPTH_MOVES",
     "DRAWS_PER_SLOT",
+    "FINAL_STARTS",
     "HPARAM_LISTS",
     "MUTATIONS",
     "STATE_FILE",

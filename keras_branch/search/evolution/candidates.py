@@ -15,12 +15,14 @@ Reference:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 import numpy as np
 
 from keras_branch.augment import make_augment
 from keras_branch.build import BranchedModel, adapter_name, block_name
+from keras_branch.checks import check_choice
 from keras_branch.compiling import compile_model, make_optimizer
 from keras_branch.data.multitask import MultiTaskData
 from keras_branch.evaluation import evaluate
@@ -32,9 +34,16 @@ from keras_branch.seeding import seeded_layers
 from keras_branch.spec import TreeSpec
 from keras_branch.tasks import Task
 
-__all__ = ["candidate_model", "child_weights", "train_candidate"]
+__all__ = ["FINAL_STARTS", "candidate_model", "child_weights", "final_start_weights", "train_candidate"]
 
 Weights = dict[str, list[np.ndarray] | None]
+
+#: Where an installed path's final training starts (`evolve`'s `final_start`):
+#: `"root"` (its own blocks from the root's block of their stage, adapters and
+#: head fresh) or `"inherited"` (the weights its lineage of candidates trained).
+FINAL_STARTS = ("root", "inherited")
+
+_BLOCK = re.compile(r"stage(\d+)_block(\d+)")
 
 
 def child_weights(system: EvolvedSystem, task: Task, parent: dict, path: TaskPath,
@@ -87,6 +96,41 @@ def child_weights(system: EvolvedSystem, task: Task, parent: dict, path: TaskPat
     owned[head] = inherited.get(head) if parent_path.depth == path.depth else None
     state.claim_ids(path)
     return owned
+
+
+def final_start_weights(system: EvolvedSystem, owned: Mapping[str, list[np.ndarray]],
+                        final_start: str) -> Weights:
+    """The starting weights of an installed path's final training.
+
+    With `"root"` the final training forgets what the candidates trained: a
+    block the path owns starts from the root's block of its stage, its
+    adapters and head start fresh (from the final training's layer seed).
+    The search then chooses a structure and its hyperparameters, not
+    weights, so a task ends where its structure takes it whichever lineage
+    found it (which other tasks the system held, how many generations
+    retrained it); a block cloned from another task's clone loses that
+    task's training.
+
+    Args:
+        system: the system (the root's blocks are read).
+        owned: the path's own components (layer name -> trained weights).
+        final_start: one of `FINAL_STARTS`.
+
+    Returns:
+        Layer name -> starting weights (None: freshly initialised), for
+        `train_candidate`.
+
+    Example (not run as a doctest: a step inside `evolve`, on its search state):
+    >>> start = final_start_weights(system, owned, "root")  # doctest: +SKIP
+    """
+    if final_start == "inherited":
+        return dict(owned)
+    check_choice(final_start, "final_start", FINAL_STARTS)
+    start: Weights = {}
+    for name in owned:
+        block = _BLOCK.fullmatch(name)
+        start[name] = system.weights[block_name(int(block.group(1)) - 1, 0)] if block else None
+    return start
 
 
 def candidate_model(system: EvolvedSystem, task: Task, path: TaskPath, owned: Weights,

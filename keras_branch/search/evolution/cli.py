@@ -40,6 +40,7 @@ from keras_branch.evaluation import format_metrics
 from keras_branch.files import remove_owned_folder
 from keras_branch.saving import load_branched_model
 from keras_branch.search.evolution.loop import evolve
+from keras_branch.search.evolution.candidates import FINAL_STARTS
 from keras_branch.search.evolution.mutations import CLONE_RULES, DEPTH_MOVES
 from keras_branch.search.evolution.system import EvolvedSystem
 
@@ -89,6 +90,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "0: none)")
     p.add_argument("--final-learning-rate", type=finite_float(0.0),
                    help="the final training's peak rate (default: each path's own)")
+    p.add_argument("--final-start", choices=FINAL_STARTS, default="root",
+                   help="where the final training starts: root (the path's own blocks from the "
+                        "root's, adapters and head fresh; default) or inherited (the "
+                        "candidates' trained weights)")
     p.add_argument("--finalists", type=positive_int, default=1,
                    help="with --final-epochs: how many of a visit's best distinct paths get "
                         "the final training; the best after it is installed (default 1)")
@@ -150,6 +155,7 @@ def run(args: argparse.Namespace) -> int:
         candidate_epochs=args.candidate_epochs, mutation_prob=args.mutation_prob,
         clones=args.clones, depth_moves=args.depth_moves, budget=args.budget,
         final_epochs=args.final_epochs, final_learning_rate=args.final_learning_rate,
+        final_start=args.final_start,
         finalists=args.finalists, seed=args.seed, root_task=args.root_task, state_dir=state, out_dir=args.out,
         overwrite=args.overwrite,
     )

@@ -45,7 +45,12 @@ from keras_branch.errors import SearchError
 from keras_branch.evaluation import evaluate
 from keras_branch.results import TrainResult
 from keras_branch.search.evolution.budget import allowance, ceiling as budget_ceiling, draw_child
-from keras_branch.search.evolution.candidates import child_weights, train_candidate
+from keras_branch.search.evolution.candidates import (
+    FINAL_STARTS,
+    child_weights,
+    final_start_weights,
+    train_candidate,
+)
 from keras_branch.search.evolution.mutations import (
     CLONE_RULES,
     DEPTH_MOVES,
@@ -82,6 +87,7 @@ def evolve(
     augment: Mapping[str, float] | None = None,
     final_epochs: int = 0,
     final_learning_rate: float | None = None,
+    final_start: str = "root",
     finalists: int = 1,
     root_task: str | None = None,
     state_dir: str | os.PathLike | None = None,
@@ -147,6 +153,15 @@ def evolve(
             epochs), so a long final training at the rate they chose can
             undertrain: on Omniglot-5 (seed 0) the recipe's 3e-3 here took
             the evolved system from 9.75% to 8.78%.
+        final_start: where the final training starts
+            (`candidates.final_start_weights`): `"root"` (default: the
+            path's own blocks from the root's, adapters and head fresh, so
+            a task's result depends on the structure and hyperparameters
+            the search chose, not on the lineage that found them) or
+            `"inherited"` (the candidates' trained weights, muNet's way).
+            On Omniglot-5 with a task added later, the inherited start left
+            the task 1.4-1.9 points from evolving it together, with the same
+            kind of path both ways (docs/evolution.md).
         finalists: with `final_epochs`, how many of the visit's best paths
             of distinct structure (`selection.finalists`) get the final
             training; the one with the best score after it is installed.
@@ -182,7 +197,8 @@ def evolve(
     check_evolve_args({"scale": scale, "passes": passes, "candidates": candidates,
                        "candidate_epochs": candidate_epochs, "mutation_prob": mutation_prob,
                        "final_epochs": final_epochs, "final_learning_rate": final_learning_rate,
-                       "clones": clones, "depth_moves": depth_moves, "finalists": finalists})
+                       "final_start": final_start, "clones": clones, "depth_moves": depth_moves,
+                       "finalists": finalists})
     began = time.perf_counter()
     say = log or (lambda _: None)
     system = root if isinstance(root, EvolvedSystem) else EvolvedSystem.from_root(root, root_task)
@@ -225,7 +241,7 @@ def evolve(
               "clones": clones, "depth_moves": depth_moves, "budget": limit,
               "seed": seed, "augment": dict(augment) if augment else None,
               "final_epochs": final_epochs, "final_learning_rate": final_learning_rate,
-              "finalists": finalists, "data": data.name,
+              "final_start": final_start, "finalists": finalists, "data": data.name,
               "start_tasks": system.task_names}
     state = SearchState(state_dir, config, system, say)
     system = state.system
@@ -327,14 +343,16 @@ def evolve(
                     if final_learning_rate is not None:
                         trained.hparams["learning_rate"] = final_learning_rate
                     quality, owned = train_candidate(
-                        system, task, trained, owned, splits[name], final_epochs, augment,
+                        system, task, trained, final_start_weights(system, owned, final_start),
+                        splits[name], final_epochs, augment,
                         int(rng.integers(2**31)), int(rng.integers(2**31)), schedule="cosine")
                     gc.collect()
                     installed.update(quality=quality, score=score(quality, entry["params"],
                                                                   system.root_params, scale))
                     state.history.append({
                         "pass": p, "task": name, "final": entry["id"], "finalist": k + 1,
-                        "epochs": final_epochs, "path": path.to_dict(), "quality": quality,
+                        "epochs": final_epochs, "start": final_start, "path": path.to_dict(),
+                        "quality": quality,
                         "params": entry["params"], "score": installed["score"],
                         "seconds": round(time.perf_counter() - start, 2),
                     })
@@ -457,7 +475,8 @@ def check_evolve_args(settings: Mapping[str, Any], prefix: str = "") -> None:
     Args:
         settings: some of `scale`, `passes`, `candidates`,
             `candidate_epochs`, `finalists`, `final_epochs`,
-            `final_learning_rate`, `mutation_prob`, `clones`, `depth_moves`.
+            `final_learning_rate`, `final_start`, `mutation_prob`, `clones`,
+            `depth_moves`.
         prefix: put before each name in the messages (the caller's field
             names, e.g. `"evolve_"`).
 
@@ -495,4 +514,5 @@ _EVOLVE_ARG_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "mutation_prob": (lambda v: _finite(v) and 0 <= v <= 1, "in [0, 1]"),
     "clones": (lambda v: v in CLONE_RULES, f"one of {list(CLONE_RULES)}"),
     "depth_moves": (lambda v: v in DEPTH_MOVES, f"one of {list(DEPTH_MOVES)}"),
+    "final_start": (lambda v: v in FINAL_STARTS, f"one of {list(FINAL_STARTS)}"),
 }
