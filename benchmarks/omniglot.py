@@ -146,10 +146,10 @@ DEFAULT_RECIPE: dict[str, Any] = {
     # The visit's best paths of distinct structure that get the final
     # training (the best after it is installed); 1: the best candidate.
     "evolve_finalists": 1,
-    # The final training starts from the root's blocks (fresh adapters and
-    # head), not from the candidates' weights: a task's result then follows
-    # from the structure the search chose, not from the lineage that found it.
-    "evolve_final_start": "root",
+    # The final training continues the candidates' weights (muNet's way):
+    # starting it from the root's blocks measured 0.23 point worse on
+    # Omniglot-5 (docs/evolution.md, "Final training from the root").
+    "evolve_final_start": "inherited",
     "weighting": "equal",
 }
 
@@ -793,8 +793,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="evolution's finalists per visit (the best distinct paths "
                              "final-trained; the best after it is installed)")
     parser.add_argument("--evolve-final-start", choices=FINAL_STARTS,
-                        help="where the installed path's final training starts: root (its "
-                             "own blocks from the root's) or inherited (the candidates' weights)")
+                        help="where the installed path's final training starts: inherited (the "
+                             "candidates' weights) or root (its own blocks from the root's)")
     parser.add_argument("--evolve-budget", type=_budget_fraction,
                         default=argparse.SUPPRESS,
                         help="evolved system's parameters, at most this fraction of the "

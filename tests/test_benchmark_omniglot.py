@@ -122,7 +122,7 @@ def test_benchmark_refuses_bad_evolution_settings_before_training(omniglot_bench
     with pytest.raises(ValueError, match=r"`evolve_depth_moves` must be one of \['shape', 'any'\]\. "
                                          r"Received: evolve_depth_moves='all'"):
         omniglot_benchmark.make_recipe(evolve_depth_moves="all")
-    with pytest.raises(ValueError, match=r"`evolve_final_start` must be one of \['root', 'inherited'\]\. "
+    with pytest.raises(ValueError, match=r"`evolve_final_start` must be one of \['inherited', 'root'\]\. "
                                          r"Received: evolve_final_start='parent'"):
         omniglot_benchmark.make_recipe(evolve_final_start="parent")
     with pytest.raises(ValueError, match=r"`evolve_scale` must be in \(0, 1\]\. Received: evolve_scale=0"):
@@ -132,15 +132,15 @@ def test_benchmark_refuses_bad_evolution_settings_before_training(omniglot_bench
         omniglot_benchmark.main(["--data", missing, "--evolve-budget", "1.5"])
     import keras_branch as kb
     recipe = omniglot_benchmark.make_recipe(evolve_candidates=24, evolve_final_epochs=160,
-                                            evolve_finalists=2, evolve_final_start="inherited")
+                                            evolve_finalists=2, evolve_final_start="root")
     tasks = [kb.Task("a", "multiclass", classes=3), kb.Task("b", "multiclass", classes=5)]
     data = type("Data", (), {"task_names": ["a", "b"], "tasks": tasks})()
     bb = kb.backbones.convnet4((16, 16, 1), filters=16)
     kwargs = omniglot_benchmark.evolve_kwargs(recipe, 0, data, bb)
     assert (kwargs["depth_moves"], kwargs["candidates"], kwargs["final_epochs"],
-            kwargs["finalists"], kwargs["final_start"]) == ("shape", 24, 160, 2, "inherited")
+            kwargs["finalists"], kwargs["final_start"]) == ("shape", 24, 160, 2, "root")
     assert omniglot_benchmark.evolve_kwargs(omniglot_benchmark.make_recipe(), 0, data, bb)[
-        "final_start"] == "root"
+        "final_start"] == "inherited"
     # 60% of the fine-tuned system: one convnet4 (16 filters, 16x16) and head per task.
     one = bb.stem_params() + sum(bb.stage_params(d) for d in range(4))
     head = lambda t: (bb.feature_size() + 1) * t.units  # noqa: E731

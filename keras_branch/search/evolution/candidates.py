@@ -39,9 +39,10 @@ __all__ = ["FINAL_STARTS", "candidate_model", "child_weights", "final_start_weig
 Weights = dict[str, list[np.ndarray] | None]
 
 #: Where an installed path's final training starts (`evolve`'s `final_start`):
-#: `"root"` (its own blocks from the root's block of their stage, adapters and
-#: head fresh) or `"inherited"` (the weights its lineage of candidates trained).
-FINAL_STARTS = ("root", "inherited")
+#: `"inherited"` (the default: the weights its lineage of candidates trained)
+#: or `"root"` (its own blocks from the root's block of their stage, adapters
+#: and head fresh).
+FINAL_STARTS = ("inherited", "root")
 
 _BLOCK = re.compile(r"stage(\d+)_block(\d+)")
 

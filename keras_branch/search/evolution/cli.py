@@ -90,10 +90,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "0: none)")
     p.add_argument("--final-learning-rate", type=finite_float(0.0),
                    help="the final training's peak rate (default: each path's own)")
-    p.add_argument("--final-start", choices=FINAL_STARTS, default="root",
-                   help="where the final training starts: root (the path's own blocks from the "
-                        "root's, adapters and head fresh; default) or inherited (the "
-                        "candidates' trained weights)")
+    p.add_argument("--final-start", choices=FINAL_STARTS, default="inherited",
+                   help="where the final training starts: inherited (the candidates' trained "
+                        "weights; default) or root (the path's own blocks from the root's, "
+                        "adapters and head fresh)")
     p.add_argument("--finalists", type=positive_int, default=1,
                    help="with --final-epochs: how many of a visit's best distinct paths get "
                         "the final training; the best after it is installed (default 1)")
