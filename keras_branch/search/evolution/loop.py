@@ -160,8 +160,9 @@ def evolve(
             a task's result depends on the structure and hyperparameters
             the search chose, not on the lineage that found them). On
             Omniglot-5 (Intel Xeon, seeds 0-2) `"root"` gave 8.28% mean
-            test error against 8.05% inherited, with the same paths on two
-            seeds of three (docs/evolution.md).
+            test error against 8.05% inherited; on the task visits that
+            installed the same path both ways it lost five of nine, tied
+            three (docs/evolution.md).
         finalists: with `final_epochs`, how many of the visit's best paths
             of distinct structure (`selection.finalists`) get the final
             training; the one with the best score after it is installed.
