@@ -38,8 +38,9 @@ paths to draw parents from.
         --seeds 0,1,2 --late Balinese,Latin \\
         --reference benchmarks/results/evolved_intel/must_show_budget.json --out /tmp/add
 
-`--evolve-finalists N` runs both under N finalists per visit (the
-reference must have been run with the same: `omniglot.py --evolve-finalists N`).
+`--evolve-finalists N` and `--evolve-candidate-start equal` run both under
+those settings (a reference must have been run with the same
+`omniglot.py` flags).
 """
 
 from __future__ import annotations
@@ -119,7 +120,8 @@ def add_later(root: keras.Model, data: MultiTaskData, late: str, kwargs: dict[st
 
 #: Evolution settings added to the recipe after some results were written, with
 #: the value that gives the behaviour from before (a result without the key ran so).
-ADDED_LATER = {"evolve_finalists": 1, "evolve_final_start": "inherited"}
+ADDED_LATER = {"evolve_finalists": 1, "evolve_final_start": "inherited",
+               "evolve_candidate_start": "inherited"}
 
 
 def _bearing(recipe: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -213,7 +215,8 @@ def run(data_path: str, seeds: Sequence[int], late: Sequence[str],
             start = time.perf_counter()
             together = evolve(root, data.task_names, data, **kwargs)
             entry = {"together": {n: together.metrics["test"][n]["error"] for n in data.task_names},
-                     "together_seconds": time.perf_counter() - start, "added": {}}
+                     "together_seconds": time.perf_counter() - start,
+                     "together_params": together.system.params(), "added": {}}
         for name in late:
             others = data.select_tasks([n for n in data.task_names if n != name])
             first = common.evolve_budget_params(recipe, others, backbone)
@@ -256,13 +259,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--evolve-finalists", type=int,
                         help="evolution's finalists per visit (benchmarks/omniglot.py's flag; "
                              "default: the recipe's)")
+    parser.add_argument("--evolve-candidate-start", choices=common.CANDIDATE_STARTS,
+                        help="where a candidate's own components start (benchmarks/omniglot.py's "
+                             "flag; default: the recipe's)")
     parser.add_argument("--out", help="folder for evolve_add_task.json")
     args = parser.parse_args(argv)
     late = [n for n in args.late.split(",") if n]
     if not late:
         raise SystemExit(f"--late must name at least one alphabet. Received: {args.late!r}")
     reference = common.read_reference(args.reference)
-    recipe = {} if args.evolve_finalists is None else {"evolve_finalists": args.evolve_finalists}
+    recipe = {key: value for key, value in (("evolve_finalists", args.evolve_finalists),
+                                            ("evolve_candidate_start", args.evolve_candidate_start))
+              if value is not None}
     result = run(args.data, parse_seeds(args.seeds), late, recipe=recipe, reference=reference)
     print(table(result))
     if args.out:

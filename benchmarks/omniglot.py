@@ -85,6 +85,7 @@ from keras_branch.search import (  # noqa: E402
     TaskAffinity, learn_to_branch, tag_affinity, task_affinity,
 )
 from keras_branch.search.evolution import (  # noqa: E402
+    CANDIDATE_STARTS,
     DEPTH_MOVES,
     FINAL_STARTS,
     check_evolve_args,
@@ -136,6 +137,9 @@ DEFAULT_RECIPE: dict[str, Any] = {
     # (about one child in ten, docs/evolution.md).
     "evolve_candidates": 24,
     "evolve_candidate_epochs": 4,
+    # Candidates continue their parent's training (muNet's way); "equal":
+    # every candidate trains its epochs from the visit's start.
+    "evolve_candidate_start": "inherited",
     "evolve_clones": "suffix",
     # convnet4's flattened features change size with the depth: no depth moves.
     "evolve_depth_moves": "shape",
@@ -373,8 +377,8 @@ def evolve_budget_params(recipe: dict[str, Any], data=None, backbone=None) -> in
 
 #: The recipe's `evolve_<name>` keys that are `evolve`'s argument `<name>` as they stand
 #: (`evolve_budget` is a fraction of the fine-tuned system: `evolve_budget_params`).
-EVOLVE_SETTINGS = ("scale", "passes", "candidates", "candidate_epochs", "clones", "depth_moves",
-                   "final_epochs", "finalists", "final_start")
+EVOLVE_SETTINGS = ("scale", "passes", "candidates", "candidate_epochs", "candidate_start", "clones",
+                   "depth_moves", "final_epochs", "finalists", "final_start")
 
 
 def evolve_settings(recipe: dict[str, Any]) -> dict[str, Any]:
@@ -795,6 +799,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--evolve-final-start", choices=FINAL_STARTS,
                         help="where the installed path's final training starts: inherited (the "
                              "candidates' weights) or root (its own blocks from the root's)")
+    parser.add_argument("--evolve-candidate-start", choices=CANDIDATE_STARTS,
+                        help="where a candidate's own components start: inherited (its parent's "
+                             "trained weights) or equal (what its parent started from)")
     parser.add_argument("--evolve-budget", type=_budget_fraction,
                         default=argparse.SUPPRESS,
                         help="evolved system's parameters, at most this fraction of the "
@@ -821,6 +828,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "evolve_final_epochs": args.evolve_final_epochs,
         "evolve_finalists": args.evolve_finalists,
         "evolve_final_start": args.evolve_final_start,
+        "evolve_candidate_start": args.evolve_candidate_start,
         "evolve_depth_moves": args.evolve_depth_moves,
     }
     if "evolve_budget" in vars(args):  # given, if only as none

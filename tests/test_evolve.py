@@ -32,7 +32,13 @@ from keras_branch.search.evolution import (
     evolve,
     mutate,
 )
-from keras_branch.search.evolution.candidates import final_start_weights, train_candidate
+from keras_branch.search.evolution.candidates import (
+    child_weights,
+    final_start_weights,
+    start_key,
+    train_candidate,
+)
+from keras_branch.search.evolution.state import SearchState
 from keras_branch.search.evolution.selection import finalists
 from keras_branch.search.tree_search import shared_params
 from keras_branch.testing import run_layer_test, run_model_test
@@ -411,6 +417,50 @@ def test_evolve_records_where_the_final_training_started(evolved):
     with pytest.raises(SearchError, match=r"`final_start` must be one of \['inherited', 'root'\]\. "
                                           r"Received: final_start='parent'"):
         evolve(first.system, [name], data, final_start="parent", **TINY)
+
+
+def test_equal_candidate_start_trains_a_child_from_what_its_parent_started_from(evolved):
+    data, _, first, _ = evolved
+    system, task = first.system, data.tasks[2]
+    state = SearchState(None, {"scale": 0.5}, system, lambda _: None)
+    root_entry = state.population((0, 0), task)[0]
+    # A kept candidate of this visit: it cloned stage 3 of the root and put an adapter at stage 1.
+    parent_path = TaskPath.root(3)
+    parent_path.route[2], parent_path.adapters[0] = -1, 8
+    began = child_weights(system, task, root_entry, parent_path, state)
+    clone = block_name(2, parent_path.route[2])
+    assert parent_path.route[2] > 0 and began[clone] == system.weights[block_name(2, 0)]
+    assert began[adapter_name(0, task.key)] is None and began[f"head_{task.key}"] is None
+    trained = {clone: [w + 1 for w in began[clone]],
+               adapter_name(0, task.key): [np.full((2, 2), 3.0)], f"head_{task.key}": [np.ones(4)]}
+    entry = {"id": "p0c0", "path": parent_path.to_dict(), "score": 0.5, "children": 0,
+             "trained": True}
+    state.record((0, 0), {"candidate": 0}, entry, trained,
+                 (start_key("p0c0"), {n: w for n, w in began.items() if w is not None}))
+    # A child without mutation: muNet's start continues the parent's training,
+    # the equal start begins where the parent began (fresh layers fresh again).
+    starts = {}
+    for rule in ("inherited", "equal"):
+        path = TaskPath.from_dict(parent_path.to_dict())
+        starts[rule] = child_weights(system, task, entry, path, state, rule)
+        assert path.route == parent_path.route  # keeps training the parent's clone id
+    assert starts["inherited"] == trained
+    assert starts["equal"] == began
+    with pytest.raises(ValueError, match=r"`candidate_start` must be one of \['inherited', 'equal'\]\. "
+                                         r"Received: candidate_start='root'"):
+        child_weights(system, task, entry, TaskPath.from_dict(parent_path.to_dict()), state, "root")
+
+
+def test_evolve_ranks_candidates_at_equal_training_on_request(evolved):
+    data, _, first, _ = evolved
+    name = data.task_names[2]
+    result = evolve(first.system, [name], data, candidate_start="equal", **TINY)
+    assert result.scores["config"]["candidate_start"] == "equal"
+    assert name in result.system.task_names
+    assert inspect.signature(evolve).parameters["candidate_start"].default == "inherited"
+    with pytest.raises(SearchError, match=r"`candidate_start` must be one of \['inherited', 'equal'\]\. "
+                                          r"Received: candidate_start='fresh'"):
+        evolve(first.system, [name], data, candidate_start="fresh", **TINY)
 
 
 # === Seeds and global state ===

@@ -60,7 +60,7 @@ from __future__ import annotations
 import warnings
 
 from keras_branch.search.evolution.budget import DRAWS_PER_SLOT, draw_child, trim_to_fit
-from keras_branch.search.evolution.candidates import FINAL_STARTS
+from keras_branch.search.evolution.candidates import CANDIDATE_STARTS, FINAL_STARTS
 from keras_branch.search.evolution.loop import (
     check_evolve_args,
     evolve,
@@ -85,6 +85,7 @@ from keras_branch.search.evolution.system import (
 )
 
 __all__ = [
+    "CANDIDATE_STARTS",
     "CLONE_RULES",
     "DEFAULT_HPARAMS",
     "DEPTH_MOVES",

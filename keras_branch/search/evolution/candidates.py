@@ -34,7 +34,8 @@ from keras_branch.seeding import seeded_layers
 from keras_branch.spec import TreeSpec
 from keras_branch.tasks import Task
 
-__all__ = ["FINAL_STARTS", "candidate_model", "child_weights", "final_start_weights", "train_candidate"]
+__all__ = ["CANDIDATE_STARTS", "FINAL_STARTS", "candidate_model", "child_weights", "final_start_weights",
+           "start_key", "train_candidate"]
 
 Weights = dict[str, list[np.ndarray] | None]
 
@@ -44,11 +45,24 @@ Weights = dict[str, list[np.ndarray] | None]
 #: and head fresh).
 FINAL_STARTS = ("inherited", "root")
 
+#: Where a candidate's own components start (`evolve`'s `candidate_start`):
+#: `"inherited"` (the default, muNet's: its parent's trained weights, so a
+#: lineage's training adds up over generations) or `"equal"` (the weights its
+#: parent started from, so every candidate of a visit has trained
+#: `candidate_epochs` from the visit's start and paths are ranked at equal
+#: training).
+CANDIDATE_STARTS = ("inherited", "equal")
+
+
+def start_key(entry_id: str) -> str:
+    """The state's key for the weights a kept candidate started from (`candidate_start="equal"`)."""
+    return f"{entry_id}.start"
+
 _BLOCK = re.compile(r"stage(\d+)_block(\d+)")
 
 
 def child_weights(system: EvolvedSystem, task: Task, parent: dict, path: TaskPath,
-                  state: SearchState) -> Weights:
+                  state: SearchState, candidate_start: str = "inherited") -> Weights:
     """The child's own components and their starting weights (None: freshly initialised).
 
     Negative route entries mark fresh clones (`-1 - source block`); they get
@@ -57,12 +71,19 @@ def child_weights(system: EvolvedSystem, task: Task, parent: dict, path: TaskPat
     copy. Adapters of the parent's size and the head (same depth) start from
     the parent's.
 
+    With `candidate_start="equal"` "the parent's" weights are those the
+    parent started from (kept under `start_key`) when the parent is a
+    candidate of this visit: its lineage's training does not carry over, and
+    every candidate trains from what the visit started with (the system's
+    blocks, the task's installed path of an earlier pass, fresh layers).
+
     Args:
         system: the system (its weights are read, never changed).
         task: the task visited.
         parent: the parent's population entry.
         path: the child's path from `mutate`; clone markers are replaced.
         state: the search state (the parent's weights, the visit's block ids).
+        candidate_start: one of `CANDIDATE_STARTS`.
 
     Returns:
         Layer name -> starting weights of every component the child trains.
@@ -70,7 +91,11 @@ def child_weights(system: EvolvedSystem, task: Task, parent: dict, path: TaskPat
     Example (not run as a doctest: a step inside `evolve`, on its search state):
     >>> owned = child_weights(system, task, parent, child_path, state)  # doctest: +SKIP
     """
-    inherited = state.load_weights(parent["id"], state.current) if parent.get("trained") else {}
+    check_choice(candidate_start, "candidate_start", CANDIDATE_STARTS)
+    source = parent["id"]
+    if candidate_start == "equal" and not source.startswith("task:"):
+        source = start_key(source)
+    inherited = state.load_weights(source, state.current) if parent.get("trained") else {}
     parent_path = TaskPath.from_dict(parent["path"])
     owned: Weights = {}
     for d in range(path.depth):

@@ -40,7 +40,7 @@ from keras_branch.evaluation import format_metrics
 from keras_branch.files import remove_owned_folder
 from keras_branch.saving import load_branched_model
 from keras_branch.search.evolution.loop import evolve
-from keras_branch.search.evolution.candidates import FINAL_STARTS
+from keras_branch.search.evolution.candidates import CANDIDATE_STARTS, FINAL_STARTS
 from keras_branch.search.evolution.mutations import CLONE_RULES, DEPTH_MOVES
 from keras_branch.search.evolution.system import EvolvedSystem
 
@@ -85,6 +85,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--passes", type=positive_int, help="rounds over the tasks (default 2; 1 with --system)")
     p.add_argument("--candidates", type=positive_int, default=16, help="candidates per task visit")
     p.add_argument("--candidate-epochs", type=positive_int, default=3, help="training epochs per candidate")
+    p.add_argument("--candidate-start", choices=CANDIDATE_STARTS, default="inherited",
+                   help="where a candidate's own components start: inherited (its parent's "
+                        "trained weights, muNet; default) or equal (what its parent started "
+                        "from: every candidate trains --candidate-epochs from the visit's start)")
     p.add_argument("--final-epochs", type=non_negative_int, default=0,
                    help="epochs the installed path of each visit trains on (cosine schedule; "
                         "0: none)")
@@ -152,7 +156,8 @@ def run(args: argparse.Namespace) -> int:
     state = args.state or f"{os.path.normpath(args.out)}.state"
     result = evolve(
         root, tasks, data, scale=args.scale, passes=passes, candidates=args.candidates,
-        candidate_epochs=args.candidate_epochs, mutation_prob=args.mutation_prob,
+        candidate_epochs=args.candidate_epochs, candidate_start=args.candidate_start,
+        mutation_prob=args.mutation_prob,
         clones=args.clones, depth_moves=args.depth_moves, budget=args.budget,
         final_epochs=args.final_epochs, final_learning_rate=args.final_learning_rate,
         final_start=args.final_start,

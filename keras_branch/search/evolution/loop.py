@@ -46,9 +46,11 @@ from keras_branch.evaluation import evaluate
 from keras_branch.results import TrainResult
 from keras_branch.search.evolution.budget import allowance, ceiling as budget_ceiling, draw_child
 from keras_branch.search.evolution.candidates import (
+    CANDIDATE_STARTS,
     FINAL_STARTS,
     child_weights,
     final_start_weights,
+    start_key,
     train_candidate,
 )
 from keras_branch.search.evolution.mutations import (
@@ -79,6 +81,7 @@ def evolve(
     passes: int = 2,
     candidates: int = 16,
     candidate_epochs: int = 3,
+    candidate_start: str = "inherited",
     mutation_prob: float = 0.2,
     clones: str = "suffix",
     depth_moves: str = "shape",
@@ -111,6 +114,14 @@ def evolve(
         passes: rounds over the tasks.
         candidates: candidates trained per task visit.
         candidate_epochs: training epochs of one candidate (its budget).
+        candidate_start: where a candidate's own components start
+            (`candidates.child_weights`): `"inherited"` (default, muNet's:
+            its parent's trained weights, so a lineage trains on over
+            generations and a child without mutation continues its parent)
+            or `"equal"` (the weights its parent started from: every
+            candidate of a visit trains `candidate_epochs` from what the
+            visit started with, so paths are ranked at equal training; the
+            final training still continues the installed candidate's).
         mutation_prob: probability of each mutation.
         clones: how a clone mutation extends (`mutations.mutate`):
             `"suffix"` (a clone at stage d clones every later stage too, so
@@ -196,8 +207,8 @@ def evolve(
         Gesmundo & Dean, arXiv 2205.10937 (muNet).
     """
     check_evolve_args({"scale": scale, "passes": passes, "candidates": candidates,
-                       "candidate_epochs": candidate_epochs, "mutation_prob": mutation_prob,
-                       "final_epochs": final_epochs, "final_learning_rate": final_learning_rate,
+                       "candidate_epochs": candidate_epochs, "candidate_start": candidate_start,
+                       "mutation_prob": mutation_prob, "final_epochs": final_epochs, "final_learning_rate": final_learning_rate,
                        "final_start": final_start, "clones": clones, "depth_moves": depth_moves,
                        "finalists": finalists})
     began = time.perf_counter()
@@ -239,6 +250,7 @@ def evolve(
         ceiling = budget_ceiling(system, held, len(new), everyone, limit)
     config = {"tasks": tasks, "scale": scale, "passes": passes, "candidates": candidates,
               "candidate_epochs": candidate_epochs, "mutation_prob": mutation_prob,
+              "candidate_start": candidate_start,
               "clones": clones, "depth_moves": depth_moves, "budget": limit,
               "seed": seed, "augment": dict(augment) if augment else None,
               "final_epochs": final_epochs, "final_learning_rate": final_learning_rate,
@@ -298,7 +310,8 @@ def evolve(
                         f"{', '.join(mutations) or 'no mutation'}) adds {added:,} "
                         f"parameters, over the {part[1]:,} allowed: not trained")
                     continue
-                owned = child_weights(system, task, parent, path, state)
+                owned = child_weights(system, task, parent, path, state, candidate_start)
+                began_from = {n: w for n, w in owned.items() if w is not None}
                 layer_seed = int(rng.integers(2**31))
                 order_seed = int(rng.integers(2**31))
                 quality, weights = train_candidate(system, task, path, owned, splits[name],
@@ -322,7 +335,9 @@ def evolve(
                          "trained": True}
                 if better:
                     population.append(entry)
-                state.record(visit, record, entry if better else None, weights if better else None)
+                state.record(visit, record, entry if better else None, weights if better else None,
+                             (start_key(entry["id"]), began_from)
+                             if candidate_start == "equal" else None)
                 say(f"  {name} {c + 1}/{candidates}: parent {parent['id']}, "
                     f"{', '.join(mutations) or 'no mutation'} -> quality {quality:.4f}, "
                     f"params/task {params:,.0f}, score {value:.4f}"
@@ -475,7 +490,7 @@ def check_evolve_args(settings: Mapping[str, Any], prefix: str = "") -> None:
 
     Args:
         settings: some of `scale`, `passes`, `candidates`,
-            `candidate_epochs`, `finalists`, `final_epochs`,
+            `candidate_epochs`, `candidate_start`, `finalists`, `final_epochs`,
             `final_learning_rate`, `final_start`, `mutation_prob`, `clones`,
             `depth_moves`.
         prefix: put before each name in the messages (the caller's field
@@ -516,4 +531,5 @@ _EVOLVE_ARG_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "clones": (lambda v: v in CLONE_RULES, f"one of {list(CLONE_RULES)}"),
     "depth_moves": (lambda v: v in DEPTH_MOVES, f"one of {list(DEPTH_MOVES)}"),
     "final_start": (lambda v: v in FINAL_STARTS, f"one of {list(FINAL_STARTS)}"),
+    "candidate_start": (lambda v: v in CANDIDATE_STARTS, f"one of {list(CANDIDATE_STARTS)}"),
 }

@@ -187,14 +187,22 @@ class SearchState:
         path = self._weights_path(key, entry_id)
         return load_weights(path) if os.path.isfile(path) else {}
 
-    def record(self, visit: Visit, record: dict, entry: dict | None, weights: dict | None) -> None:
-        """Logs a scored candidate and, when kept (`entry`), its weights; then writes the state."""
+    def record(self, visit: Visit, record: dict, entry: dict | None, weights: dict | None,
+               start: tuple[str, dict] | None = None) -> None:
+        """Logs a scored candidate and, when kept (`entry`), its weights; then writes the state.
+
+        `start`, with a kept entry: (key, weights) stored beside its weights,
+        readable with `load_weights(key, visit)` (the weights a candidate
+        started from, `candidates.start_key`).
+        """
         key = self._key(visit)
         if entry is not None:
-            self._memory[f"{key}/{entry['id']}"] = weights
-            if self.dir is not None:
-                # Weights first, then the state that refers to them.
-                save_weights(self._weights_path(key, entry["id"]), weights)
+            stored = {entry["id"]: weights, **dict([start] if start else [])}
+            for entry_id, values in stored.items():
+                self._memory[f"{key}/{entry_id}"] = values
+                if self.dir is not None:
+                    # Weights first, then the state that refers to them.
+                    save_weights(self._weights_path(key, entry_id), values)
         self.visits[key]["done"] += 1
         self.history.append(record)
         self._write()
