@@ -125,6 +125,9 @@ def test_benchmark_refuses_bad_evolution_settings_before_training(omniglot_bench
     with pytest.raises(ValueError, match=r"`evolve_final_start` must be one of \['inherited', 'root'\]\. "
                                          r"Received: evolve_final_start='parent'"):
         omniglot_benchmark.make_recipe(evolve_final_start="parent")
+    with pytest.raises(ValueError, match=r"`evolve_candidate_start` must be one of \['inherited', 'equal'\]\. "
+                                         r"Received: evolve_candidate_start='root'"):
+        omniglot_benchmark.make_recipe(evolve_candidate_start="root")
     with pytest.raises(ValueError, match=r"`evolve_scale` must be in \(0, 1\]\. Received: evolve_scale=0"):
         omniglot_benchmark.make_recipe(evolve_scale=0)
     with pytest.raises(ValueError, match=r"`evolve_budget` must be a fraction in \(0, 1\] .*"
@@ -132,15 +135,17 @@ def test_benchmark_refuses_bad_evolution_settings_before_training(omniglot_bench
         omniglot_benchmark.main(["--data", missing, "--evolve-budget", "1.5"])
     import keras_branch as kb
     recipe = omniglot_benchmark.make_recipe(evolve_candidates=24, evolve_final_epochs=160,
-                                            evolve_finalists=2, evolve_final_start="root")
+                                            evolve_finalists=2, evolve_final_start="root",
+                                            evolve_candidate_start="equal")
     tasks = [kb.Task("a", "multiclass", classes=3), kb.Task("b", "multiclass", classes=5)]
     data = type("Data", (), {"task_names": ["a", "b"], "tasks": tasks})()
     bb = kb.backbones.convnet4((16, 16, 1), filters=16)
     kwargs = omniglot_benchmark.evolve_kwargs(recipe, 0, data, bb)
     assert (kwargs["depth_moves"], kwargs["candidates"], kwargs["final_epochs"],
             kwargs["finalists"], kwargs["final_start"]) == ("shape", 24, 160, 2, "root")
-    assert omniglot_benchmark.evolve_kwargs(omniglot_benchmark.make_recipe(), 0, data, bb)[
-        "final_start"] == "inherited"
+    assert kwargs["candidate_start"] == "equal"
+    defaults = omniglot_benchmark.evolve_kwargs(omniglot_benchmark.make_recipe(), 0, data, bb)
+    assert (defaults["final_start"], defaults["candidate_start"]) == ("inherited", "inherited")
     # 60% of the fine-tuned system: one convnet4 (16 filters, 16x16) and head per task.
     one = bb.stem_params() + sum(bb.stage_params(d) for d in range(4))
     head = lambda t: (bb.feature_size() + 1) * t.units  # noqa: E731
@@ -361,11 +366,14 @@ def test_evolve_add_task_reads_together_only_from_a_matching_run():
     with pytest.raises(SystemExit, match=r"its `recipe` differs from this run's"):
         bench.together_from({**reference, "recipe": {**recipe, "filters": 32}}, recipe,
                             ["a", "b"], [0])
-    # A result written before `evolve_finalists` and `evolve_final_start` existed ran with
-    # one finalist, whose final training started from the candidates' weights.
-    old = {**recipe, "evolve_finalists": 1, "evolve_final_start": "inherited"}
+    # A result written before `evolve_finalists`, `evolve_final_start` and
+    # `evolve_candidate_start` existed ran with one finalist, whose final training
+    # started from the candidates' weights, and candidates continued their parents'.
+    old = {**recipe, "evolve_finalists": 1, "evolve_final_start": "inherited",
+           "evolve_candidate_start": "inherited"}
     assert bench.together_from(reference, old, ["a", "b"], [0])
-    for changed in ({"evolve_finalists": 2}, {"evolve_final_start": "root"}):
+    for changed in ({"evolve_finalists": 2}, {"evolve_final_start": "root"},
+                    {"evolve_candidate_start": "equal"}):
         with pytest.raises(SystemExit, match=r"its `recipe` differs from this run's"):
             bench.together_from(reference, {**old, **changed}, ["a", "b"], [0])
     with pytest.raises(SystemExit, match=r"its `tasks` differs"):
@@ -388,7 +396,8 @@ def test_evolve_add_task_reads_together_only_from_a_matching_run():
 
 
 def test_evolve_add_task_takes_the_finalists_of_the_recipe(tmp_path, monkeypatch):
-    """--evolve-finalists reaches the recipe (as benchmarks/omniglot.py's flag), checked before training."""
+    """--evolve-finalists and --evolve-candidate-start reach the recipe (as benchmarks/omniglot.py's
+    flags), checked before training."""
     bench = load_script(BENCHMARK.parent / "evolve_add_task.py", "evolve_add_task")
     missing = str(tmp_path / "no-such.zip")
     with pytest.raises(ValueError, match=r"`evolve_finalists` must be a positive int\. "
@@ -396,10 +405,11 @@ def test_evolve_add_task_takes_the_finalists_of_the_recipe(tmp_path, monkeypatch
         bench.main(["--data", missing, "--evolve-finalists", "0"])
     seen = []
     monkeypatch.setattr(bench, "run", lambda *a, **k: seen.append(k["recipe"]) or 1 / 0)
-    for argv, recipe in ((["--evolve-finalists", "2"], {"evolve_finalists": 2}), ([], {})):
+    for argv, recipe in ((["--evolve-finalists", "2"], {"evolve_finalists": 2}), ([], {}),
+                         (["--evolve-candidate-start", "equal"], {"evolve_candidate_start": "equal"})):
         with pytest.raises(ZeroDivisionError):
             bench.main(["--data", missing, *argv])
-    assert seen == [{"evolve_finalists": 2}, {}]
+    assert seen == [{"evolve_finalists": 2}, {}, {"evolve_candidate_start": "equal"}]
 
 
 def test_evolve_add_task_reports_outputs_that_moved(tmp_path):
