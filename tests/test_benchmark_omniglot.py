@@ -145,7 +145,7 @@ def test_benchmark_refuses_bad_evolution_settings_before_training(omniglot_bench
             kwargs["finalists"], kwargs["final_start"]) == ("shape", 24, 160, 2, "root")
     assert kwargs["candidate_start"] == "equal"
     defaults = omniglot_benchmark.evolve_kwargs(omniglot_benchmark.make_recipe(), 0, data, bb)
-    assert (defaults["final_start"], defaults["candidate_start"]) == ("inherited", "inherited")
+    assert (defaults["final_start"], defaults["candidate_start"]) == ("inherited", "equal")
     # 60% of the fine-tuned system: one convnet4 (16 filters, 16x16) and head per task.
     one = bb.stem_params() + sum(bb.stage_params(d) for d in range(4))
     head = lambda t: (bb.feature_size() + 1) * t.units  # noqa: E731
