@@ -121,7 +121,13 @@ def evolve(
             or `"equal"` (the weights its parent started from: every
             candidate of a visit trains `candidate_epochs` from what the
             visit started with, so paths are ranked at equal training; the
-            final training still continues the installed candidate's).
+            final training still continues the installed candidate's). On
+            Omniglot-5 with 160 final epochs (Intel Xeon, seeds 0-2)
+            `"equal"` gave 7.98% mean test error against 8.05%, and a task
+            added to a saved system ended within 0.23 point of evolving it
+            with the others, against 1.85 (docs/evolution.md). Without a
+            final training it leaves the installed path one candidate's
+            epochs.
         mutation_prob: probability of each mutation.
         clones: how a clone mutation extends (`mutations.mutate`):
             `"suffix"` (a clone at stage d clones every later stage too, so
