@@ -35,7 +35,6 @@ from keras_branch.search.evolution import (
 from keras_branch.search.evolution.candidates import (
     child_weights,
     final_start_weights,
-    start_key,
     train_candidate,
 )
 from keras_branch.search.evolution.state import SearchState
@@ -435,8 +434,7 @@ def test_equal_candidate_start_trains_a_child_from_what_its_parent_started_from(
                adapter_name(0, task.key): [np.full((2, 2), 3.0)], f"head_{task.key}": [np.ones(4)]}
     entry = {"id": "p0c0", "path": parent_path.to_dict(), "score": 0.5, "children": 0,
              "trained": True}
-    state.record((0, 0), {"candidate": 0}, entry, trained,
-                 (start_key("p0c0"), {n: w for n, w in began.items() if w is not None}))
+    state.record((0, 0), {"candidate": 0}, entry, trained, began)
     # A child without mutation: muNet's start continues the parent's training,
     # the equal start begins where the parent began (fresh layers fresh again).
     starts = {}

@@ -35,7 +35,7 @@ from keras_branch.spec import TreeSpec
 from keras_branch.tasks import Task
 
 __all__ = ["CANDIDATE_STARTS", "FINAL_STARTS", "candidate_model", "child_weights", "final_start_weights",
-           "start_key", "train_candidate"]
+           "train_candidate"]
 
 Weights = dict[str, list[np.ndarray] | None]
 
@@ -53,11 +53,6 @@ FINAL_STARTS = ("inherited", "root")
 #: training).
 CANDIDATE_STARTS = ("inherited", "equal")
 
-
-def start_key(entry_id: str) -> str:
-    """The state's key for the weights a kept candidate started from (`candidate_start="equal"`)."""
-    return f"{entry_id}.start"
-
 _BLOCK = re.compile(r"stage(\d+)_block(\d+)")
 
 
@@ -72,7 +67,7 @@ def child_weights(system: EvolvedSystem, task: Task, parent: dict, path: TaskPat
     the parent's.
 
     With `candidate_start="equal"` "the parent's" weights are those the
-    parent started from (kept under `start_key`) when the parent is a
+    parent started from (`SearchState.record` keeps them) when the parent is a
     candidate of this visit: its lineage's training does not carry over, and
     every candidate trains from what the visit started with (the system's
     blocks, the task's installed path of an earlier pass, fresh layers).
@@ -92,10 +87,9 @@ def child_weights(system: EvolvedSystem, task: Task, parent: dict, path: TaskPat
     >>> owned = child_weights(system, task, parent, child_path, state)  # doctest: +SKIP
     """
     check_choice(candidate_start, "candidate_start", CANDIDATE_STARTS)
-    source = parent["id"]
-    if candidate_start == "equal" and not source.startswith("task:"):
-        source = start_key(source)
-    inherited = state.load_weights(source, state.current) if parent.get("trained") else {}
+    # The task's own path of an earlier pass is what this visit started with.
+    started = candidate_start == "equal" and not parent["id"].startswith("task:")
+    inherited = state.load_weights(parent["id"], state.current, started) if parent.get("trained") else {}
     parent_path = TaskPath.from_dict(parent["path"])
     owned: Weights = {}
     for d in range(path.depth):

@@ -50,7 +50,6 @@ from keras_branch.search.evolution.candidates import (
     FINAL_STARTS,
     child_weights,
     final_start_weights,
-    start_key,
     train_candidate,
 )
 from keras_branch.search.evolution.mutations import (
@@ -214,7 +213,8 @@ def evolve(
     """
     check_evolve_args({"scale": scale, "passes": passes, "candidates": candidates,
                        "candidate_epochs": candidate_epochs, "candidate_start": candidate_start,
-                       "mutation_prob": mutation_prob, "final_epochs": final_epochs, "final_learning_rate": final_learning_rate,
+                       "mutation_prob": mutation_prob, "final_epochs": final_epochs,
+                       "final_learning_rate": final_learning_rate,
                        "final_start": final_start, "clones": clones, "depth_moves": depth_moves,
                        "finalists": finalists})
     began = time.perf_counter()
@@ -317,7 +317,6 @@ def evolve(
                         f"parameters, over the {part[1]:,} allowed: not trained")
                     continue
                 owned = child_weights(system, task, parent, path, state, candidate_start)
-                began_from = {n: w for n, w in owned.items() if w is not None}
                 layer_seed = int(rng.integers(2**31))
                 order_seed = int(rng.integers(2**31))
                 quality, weights = train_candidate(system, task, path, owned, splits[name],
@@ -342,8 +341,7 @@ def evolve(
                 if better:
                     population.append(entry)
                 state.record(visit, record, entry if better else None, weights if better else None,
-                             (start_key(entry["id"]), began_from)
-                             if candidate_start == "equal" else None)
+                             owned if candidate_start == "equal" else None)
                 say(f"  {name} {c + 1}/{candidates}: parent {parent['id']}, "
                     f"{', '.join(mutations) or 'no mutation'} -> quality {quality:.4f}, "
                     f"params/task {params:,.0f}, score {value:.4f}"

@@ -176,9 +176,15 @@ class SearchState:
     def _weights_path(self, key: str, entry_id: str) -> str:
         return os.path.join(self.dir, "candidates", f"{key.replace(':', '_')}_{entry_id.replace(':', '_')}.npz")
 
-    def load_weights(self, entry_id: str, visit: Visit) -> dict[str, list[np.ndarray]]:
-        """The weights of a kept entry of `visit` (empty if it has none)."""
+    def load_weights(self, entry_id: str, visit: Visit,
+                     started: bool = False) -> dict[str, list[np.ndarray]]:
+        """The weights of a kept entry of `visit` (empty if it has none).
+
+        With `started`, the weights it started from, where `record` kept them
+        (the components that were not freshly initialised).
+        """
         key = self._key(visit)
+        entry_id = _started(entry_id) if started else entry_id
         memory = self._memory.get(f"{key}/{entry_id}")
         if memory is not None:
             return memory
@@ -188,16 +194,18 @@ class SearchState:
         return load_weights(path) if os.path.isfile(path) else {}
 
     def record(self, visit: Visit, record: dict, entry: dict | None, weights: dict | None,
-               start: tuple[str, dict] | None = None) -> None:
+               started: dict | None = None) -> None:
         """Logs a scored candidate and, when kept (`entry`), its weights; then writes the state.
 
-        `start`, with a kept entry: (key, weights) stored beside its weights,
-        readable with `load_weights(key, visit)` (the weights a candidate
-        started from, `candidates.start_key`).
+        `started`, with a kept entry: the weights it started from (None
+        values, fresh components, are left out), kept beside its weights
+        for `load_weights(..., started=True)`.
         """
         key = self._key(visit)
         if entry is not None:
-            stored = {entry["id"]: weights, **dict([start] if start else [])}
+            stored = {entry["id"]: weights}
+            if started is not None:
+                stored[_started(entry["id"])] = {n: w for n, w in started.items() if w is not None}
             for entry_id, values in stored.items():
                 self._memory[f"{key}/{entry_id}"] = values
                 if self.dir is not None:
@@ -218,3 +226,8 @@ class SearchState:
         if self.dir is not None:
             save_weights(os.path.join(self.dir, "system.npz"), system.weights)
         self._write()
+
+
+def _started(entry_id: str) -> str:
+    """Where the weights a kept entry started from are kept (`SearchState.record`)."""
+    return f"{entry_id}.start"
