@@ -121,7 +121,7 @@ def add_later(root: keras.Model, data: MultiTaskData, late: str, kwargs: dict[st
 #: Evolution settings added to the recipe after some results were written, with
 #: the value that gives the behaviour from before (a result without the key ran so).
 ADDED_LATER = {"evolve_finalists": 1, "evolve_final_start": "inherited",
-               "evolve_candidate_start": "inherited"}
+               "evolve_candidate_start": "inherited", "evolve_adapters": "any"}
 
 
 def _bearing(recipe: dict[str, Any] | None) -> dict[str, Any] | None:

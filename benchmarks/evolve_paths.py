@@ -21,6 +21,8 @@ root's block, the other stages frozen):
 - `clone4_adapters`: `clone4` with adapters (width 16) after stages 1-3;
 - `clone4_adapter3`: `clone4` with one adapter (width 16) after stage 3
   (the path evolving all five alphabets installed for Balinese, seed 0);
+- `clone4_adapter4`: `clone4` with one adapter (width 16) after stage 4,
+  before the head (what `adapters="any"` lets evolution insert);
 - `norms`, `clone4_norms`: `head` / `clone4` with the batch normalization of
   every frozen stage trainable (its scale, offset and statistics). This is
   not a component evolution has: it probes what task-owned normalization
@@ -70,6 +72,7 @@ PATHS: dict[str, tuple[tuple[int, ...], int, tuple[int, ...], bool]] = {
     "clone3_depth3": ((3,), 3, (0, 0, 0, 0), False),
     "clone4_adapters": ((4,), 4, (16, 16, 16, 0), False),
     "clone4_adapter3": ((4,), 4, (0, 0, 16, 0), False),
+    "clone4_adapter4": ((4,), 4, (0, 0, 0, 16), False),
     "norms": ((), 4, (0, 0, 0, 0), True),
     "clone4_norms": ((4,), 4, (0, 0, 0, 0), True),
 }
@@ -97,7 +100,7 @@ def path_model(system: EvolvedSystem, task, name: str, seed: int) -> keras.Model
 
 def run(data_path: str, seeds: Sequence[int], paths: Sequence[str], epochs: int,
         checkpoints: Sequence[int], log=print, train_seeds: Sequence[int] | None = None,
-        trained: Sequence[str] | None = None) -> dict[str, Any]:
+        trained: Sequence[str] | None = None, batch_size: int | None = None) -> dict[str, Any]:
     """Trains every path on every alphabet per seed; returns the errors along the way.
 
     `train_seeds` (default: each root's seed) draw the new weights, the
@@ -105,7 +108,8 @@ def run(data_path: str, seeds: Sequence[int], paths: Sequence[str], epochs: int,
     once per train seed, recorded under `"<seed>/<train seed>"`: one root
     and path under several give the spread of the path's error that
     training alone makes. `trained` limits the alphabets trained (the root
-    still pools the recipe's alphabets).
+    still pools the recipe's alphabets). `batch_size` (default: the
+    recipe's) is the paths' batch; the root keeps the recipe's.
 
     Returns:
         `{"machine", "recipe", "tasks", "seeds", "epochs", "checkpoints", "paths": {name:
@@ -115,6 +119,7 @@ def run(data_path: str, seeds: Sequence[int], paths: Sequence[str], epochs: int,
         keys of `errors` and `task_errors` are `result["runs"]`).
     """
     recipe = common.make_recipe()
+    batch = recipe["batch_size"] if batch_size is None else batch_size
     size = recipe["image_size"]
     data = load_omniglot(data_path, image_size=size)
     backbone = backbones.convnet4((size, size, 1), filters=recipe["filters"])
@@ -127,7 +132,7 @@ def run(data_path: str, seeds: Sequence[int], paths: Sequence[str], epochs: int,
         [(s, t, f"{s}/{t}") for s in seeds for t in train_seeds]
     result: dict[str, Any] = {"machine": machine_info(), "recipe": recipe,
                               "tasks": data.task_names, "seeds": list(seeds),
-                              "epochs": epochs, "checkpoints": marks,
+                              "epochs": epochs, "checkpoints": marks, "batch_size": batch,
                               "runs": [key for _, _, key in runs],
                               "paths": {p: {"errors": {}, "task_errors": {}} for p in paths}}
     for seed, draws, key in runs:
@@ -140,7 +145,7 @@ def run(data_path: str, seeds: Sequence[int], paths: Sequence[str], epochs: int,
                 single = data.select_tasks([task.name])
                 model = path_model(system, task, name, draws)
                 params.append(own_params(model))
-                steps = single.steps("train", recipe["batch_size"])
+                steps = single.steps("train", batch)
                 compile_model(model, optimizer=make_optimizer(
                     recipe["learning_rate"], "cosine", epochs=epochs, steps_per_epoch=steps))
                 curve: dict[str, list[float]] = {}
@@ -153,7 +158,7 @@ def run(data_path: str, seeds: Sequence[int], paths: Sequence[str], epochs: int,
                                                 for split in ("validation", "test")]
 
                 start = time.perf_counter()
-                model.fit(single.epoch_dataset("train", recipe["batch_size"], draws, 0, epochs,
+                model.fit(single.epoch_dataset("train", batch, draws, 0, epochs,
                                                make_augment(recipe["augment"], seed=draws)),
                           epochs=epochs, steps_per_epoch=steps, verbose=0, shuffle=False,
                           callbacks=[Checkpoints()])
@@ -219,6 +224,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="seeds of the new weights, batches and augmentation, each trained "
                              "on every root (default: the root's seed)")
     parser.add_argument("--alphabets", help="alphabets to train the paths on (default: all)")
+    parser.add_argument("--batch-size", type=int,
+                        help="the paths' batch size (default: the recipe's; the root keeps the recipe's)")
     parser.add_argument("--out", help="folder for evolve_paths.json")
     args = parser.parse_args(argv)
     trained = args.alphabets.split(",") if args.alphabets else None
@@ -228,11 +235,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"--paths: unknown {unknown}; known: {list(PATHS)}")
     if args.epochs < 1:
         raise SystemExit(f"--epochs must be >= 1. Received: {args.epochs}")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise SystemExit(f"--batch-size must be >= 1. Received: {args.batch_size}")
     reference = common.read_reference(args.reference)
     result = run(args.data, parse_seeds(args.seeds), paths, args.epochs,
                  [int(e) for e in args.checkpoints.split(",") if e],
                  train_seeds=parse_seeds(args.train_seeds) if args.train_seeds else None,
-                 trained=trained)
+                 trained=trained, batch_size=args.batch_size)
     print(table(result, reference))
     if args.out:
         print("wrote", common.write_json(args.out, "evolve_paths.json", result))

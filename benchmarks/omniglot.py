@@ -34,7 +34,8 @@ Methods (`METHODS`, each `method(data, backbone, recipe, seed) ->
 * `evolved`: muNet evolution (`evolve`, `evolve_*` recipe keys) from a root
   pretrained on all but the last alphabet pooled (`pretrain_root`), each
   installed path trained `evolve_final_epochs` further, depth mutations
-  limited by `evolve_depth_moves`, the system's parameters by
+  limited by `evolve_depth_moves`, adapters by `evolve_adapters` (none before
+  the head by default), the system's parameters by
   `evolve_budget` (a fraction of `finetuned`'s); `finetuned`: the
   same root (trained once per seed for both), every layer fine-tuned per
   task (one network per task), muNet's baseline.
@@ -85,6 +86,7 @@ from keras_branch.search import (  # noqa: E402
     TaskAffinity, learn_to_branch, tag_affinity, task_affinity,
 )
 from keras_branch.search.evolution import (  # noqa: E402
+    ADAPTER_STAGES,
     CANDIDATE_STARTS,
     DEPTH_MOVES,
     FINAL_STARTS,
@@ -146,6 +148,10 @@ DEFAULT_RECIPE: dict[str, Any] = {
     "evolve_clones": "suffix",
     # convnet4's flattened features change size with the depth: no depth moves.
     "evolve_depth_moves": "shape",
+    # No adapter before the head: there it only deepens the task's head, and
+    # the stage-4 clone trained 160 epochs with one ended 8.52% against
+    # 7.56% without (AMD EPYC with AVX-512, seeds 0-2; docs/evolution.md).
+    "evolve_adapters": "between",
     # The installed path's own components train four times the recipe's epochs:
     # with the shared blocks frozen an epoch costs less than the whole network's,
     # and a stage-4 clone still gains from 80 to 160 epochs.
@@ -381,7 +387,7 @@ def evolve_budget_params(recipe: dict[str, Any], data=None, backbone=None) -> in
 #: The recipe's `evolve_<name>` keys that are `evolve`'s argument `<name>` as they stand
 #: (`evolve_budget` is a fraction of the fine-tuned system: `evolve_budget_params`).
 EVOLVE_SETTINGS = ("scale", "passes", "candidates", "candidate_epochs", "candidate_start", "clones",
-                   "depth_moves", "final_epochs", "finalists", "final_start")
+                   "depth_moves", "adapters", "final_epochs", "finalists", "final_start")
 
 
 def evolve_settings(recipe: dict[str, Any]) -> dict[str, Any]:
@@ -811,6 +817,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "fine-tuned system's; none: no budget")
     parser.add_argument("--evolve-depth-moves", choices=DEPTH_MOVES,
                         help="depths a depth mutation may reach (evolve's depth_moves)")
+    parser.add_argument("--evolve-adapters", choices=ADAPTER_STAGES,
+                        help="after which stages an adapter mutation may insert one "
+                             "(evolve's adapters)")
     parser.add_argument("--latency-runs", type=int, default=200)
     parser.add_argument("--out", help="folder for omniglot.json and omniglot_pareto.png")
     args = parser.parse_args(argv)
@@ -833,6 +842,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "evolve_final_start": args.evolve_final_start,
         "evolve_candidate_start": args.evolve_candidate_start,
         "evolve_depth_moves": args.evolve_depth_moves,
+        "evolve_adapters": args.evolve_adapters,
     }
     if "evolve_budget" in vars(args):  # given, if only as none
         recipe["evolve_budget"] = args.evolve_budget

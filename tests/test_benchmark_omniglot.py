@@ -128,6 +128,9 @@ def test_benchmark_refuses_bad_evolution_settings_before_training(omniglot_bench
     with pytest.raises(ValueError, match=r"`evolve_candidate_start` must be one of \['inherited', 'equal'\]\. "
                                          r"Received: evolve_candidate_start='root'"):
         omniglot_benchmark.make_recipe(evolve_candidate_start="root")
+    with pytest.raises(ValueError, match=r"`evolve_adapters` must be one of \['between', 'any'\]\. "
+                                         r"Received: evolve_adapters='last'"):
+        omniglot_benchmark.make_recipe(evolve_adapters="last")
     with pytest.raises(ValueError, match=r"`evolve_scale` must be in \(0, 1\]\. Received: evolve_scale=0"):
         omniglot_benchmark.make_recipe(evolve_scale=0)
     with pytest.raises(ValueError, match=r"`evolve_budget` must be a fraction in \(0, 1\] .*"
@@ -146,6 +149,9 @@ def test_benchmark_refuses_bad_evolution_settings_before_training(omniglot_bench
     assert kwargs["candidate_start"] == "equal"
     defaults = omniglot_benchmark.evolve_kwargs(omniglot_benchmark.make_recipe(), 0, data, bb)
     assert (defaults["final_start"], defaults["candidate_start"]) == ("inherited", "equal")
+    assert defaults["adapters"] == "between"
+    assert omniglot_benchmark.evolve_kwargs(omniglot_benchmark.make_recipe(evolve_adapters="any"),
+                                            0, data, bb)["adapters"] == "any"
     # 60% of the fine-tuned system: one convnet4 (16 filters, 16x16) and head per task.
     one = bb.stem_params() + sum(bb.stage_params(d) for d in range(4))
     head = lambda t: (bb.feature_size() + 1) * t.units  # noqa: E731
@@ -274,7 +280,7 @@ def test_evolve_paths_own_params_training_and_table(omniglot_zip):
     # is LayerNorm 16 + Dense(16) 144 + Dense(8) 136 = 296.
     expected = {"head": 99, "clone4": 608 + 99, "clone34": 2 * 608 + 99, "norms": 4 * 32 + 99,
                 "clone4_norms": 608 + 3 * 32 + 99, "clone4_adapters": 608 + 3 * 296 + 99,
-                "clone4_adapter3": 608 + 296 + 99,
+                "clone4_adapter3": 608 + 296 + 99, "clone4_adapter4": 608 + 296 + 99,
                 "clone3_depth3": 608 + (4 * 4 * 8 * 3 + 3)}
     for name, count in expected.items():
         assert paths.own_params(paths.path_model(system, task, name, seed=0)) == count, name
@@ -298,6 +304,8 @@ def test_evolve_paths_own_params_training_and_table(omniglot_zip):
     assert lines.splitlines()[3] == "| finetuned (reference run) | | 8.00, 6.00 | 7.00 | | |"
     with pytest.raises(SystemExit, match=r"--paths: unknown \['clone9'\]"):
         paths.main(["--data", "unused.zip", "--paths", "clone4,clone9"])
+    with pytest.raises(SystemExit, match=r"--batch-size must be >= 1\. Received: 0"):
+        paths.main(["--data", "unused.zip", "--paths", "clone4", "--batch-size", "0"])
     # Several training draws per root: one column per (root seed, train seed).
     drawn = {**result, "runs": ["0/3", "0/4"], "paths": {"clone4": {
         "params_per_task": 43_000.0, "errors": {"0/3": result["paths"]["clone4"]["errors"]["0"],
@@ -366,14 +374,15 @@ def test_evolve_add_task_reads_together_only_from_a_matching_run():
     with pytest.raises(SystemExit, match=r"its `recipe` differs from this run's"):
         bench.together_from({**reference, "recipe": {**recipe, "filters": 32}}, recipe,
                             ["a", "b"], [0])
-    # A result written before `evolve_finalists`, `evolve_final_start` and
-    # `evolve_candidate_start` existed ran with one finalist, whose final training
-    # started from the candidates' weights, and candidates continued their parents'.
+    # A result written before `evolve_finalists`, `evolve_final_start`,
+    # `evolve_candidate_start` and `evolve_adapters` existed ran with one finalist,
+    # whose final training started from the candidates' weights, candidates
+    # continued their parents', and adapters could go after any stage.
     old = {**recipe, "evolve_finalists": 1, "evolve_final_start": "inherited",
-           "evolve_candidate_start": "inherited"}
+           "evolve_candidate_start": "inherited", "evolve_adapters": "any"}
     assert bench.together_from(reference, old, ["a", "b"], [0])
     for changed in ({"evolve_finalists": 2}, {"evolve_final_start": "root"},
-                    {"evolve_candidate_start": "equal"}):
+                    {"evolve_candidate_start": "equal"}, {"evolve_adapters": "between"}):
         with pytest.raises(SystemExit, match=r"its `recipe` differs from this run's"):
             bench.together_from(reference, {**old, **changed}, ["a", "b"], [0])
     with pytest.raises(SystemExit, match=r"its `tasks` differs"):

@@ -103,9 +103,9 @@ def test_a_parent_without_children_is_always_taken_first():
 # === Mutation rates ===
 
 
-def _sample_mutations(parent, num_stages, prob, n, seed, clones="layer", depths=None):
-    rng = np.random.default_rng(seed)
-    return [mutate(parent, num_stages, rng, prob, clones, depths) for _ in range(n)]
+def _sample_mutations(parent, num_stages, prob, n, seed, clones="layer", depths=None, adapters="any"):
+    rng = np.random.default_rng(seed)  # muNet's rules unless told otherwise
+    return [mutate(parent, num_stages, rng, prob, clones, depths, adapters) for _ in range(n)]
 
 
 def test_mutation_rates_from_the_root():  # muNet's per-layer clones
@@ -190,10 +190,15 @@ def test_suffix_clones_make_the_trained_stages_a_suffix_with_the_same_draws():
 def test_mutation_prob_zero_and_one():
     parent = TaskPath.root(3)
     assert mutate(parent, 3, np.random.default_rng(0), 0.0) == (parent, [])
-    child, done = mutate(parent, 3, np.random.default_rng(0), 1.0)
+    child, done = mutate(parent, 3, np.random.default_rng(0), 1.0, adapters="any")
     assert sum(x.startswith("clone") for x in done) == 3
     assert sum(x.startswith("adapter") for x in done) == 3
     assert child.depth == 2 and len(done) == 3 + 3 + 1 + 1
+    # Between stages: the adapter after stage 2, now the last, is not inserted.
+    child, done = mutate(parent, 3, np.random.default_rng(0), 1.0)
+    assert child.depth == 2 and child.adapters == [16, 0, 0]
+    assert [x for x in done if x.startswith("adapter")] == ["adapter(stage 1, 16)",
+                                                            "adapter(stage 3, 16)"]
 
 
 def test_path_is_a_deprecated_alias_of_task_path():
@@ -299,6 +304,40 @@ def test_restricted_depth_moves_reflect_or_drop_with_the_same_draws():
     assert not any("depth(2->1)" in d for d in done)
 
 
+# === Adapters between stages ===
+
+
+def test_adapters_between_stages_skip_the_last_with_the_same_draws():
+    p, n = 0.3, 20_000
+    root = TaskPath.root(4)
+    between = _sample_mutations(root, 4, p, n, seed=8, depths=[4], adapters="between")
+    anywhere = _sample_mutations(root, 4, p, n, seed=8, depths=[4])
+    for (child, done), (twin, twin_done) in zip(between, anywhere):
+        # Every draw is the same; only the adapter after stage 4 is missing.
+        assert done == [x for x in twin_done if x != "adapter(stage 4, 16)"]
+        assert child.adapters == twin.adapters[:3] + [0]
+        assert (child.route, child.depth, child.hparams) == (twin.route, twin.depth, twin.hparams)
+    for stage in (1, 2, 3):  # the other stages keep their rate
+        _assert_frequency(sum(f"adapter(stage {stage}, 16)" in d for _, d in between), n, p,
+                          f"adapter {stage}")
+    assert sum("adapter(stage 4, 16)" in d for _, d in anywhere) > 0
+    # A parent with an adapter before its head (from an earlier system) loses it,
+    # named in the description, so the child is not its parent unchanged.
+    parent = TaskPath([0, 0, 0, 1], 4, [0, 16, 0, 16], dict(DEFAULT_HPARAMS))
+    child, done = mutate(parent, 4, np.random.default_rng(0), prob=0.0)
+    assert (child.adapters, done) == ([0, 16, 0, 0], ["drop adapter(stage 4, last)"])
+    assert mutate(parent, 4, np.random.default_rng(0), prob=0.0, adapters="any") == (parent, [])
+    # A depth move down makes stage 3 the last: its adapter goes with it.
+    parent = TaskPath([0, 0, 0, 0], 4, [0, 0, 8, 0], dict(DEFAULT_HPARAMS))
+    moved = [(c, d) for c, d in _sample_mutations(parent, 4, p, 2_000, seed=9, depths=[3, 4],
+                                                  adapters="between") if c.depth == 3]
+    assert moved and all(c.adapters == [c.adapters[0], c.adapters[1], 0, 0] for c, _ in moved)
+    assert all("drop adapter(stage 3, last)" in d for _, d in moved)
+    with pytest.raises(ValueError, match=r"`adapters` must be one of \['between', 'any'\]\. "
+                                         r"Received: adapters='last'"):
+        mutate(root, 4, np.random.default_rng(0), p, adapters="last")
+
+
 # === Children that fit the budget ===
 
 
@@ -339,13 +378,13 @@ def test_a_slot_draws_again_until_its_child_fits():
     root = {"id": "root", "path": TaskPath.root(2).to_dict(), "score": None, "children": 0}
     # Only b's head (15) fits: a child fits when it draws no clone and no
     # adapter, 4 independent events of probability p each (per-layer clones,
-    # depth fixed), so with probability (1 - p) ** 4 = 1 / 16.
+    # adapters after any stage, depth fixed), so with probability (1 - p) ** 4 = 1 / 16.
     p, n, part = 0.5, 4000, (105, 15)
     fit = (1 - p) ** 4
     draws, unfit = [], 0
     for seed in range(n):
         parent, path, done, added, refused = draw_child(
-            system, task_b, [root], np.random.default_rng(seed), 2, p, "layer", [2], part)
+            system, task_b, [root], np.random.default_rng(seed), 2, p, "layer", [2], part, "any")
         assert parent is root and all(r["added"] > 15 for r in refused)
         if added <= 15:
             assert path.route == [0, 0] and path.adapters == [0, 0] and added == 15
@@ -361,6 +400,6 @@ def test_a_slot_draws_again_until_its_child_fits():
     rng, twin = np.random.default_rng(3), np.random.default_rng(3)
     _, path, done, added, refused = draw_child(system, task_b, [root], rng, 2, p, "layer",
                                                [2], None)
-    select_parent([root], twin)
+    select_parent([root], twin)  # adapters between stages by default, in both
     assert (path, done, added, refused) == (*mutate(TaskPath.root(2), 2, twin, p, "layer", [2]),
                                             None, [])

@@ -269,6 +269,9 @@ def test_evolve_rejects_bad_arguments(evolved):
     with pytest.raises(SearchError, match=r"`depth_moves` must be one of \['shape', 'any'\]\. "
                                           r"Received: depth_moves='all'"):
         evolve(root, None, data, depth_moves="all", log=None)
+    with pytest.raises(SearchError, match=r"`adapters` must be one of \['between', 'any'\]\. "
+                                          r"Received: adapters='last'"):
+        evolve(root, None, data, adapters="last", log=None)
     with pytest.raises(SearchError, match="unknown"):
         evolve(root, ["nope"], data, log=None)
     with pytest.raises(SearchError, match="root_task"):
@@ -456,6 +459,10 @@ def test_evolve_ranks_candidates_at_equal_training_on_request(evolved):
     assert result.scores["config"]["candidate_start"] == "equal"
     assert name in result.system.task_names
     assert inspect.signature(evolve).parameters["candidate_start"].default == "inherited"
+    assert result.scores["config"]["adapters"] == "between"  # the default
+    # No installed path has an adapter before its head.
+    assert all(path.adapters[path.depth - 1] == 0
+               for path in map(result.system.path, result.system.task_names))
     with pytest.raises(SearchError, match=r"`candidate_start` must be one of \['inherited', 'equal'\]\. "
                                           r"Received: candidate_start='fresh'"):
         evolve(first.system, [name], data, candidate_start="fresh", **TINY)
@@ -700,6 +707,8 @@ def test_cli_bad_tasks_roots_and_scales_end_with_one_line(evolved, tmp_path, cap
          "Received: '1.01'"),
         (("--system", system_dir, "--add-task", "g1_t1", "--data", DATA, "--depth-moves", "all"),
          "argument --depth-moves: invalid choice: 'all'"),
+        (("--system", system_dir, "--add-task", "g1_t1", "--data", DATA, "--adapters", "last"),
+         "argument --adapters: invalid choice: 'last'"),
         (("--system", system_dir, "--add-task", "g1_t1", "--data", DATA, "--final-start", "parent"),
          "argument --final-start: invalid choice: 'parent'"),
         (("--system", system_dir, "--add-task", "g1_t1", "--data", DATA, "--budget", "10"),

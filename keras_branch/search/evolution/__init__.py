@@ -15,8 +15,9 @@ Per task visit (round robin over the tasks, `passes` times):
    `0.5 ** children`; when none is, a random one (`select_parent`).
 3. The child applies each mutation with probability `mutation_prob`: clone
    a block (a trainable copy of a frozen one; with `clones="suffix"`, the
-   default, every later stage too), insert a zero-initialised adapter,
-   change the depth by one (with `depth_moves="shape"`, the default, only
+   default, every later stage too), insert a zero-initialised adapter
+   (with `adapters="between"`, the default, not after the path's last
+   stage), change the depth by one (with `depth_moves="shape"`, the default, only
    among depths whose head input has the full depth's size,
    `allowed_depths`), move one hyperparameter one step along its list
    (`mutate`).
@@ -68,6 +69,7 @@ from keras_branch.search.evolution.loop import (
     pretrain_root,
 )
 from keras_branch.search.evolution.mutations import (
+    ADAPTER_STAGES,
     CLONE_RULES,
     DEPTH_MOVES,
     HPARAM_LISTS,
@@ -85,6 +87,7 @@ from keras_branch.search.evolution.system import (
 )
 
 __all__ = [
+    "ADAPTER_STAGES",
     "CANDIDATE_STARTS",
     "CLONE_RULES",
     "DEFAULT_HPARAMS",
