@@ -38,8 +38,8 @@ paths to draw parents from.
         --seeds 0,1,2 --late Balinese,Latin \\
         --reference benchmarks/results/evolved_intel/must_show_budget.json --out /tmp/add
 
-`--evolve-finalists N` and `--evolve-candidate-start equal` run both under
-those settings (a reference must have been run with the same
+`--evolve-finalists N`, `--evolve-candidate-start inherited|equal` and
+`--evolve-adapters between|any` run both under those settings (a reference must have been run with the same
 `omniglot.py` flags).
 """
 
@@ -262,6 +262,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--evolve-candidate-start", choices=common.CANDIDATE_STARTS,
                         help="where a candidate's own components start (benchmarks/omniglot.py's "
                              "flag; default: the recipe's)")
+    parser.add_argument("--evolve-adapters", choices=common.ADAPTER_STAGES,
+                        help="after which stages an adapter mutation may insert one "
+                             "(benchmarks/omniglot.py's flag; default: the recipe's)")
     parser.add_argument("--out", help="folder for evolve_add_task.json")
     args = parser.parse_args(argv)
     late = [n for n in args.late.split(",") if n]
@@ -269,7 +272,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"--late must name at least one alphabet. Received: {args.late!r}")
     reference = common.read_reference(args.reference)
     recipe = {key: value for key, value in (("evolve_finalists", args.evolve_finalists),
-                                            ("evolve_candidate_start", args.evolve_candidate_start))
+                                            ("evolve_candidate_start", args.evolve_candidate_start),
+                                            ("evolve_adapters", args.evolve_adapters))
               if value is not None}
     result = run(args.data, parse_seeds(args.seeds), late, recipe=recipe, reference=reference)
     print(table(result))

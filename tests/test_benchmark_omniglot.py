@@ -405,8 +405,8 @@ def test_evolve_add_task_reads_together_only_from_a_matching_run():
 
 
 def test_evolve_add_task_takes_the_finalists_of_the_recipe(tmp_path, monkeypatch):
-    """--evolve-finalists and --evolve-candidate-start reach the recipe (as benchmarks/omniglot.py's
-    flags), checked before training."""
+    """--evolve-finalists, --evolve-candidate-start and --evolve-adapters reach the recipe (as
+    benchmarks/omniglot.py's flags), checked before training."""
     bench = load_script(BENCHMARK.parent / "evolve_add_task.py", "evolve_add_task")
     missing = str(tmp_path / "no-such.zip")
     with pytest.raises(ValueError, match=r"`evolve_finalists` must be a positive int\. "
@@ -415,10 +415,12 @@ def test_evolve_add_task_takes_the_finalists_of_the_recipe(tmp_path, monkeypatch
     seen = []
     monkeypatch.setattr(bench, "run", lambda *a, **k: seen.append(k["recipe"]) or 1 / 0)
     for argv, recipe in ((["--evolve-finalists", "2"], {"evolve_finalists": 2}), ([], {}),
-                         (["--evolve-candidate-start", "equal"], {"evolve_candidate_start": "equal"})):
+                         (["--evolve-candidate-start", "equal"], {"evolve_candidate_start": "equal"}),
+                         (["--evolve-adapters", "any"], {"evolve_adapters": "any"})):
         with pytest.raises(ZeroDivisionError):
             bench.main(["--data", missing, *argv])
-    assert seen == [{"evolve_finalists": 2}, {}, {"evolve_candidate_start": "equal"}]
+    assert seen == [{"evolve_finalists": 2}, {}, {"evolve_candidate_start": "equal"},
+                    {"evolve_adapters": "any"}]
 
 
 def test_evolve_add_task_reports_outputs_that_moved(tmp_path):
