@@ -143,9 +143,9 @@ def evolve(
             (`mutations.mutate`): `"between"` (default) only after stages
             that feed another stage of the path (an adapter after the last
             one only deepens the task's head: on Omniglot-5 it cost about a
-            point of test error after 160 epochs, docs/evolution.md); a
-            path that has one there drops it,
-            `"any"` after every used stage (muNet's rule).
+            point of test error after 160 epochs, docs/evolution.md; a
+            path that has one there drops it); `"any"` after every used
+            stage (muNet's rule).
         budget: the most parameters the system may hold once every task
             of `tasks` is on a path (`EvolvedSystem.params_with`): a count,
             or a multiple of the fully shared model over the system's and
