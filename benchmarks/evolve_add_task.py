@@ -38,13 +38,15 @@ paths to draw parents from.
         --seeds 0,1,2 --late Balinese,Latin \\
         --reference benchmarks/results/evolved_intel/must_show_budget.json --out /tmp/add
 
-`--evolve-finalists N`, `--evolve-candidate-start inherited|equal` and
-`--evolve-adapters between|any` run both under those settings (a reference must have been run with the same
+`--evolve-finalists N`, `--evolve-candidate-start inherited|equal`,
+`--evolve-adapters between|any` and `--evolve-final-batch-size N|none` run
+both under those settings (a reference must have been run with the same
 `omniglot.py` flags).
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import tempfile
@@ -121,7 +123,8 @@ def add_later(root: keras.Model, data: MultiTaskData, late: str, kwargs: dict[st
 #: Evolution settings added to the recipe after some results were written, with
 #: the value that gives the behaviour from before (a result without the key ran so).
 ADDED_LATER = {"evolve_finalists": 1, "evolve_final_start": "inherited",
-               "evolve_candidate_start": "inherited", "evolve_adapters": "any"}
+               "evolve_candidate_start": "inherited", "evolve_adapters": "any",
+               "evolve_final_batch_size": None}
 
 
 def _bearing(recipe: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -265,6 +268,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--evolve-adapters", choices=common.ADAPTER_STAGES,
                         help="after which stages an adapter mutation may insert one "
                              "(benchmarks/omniglot.py's flag; default: the recipe's)")
+    parser.add_argument("--evolve-final-batch-size", type=common.final_batch_size,
+                        default=argparse.SUPPRESS,
+                        help="batch size of the installed path's final training, none: each "
+                             "path's own (benchmarks/omniglot.py's flag; default: the recipe's)")
     parser.add_argument("--out", help="folder for evolve_add_task.json")
     args = parser.parse_args(argv)
     late = [n for n in args.late.split(",") if n]
@@ -275,6 +282,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                             ("evolve_candidate_start", args.evolve_candidate_start),
                                             ("evolve_adapters", args.evolve_adapters))
               if value is not None}
+    if "evolve_final_batch_size" in vars(args):  # given, if only as none
+        recipe["evolve_final_batch_size"] = args.evolve_final_batch_size
     result = run(args.data, parse_seeds(args.seeds), late, recipe=recipe, reference=reference)
     print(table(result))
     if args.out:

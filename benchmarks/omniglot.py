@@ -33,7 +33,8 @@ Methods (`METHODS`, each `method(data, backbone, recipe, seed) ->
   widths sized so every tree it can return fits the budget.
 * `evolved`: muNet evolution (`evolve`, `evolve_*` recipe keys) from a root
   pretrained on all but the last alphabet pooled (`pretrain_root`), each
-  installed path trained `evolve_final_epochs` further, depth mutations
+  installed path trained `evolve_final_epochs` further (at the recipe's rate
+  and `evolve_final_batch_size`), depth mutations
   limited by `evolve_depth_moves`, adapters by `evolve_adapters` (none before
   the head by default), the system's parameters by
   `evolve_budget` (a fraction of `finetuned`'s); `finetuned`: the
@@ -156,6 +157,10 @@ DEFAULT_RECIPE: dict[str, Any] = {
     # with the shared blocks frozen an epoch costs less than the whole network's,
     # and a stage-4 clone still gains from 80 to 160 epochs.
     "evolve_final_epochs": 160,
+    # The final training's batch: the recipe's (as its rate is the recipe's,
+    # `evolve_kwargs`), not the one a candidate's 4 epochs chose; None: each
+    # path's own (results written before this key ran so).
+    "evolve_final_batch_size": 32,
     # The visit's best paths of distinct structure that get the final
     # training (the best after it is installed); 1: the best candidate.
     "evolve_finalists": 1,
@@ -387,7 +392,8 @@ def evolve_budget_params(recipe: dict[str, Any], data=None, backbone=None) -> in
 #: The recipe's `evolve_<name>` keys that are `evolve`'s argument `<name>` as they stand
 #: (`evolve_budget` is a fraction of the fine-tuned system: `evolve_budget_params`).
 EVOLVE_SETTINGS = ("scale", "passes", "candidates", "candidate_epochs", "candidate_start", "clones",
-                   "depth_moves", "adapters", "final_epochs", "finalists", "final_start")
+                   "depth_moves", "adapters", "final_epochs", "final_batch_size", "finalists",
+                   "final_start")
 
 
 def evolve_settings(recipe: dict[str, Any]) -> dict[str, Any]:
@@ -538,7 +544,7 @@ def litert_latency(models: dict[str, keras.Model], x: np.ndarray, runs: int = 20
 
 
 #: Recipe keys whose None is a setting (no budget), not "the default".
-NONE_IS_A_SETTING = ("evolve_budget",)
+NONE_IS_A_SETTING = ("evolve_budget", "evolve_final_batch_size")
 
 
 def make_recipe(**overrides: Any) -> dict[str, Any]:
@@ -777,6 +783,16 @@ def _budget_fraction(text: str) -> float | None:
     return None if text == "none" else float(text)
 
 
+def final_batch_size(text: str) -> int | None:
+    """`--evolve-final-batch-size`: a batch size, or `none` for each path's own."""
+    if text == "none":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a positive int or none, not {text!r}") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = script_parser(__doc__)
     parser.add_argument("--alphabets", help="comma-separated alphabets (default: all)")
@@ -815,6 +831,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         default=argparse.SUPPRESS,
                         help="evolved system's parameters, at most this fraction of the "
                              "fine-tuned system's; none: no budget")
+    parser.add_argument("--evolve-final-batch-size", type=final_batch_size,
+                        default=argparse.SUPPRESS,
+                        help="batch size of the installed path's final training; none: each "
+                             "path's own (default: the recipe's)")
     parser.add_argument("--evolve-depth-moves", choices=DEPTH_MOVES,
                         help="depths a depth mutation may reach (evolve's depth_moves)")
     parser.add_argument("--evolve-adapters", choices=ADAPTER_STAGES,
@@ -844,8 +864,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "evolve_depth_moves": args.evolve_depth_moves,
         "evolve_adapters": args.evolve_adapters,
     }
-    if "evolve_budget" in vars(args):  # given, if only as none
-        recipe["evolve_budget"] = args.evolve_budget
+    for key in NONE_IS_A_SETTING:
+        if key in vars(args):  # given, if only as none
+            recipe[key] = vars(args)[key]
     run(
         args.data,
         seeds=seeds,

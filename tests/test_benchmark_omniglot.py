@@ -131,6 +131,11 @@ def test_benchmark_refuses_bad_evolution_settings_before_training(omniglot_bench
     with pytest.raises(ValueError, match=r"`evolve_adapters` must be one of \['between', 'any'\]\. "
                                          r"Received: evolve_adapters='last'"):
         omniglot_benchmark.make_recipe(evolve_adapters="last")
+    with pytest.raises(ValueError, match=r"`evolve_final_batch_size` must be a positive int or None\. "
+                                         r"Received: evolve_final_batch_size=0"):
+        omniglot_benchmark.main(["--data", missing, "--evolve-final-batch-size", "0"])
+    with pytest.raises(SystemExit):  # argparse: neither an int nor none
+        omniglot_benchmark.main(["--data", missing, "--evolve-final-batch-size", "big"])
     with pytest.raises(ValueError, match=r"`evolve_scale` must be in \(0, 1\]\. Received: evolve_scale=0"):
         omniglot_benchmark.make_recipe(evolve_scale=0)
     with pytest.raises(ValueError, match=r"`evolve_budget` must be a fraction in \(0, 1\] .*"
@@ -150,6 +155,10 @@ def test_benchmark_refuses_bad_evolution_settings_before_training(omniglot_bench
     defaults = omniglot_benchmark.evolve_kwargs(omniglot_benchmark.make_recipe(), 0, data, bb)
     assert (defaults["final_start"], defaults["candidate_start"]) == ("inherited", "equal")
     assert defaults["adapters"] == "between"
+    # The final training at the recipe's rate and batch; None: each path's own.
+    assert (defaults["final_learning_rate"], defaults["final_batch_size"]) == (0.003, 32)
+    assert omniglot_benchmark.evolve_kwargs(omniglot_benchmark.make_recipe(
+        evolve_final_batch_size=None), 0, data, bb)["final_batch_size"] is None
     assert omniglot_benchmark.evolve_kwargs(omniglot_benchmark.make_recipe(evolve_adapters="any"),
                                             0, data, bb)["adapters"] == "any"
     # 60% of the fine-tuned system: one convnet4 (16 filters, 16x16) and head per task.
@@ -375,14 +384,17 @@ def test_evolve_add_task_reads_together_only_from_a_matching_run():
         bench.together_from({**reference, "recipe": {**recipe, "filters": 32}}, recipe,
                             ["a", "b"], [0])
     # A result written before `evolve_finalists`, `evolve_final_start`,
-    # `evolve_candidate_start` and `evolve_adapters` existed ran with one finalist,
-    # whose final training started from the candidates' weights, candidates
-    # continued their parents', and adapters could go after any stage.
+    # `evolve_candidate_start`, `evolve_adapters` and `evolve_final_batch_size`
+    # existed ran with one finalist, whose final training started from the
+    # candidates' weights at the path's batch, candidates continued their
+    # parents', and adapters could go after any stage.
     old = {**recipe, "evolve_finalists": 1, "evolve_final_start": "inherited",
-           "evolve_candidate_start": "inherited", "evolve_adapters": "any"}
+           "evolve_candidate_start": "inherited", "evolve_adapters": "any",
+           "evolve_final_batch_size": None}
     assert bench.together_from(reference, old, ["a", "b"], [0])
     for changed in ({"evolve_finalists": 2}, {"evolve_final_start": "root"},
-                    {"evolve_candidate_start": "equal"}, {"evolve_adapters": "between"}):
+                    {"evolve_candidate_start": "equal"}, {"evolve_adapters": "between"},
+                    {"evolve_final_batch_size": 32}):
         with pytest.raises(SystemExit, match=r"its `recipe` differs from this run's"):
             bench.together_from(reference, {**old, **changed}, ["a", "b"], [0])
     with pytest.raises(SystemExit, match=r"its `tasks` differs"):
@@ -416,11 +428,14 @@ def test_evolve_add_task_takes_the_finalists_of_the_recipe(tmp_path, monkeypatch
     monkeypatch.setattr(bench, "run", lambda *a, **k: seen.append(k["recipe"]) or 1 / 0)
     for argv, recipe in ((["--evolve-finalists", "2"], {"evolve_finalists": 2}), ([], {}),
                          (["--evolve-candidate-start", "equal"], {"evolve_candidate_start": "equal"}),
-                         (["--evolve-adapters", "any"], {"evolve_adapters": "any"})):
+                         (["--evolve-adapters", "any"], {"evolve_adapters": "any"}),
+                         (["--evolve-final-batch-size", "none"], {"evolve_final_batch_size": None}),
+                         (["--evolve-final-batch-size", "16"], {"evolve_final_batch_size": 16})):
         with pytest.raises(ZeroDivisionError):
             bench.main(["--data", missing, *argv])
     assert seen == [{"evolve_finalists": 2}, {}, {"evolve_candidate_start": "equal"},
-                    {"evolve_adapters": "any"}]
+                    {"evolve_adapters": "any"}, {"evolve_final_batch_size": None},
+                    {"evolve_final_batch_size": 16}]
 
 
 def test_evolve_add_task_reports_outputs_that_moved(tmp_path):

@@ -373,6 +373,7 @@ NUMERIC_FLAGS = [
     (["evolve", "--data", PLANTED], "--final-epochs", "-1", "must be an int >= 0"),
     (["evolve", "--data", PLANTED], "--final-learning-rate", "0", "must be a finite number > 0"),
     (["evolve", "--data", PLANTED], "--finalists", "0", "must be an int >= 1"),
+    (["evolve", "--data", PLANTED], "--final-batch-size", "0", "must be an int >= 1"),
     (["zoo", "train", "planted-affinity"], "--learning-rate", "nan", "must be a finite number > 0"),
     (["zoo", "train", "planted-affinity"], "--batch-size", "0", "must be an int >= 1"),
 ]

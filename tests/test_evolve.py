@@ -368,6 +368,33 @@ def test_final_training_trains_the_installed_path_and_nothing_else(evolved):
                for a, b in zip(other.system.weights[n], final.system.weights[n]))
 
 
+def test_final_batch_size_sets_only_the_final_trainings_batch(evolved, monkeypatch):
+    """The final training runs at `final_batch_size`; candidates and the installed path keep theirs."""
+    from keras_branch.search.evolution import loop
+
+    data, _, first, _ = evolved
+    name = data.task_names[2]
+    calls = []
+    real = loop.train_candidate
+
+    def spy(system, task, path, owned, data, epochs, *args, schedule="constant"):
+        calls.append((schedule, path.hparams["batch_size"]))
+        return real(system, task, path, owned, data, epochs, *args, schedule=schedule)
+
+    monkeypatch.setattr(loop, "train_candidate", spy)
+    result = evolve(first.system, [name], data, final_epochs=1, final_batch_size=5, **TINY)
+    candidates = [c for c in calls if c[0] == "constant"]
+    assert [c[0] for c in calls] == ["constant"] * TINY["candidates"] + ["cosine"]
+    assert calls[-1][1] == 5
+    assert all(c[1] in HPARAM_LISTS["batch_size"] for c in candidates)
+    # The installed path keeps the hyperparameters the search chose.
+    assert result.system.path(name).hparams["batch_size"] in HPARAM_LISTS["batch_size"]
+    assert result.scores["config"]["final_batch_size"] == 5
+    with pytest.raises(SearchError, match=r"`final_batch_size` must be a positive int or None\. "
+                                          r"Received: final_batch_size=0"):
+        evolve(first.system, [name], data, final_epochs=1, final_batch_size=0, **TINY)
+
+
 def test_the_final_training_starts_from_the_root_not_from_the_lineage(evolved):
     data, _, first, _ = evolved
     system, task = first.system, data.tasks[2]

@@ -94,6 +94,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "0: none)")
     p.add_argument("--final-learning-rate", type=finite_float(0.0),
                    help="the final training's peak rate (default: each path's own)")
+    p.add_argument("--final-batch-size", type=positive_int,
+                   help="the final training's batch size (default: each path's own)")
     p.add_argument("--final-start", choices=FINAL_STARTS, default="inherited",
                    help="where the final training starts: inherited (the candidates' trained "
                         "weights; default) or root (the path's own blocks from the root's, "
@@ -163,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
         mutation_prob=args.mutation_prob,
         clones=args.clones, depth_moves=args.depth_moves, adapters=args.adapters, budget=args.budget,
         final_epochs=args.final_epochs, final_learning_rate=args.final_learning_rate,
-        final_start=args.final_start,
+        final_batch_size=args.final_batch_size, final_start=args.final_start,
         finalists=args.finalists, seed=args.seed, root_task=args.root_task, state_dir=state, out_dir=args.out,
         overwrite=args.overwrite,
     )

@@ -91,6 +91,7 @@ def evolve(
     augment: Mapping[str, float] | None = None,
     final_epochs: int = 0,
     final_learning_rate: float | None = None,
+    final_batch_size: int | None = None,
     final_start: str = "inherited",
     finalists: int = 1,
     root_task: str | None = None,
@@ -178,6 +179,11 @@ def evolve(
             epochs), so a long final training at the rate they chose can
             undertrain: on Omniglot-5 (seed 0) the recipe's 3e-3 here took
             the evolved system from 9.75% to 8.78%.
+        final_batch_size: the final training's batch size; None keeps the
+            path's own (its `batch_size` hyperparameter). For the same
+            reason as the rate: a small batch takes more steps in a
+            candidate's few epochs and looks better there, which says
+            nothing about a long training (docs/evolution.md).
         final_start: where the final training starts
             (`candidates.final_start_weights`): `"inherited"` (default: the
             candidates' trained weights, muNet's way) or `"root"` (the
@@ -224,6 +230,7 @@ def evolve(
                        "candidate_epochs": candidate_epochs, "candidate_start": candidate_start,
                        "mutation_prob": mutation_prob, "final_epochs": final_epochs,
                        "final_learning_rate": final_learning_rate,
+                       "final_batch_size": final_batch_size,
                        "final_start": final_start, "clones": clones, "depth_moves": depth_moves,
                        "adapters": adapters, "finalists": finalists})
     began = time.perf_counter()
@@ -269,6 +276,7 @@ def evolve(
               "clones": clones, "depth_moves": depth_moves, "adapters": adapters, "budget": limit,
               "seed": seed, "augment": dict(augment) if augment else None,
               "final_epochs": final_epochs, "final_learning_rate": final_learning_rate,
+              "final_batch_size": final_batch_size,
               "final_start": final_start, "finalists": finalists, "data": data.name,
               "start_tasks": system.task_names}
     state = SearchState(state_dir, config, system, say)
@@ -371,6 +379,8 @@ def evolve(
                     trained = copy.deepcopy(path)
                     if final_learning_rate is not None:
                         trained.hparams["learning_rate"] = final_learning_rate
+                    if final_batch_size is not None:
+                        trained.hparams["batch_size"] = final_batch_size
                     quality, owned = train_candidate(
                         system, task, trained, final_start_weights(system, owned, final_start),
                         splits[name], final_epochs, augment,
@@ -504,7 +514,7 @@ def check_evolve_args(settings: Mapping[str, Any], prefix: str = "") -> None:
     Args:
         settings: some of `scale`, `passes`, `candidates`,
             `candidate_epochs`, `candidate_start`, `finalists`, `final_epochs`,
-            `final_learning_rate`, `final_start`, `mutation_prob`, `clones`,
+            `final_learning_rate`, `final_batch_size`, `final_start`, `mutation_prob`, `clones`,
             `depth_moves`, `adapters`.
         prefix: put before each name in the messages (the caller's field
             names, e.g. `"evolve_"`).
@@ -540,6 +550,7 @@ _EVOLVE_ARG_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "final_epochs": (_int_at_least(0), "an int >= 0"),
     "final_learning_rate": (lambda v: v is None or (_finite(v) and v > 0),
                             "a finite number > 0 or None"),
+    "final_batch_size": (lambda v: v is None or _int_at_least(1)(v), "a positive int or None"),
     "mutation_prob": (lambda v: _finite(v) and 0 <= v <= 1, "in [0, 1]"),
     "clones": (lambda v: v in CLONE_RULES, f"one of {list(CLONE_RULES)}"),
     "depth_moves": (lambda v: v in DEPTH_MOVES, f"one of {list(DEPTH_MOVES)}"),
