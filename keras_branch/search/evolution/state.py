@@ -174,7 +174,8 @@ class SearchState:
                 ids[str(d)].append(b)
 
     def _weights_path(self, key: str, entry_id: str) -> str:
-        return os.path.join(self.dir, "candidates", f"{key.replace(':', '_')}_{entry_id.replace(':', '_')}.npz")
+        name = f"{key.replace(':', '_')}_{entry_id.replace(':', '_')}.npz"
+        return os.path.join(self.dir, "candidates", name)
 
     def load_weights(self, entry_id: str, visit: Visit,
                      started: bool = False) -> dict[str, list[np.ndarray]]:
