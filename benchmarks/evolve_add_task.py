@@ -282,8 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                             ("evolve_candidate_start", args.evolve_candidate_start),
                                             ("evolve_adapters", args.evolve_adapters))
               if value is not None}
-    if "evolve_final_batch_size" in vars(args):  # given, if only as none
-        recipe["evolve_final_batch_size"] = args.evolve_final_batch_size
+    recipe.update(common.given_none_settings(args))
     result = run(args.data, parse_seeds(args.seeds), late, recipe=recipe, reference=reference)
     print(table(result))
     if args.out:

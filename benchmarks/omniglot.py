@@ -785,12 +785,16 @@ def _budget_fraction(text: str) -> float | None:
 
 def final_batch_size(text: str) -> int | None:
     """`--evolve-final-batch-size`: a batch size, or `none` for each path's own."""
-    if text == "none":
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"a positive int or none, not {text!r}") from None
+    return None if text == "none" else int(text)
+
+
+def given_none_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The `NONE_IS_A_SETTING` keys the command line gave, if only as none.
+
+    Their flags default to `argparse.SUPPRESS`, so an absent flag leaves the
+    recipe's value and `none` sets None.
+    """
+    return {key: value for key, value in vars(args).items() if key in NONE_IS_A_SETTING}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -864,9 +868,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "evolve_depth_moves": args.evolve_depth_moves,
         "evolve_adapters": args.evolve_adapters,
     }
-    for key in NONE_IS_A_SETTING:
-        if key in vars(args):  # given, if only as none
-            recipe[key] = vars(args)[key]
+    recipe.update(given_none_settings(args))
     run(
         args.data,
         seeds=seeds,
