@@ -39,7 +39,8 @@ paths to draw parents from.
         --reference benchmarks/results/evolved_intel/must_show_budget.json --out /tmp/add
 
 `--evolve-finalists N`, `--evolve-candidate-start inherited|equal`,
-`--evolve-adapters between|any` and `--evolve-final-batch-size N|none` run
+`--evolve-candidate-hparams own|final`, `--evolve-adapters between|any` and
+`--evolve-final-batch-size N|none` run
 both under those settings (a reference must have been run with the same
 `omniglot.py` flags).
 """
@@ -124,7 +125,7 @@ def add_later(root: keras.Model, data: MultiTaskData, late: str, kwargs: dict[st
 #: the value that gives the behaviour from before (a result without the key ran so).
 ADDED_LATER = {"evolve_finalists": 1, "evolve_final_start": "inherited",
                "evolve_candidate_start": "inherited", "evolve_adapters": "any",
-               "evolve_final_batch_size": None}
+               "evolve_final_batch_size": None, "evolve_candidate_hparams": "own"}
 
 
 def _bearing(recipe: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -265,6 +266,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--evolve-candidate-start", choices=common.CANDIDATE_STARTS,
                         help="where a candidate's own components start (benchmarks/omniglot.py's "
                              "flag; default: the recipe's)")
+    parser.add_argument("--evolve-candidate-hparams", choices=common.CANDIDATE_HPARAMS,
+                        help="the rate and batch candidates train at (benchmarks/omniglot.py's "
+                             "flag; default: the recipe's)")
     parser.add_argument("--evolve-adapters", choices=common.ADAPTER_STAGES,
                         help="after which stages an adapter mutation may insert one "
                              "(benchmarks/omniglot.py's flag; default: the recipe's)")
@@ -280,6 +284,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     reference = common.read_reference(args.reference)
     recipe = {key: value for key, value in (("evolve_finalists", args.evolve_finalists),
                                             ("evolve_candidate_start", args.evolve_candidate_start),
+                                            ("evolve_candidate_hparams",
+                                             args.evolve_candidate_hparams),
                                             ("evolve_adapters", args.evolve_adapters))
               if value is not None}
     recipe.update(common.given_none_settings(args))

@@ -34,7 +34,8 @@ Methods (`METHODS`, each `method(data, backbone, recipe, seed) ->
 * `evolved`: muNet evolution (`evolve`, `evolve_*` recipe keys) from a root
   pretrained on all but the last alphabet pooled (`pretrain_root`), each
   installed path trained `evolve_final_epochs` further (at the recipe's rate
-  and `evolve_final_batch_size`), depth mutations
+  and `evolve_final_batch_size`; with `evolve_candidate_hparams` "final",
+  the default, candidates train at them too), depth mutations
   limited by `evolve_depth_moves`, adapters by `evolve_adapters` (none before
   the head by default), the system's parameters by
   `evolve_budget` (a fraction of `finetuned`'s); `finetuned`: the
@@ -88,6 +89,7 @@ from keras_branch.search import (  # noqa: E402
 )
 from keras_branch.search.evolution import (  # noqa: E402
     ADAPTER_STAGES,
+    CANDIDATE_HPARAMS,
     CANDIDATE_STARTS,
     DEPTH_MOVES,
     FINAL_STARTS,
@@ -146,6 +148,11 @@ DEFAULT_RECIPE: dict[str, Any] = {
     # Intel Xeon, seeds 0-2: 7.98% against 8.05%, and Balinese added later
     # within 0.23 point of evolved together against 1.85; docs/evolution.md).
     "evolve_candidate_start": "equal",
+    # Candidates train at the final training's rate and batch (the recipe's),
+    # which then never mutate: a rate or batch that learns fast in 4 epochs
+    # ranked heads on the frozen root above the stage-4 clones they end behind
+    # after 160 epochs ("own", muNet's way; docs/evolution.md).
+    "evolve_candidate_hparams": "final",
     "evolve_clones": "suffix",
     # convnet4's flattened features change size with the depth: no depth moves.
     "evolve_depth_moves": "shape",
@@ -391,7 +398,8 @@ def evolve_budget_params(recipe: dict[str, Any], data=None, backbone=None) -> in
 
 #: The recipe's `evolve_<name>` keys that are `evolve`'s argument `<name>` as they stand
 #: (`evolve_budget` is a fraction of the fine-tuned system: `evolve_budget_params`).
-EVOLVE_SETTINGS = ("scale", "passes", "candidates", "candidate_epochs", "candidate_start", "clones",
+EVOLVE_SETTINGS = ("scale", "passes", "candidates", "candidate_epochs", "candidate_start",
+                   "candidate_hparams", "clones",
                    "depth_moves", "adapters", "final_epochs", "final_batch_size", "finalists",
                    "final_start")
 
@@ -831,6 +839,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--evolve-candidate-start", choices=CANDIDATE_STARTS,
                         help="where a candidate's own components start: inherited (its parent's "
                              "trained weights) or equal (what its parent started from)")
+    parser.add_argument("--evolve-candidate-hparams", choices=CANDIDATE_HPARAMS,
+                        help="the rate and batch candidates train at: own (each path's, "
+                             "mutated) or final (the final training's, never mutated)")
     parser.add_argument("--evolve-budget", type=_budget_fraction,
                         default=argparse.SUPPRESS,
                         help="evolved system's parameters, at most this fraction of the "
@@ -865,6 +876,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "evolve_finalists": args.evolve_finalists,
         "evolve_final_start": args.evolve_final_start,
         "evolve_candidate_start": args.evolve_candidate_start,
+        "evolve_candidate_hparams": args.evolve_candidate_hparams,
         "evolve_depth_moves": args.evolve_depth_moves,
         "evolve_adapters": args.evolve_adapters,
     }

@@ -125,7 +125,8 @@ def test_benchmark_refuses_bad_evolution_settings_before_training(omniglot_bench
     with pytest.raises(ValueError, match=r"`evolve_final_start` must be one of \['inherited', 'root'\]\. "
                                          r"Received: evolve_final_start='parent'"):
         omniglot_benchmark.make_recipe(evolve_final_start="parent")
-    with pytest.raises(ValueError, match=r"`evolve_candidate_start` must be one of \['inherited', 'equal'\]\. "
+    with pytest.raises(ValueError, match=r"`evolve_candidate_start` must be one of "
+                                         r"\['inherited', 'equal'\]\. "
                                          r"Received: evolve_candidate_start='root'"):
         omniglot_benchmark.make_recipe(evolve_candidate_start="root")
     with pytest.raises(ValueError, match=r"`evolve_adapters` must be one of \['between', 'any'\]\. "
@@ -161,6 +162,13 @@ def test_benchmark_refuses_bad_evolution_settings_before_training(omniglot_bench
         evolve_final_batch_size=None), 0, data, bb)["final_batch_size"] is None
     assert omniglot_benchmark.evolve_kwargs(omniglot_benchmark.make_recipe(evolve_adapters="any"),
                                             0, data, bb)["adapters"] == "any"
+    # Candidates train at the final training's rate and batch unless told "own".
+    assert defaults["candidate_hparams"] == "final"
+    assert omniglot_benchmark.evolve_kwargs(omniglot_benchmark.make_recipe(
+        evolve_candidate_hparams="own"), 0, data, bb)["candidate_hparams"] == "own"
+    with pytest.raises(ValueError, match=r"`evolve_candidate_hparams` must be one of "
+                                         r"\['own', 'final'\]\. Received: evolve_candidate_hparams='x'"):
+        omniglot_benchmark.make_recipe(evolve_candidate_hparams="x")
     # 60% of the fine-tuned system: one convnet4 (16 filters, 16x16) and head per task.
     one = bb.stem_params() + sum(bb.stage_params(d) for d in range(4))
     head = lambda t: (bb.feature_size() + 1) * t.units  # noqa: E731
@@ -387,14 +395,14 @@ def test_evolve_add_task_reads_together_only_from_a_matching_run():
     # `evolve_candidate_start`, `evolve_adapters` and `evolve_final_batch_size`
     # existed ran with one finalist, whose final training started from the
     # candidates' weights at the path's batch, candidates continued their
-    # parents', and adapters could go after any stage.
+    # parents' at their own rate and batch, and adapters could go after any stage.
     old = {**recipe, "evolve_finalists": 1, "evolve_final_start": "inherited",
            "evolve_candidate_start": "inherited", "evolve_adapters": "any",
-           "evolve_final_batch_size": None}
+           "evolve_final_batch_size": None, "evolve_candidate_hparams": "own"}
     assert bench.together_from(reference, old, ["a", "b"], [0])
     for changed in ({"evolve_finalists": 2}, {"evolve_final_start": "root"},
                     {"evolve_candidate_start": "equal"}, {"evolve_adapters": "between"},
-                    {"evolve_final_batch_size": 32}):
+                    {"evolve_final_batch_size": 32}, {"evolve_candidate_hparams": "final"}):
         with pytest.raises(SystemExit, match=r"its `recipe` differs from this run's"):
             bench.together_from(reference, {**old, **changed}, ["a", "b"], [0])
     with pytest.raises(SystemExit, match=r"its `tasks` differs"):
@@ -430,12 +438,13 @@ def test_evolve_add_task_takes_the_finalists_of_the_recipe(tmp_path, monkeypatch
                          (["--evolve-candidate-start", "equal"], {"evolve_candidate_start": "equal"}),
                          (["--evolve-adapters", "any"], {"evolve_adapters": "any"}),
                          (["--evolve-final-batch-size", "none"], {"evolve_final_batch_size": None}),
-                         (["--evolve-final-batch-size", "16"], {"evolve_final_batch_size": 16})):
+                         (["--evolve-final-batch-size", "16"], {"evolve_final_batch_size": 16}),
+                         (["--evolve-candidate-hparams", "own"], {"evolve_candidate_hparams": "own"})):
         with pytest.raises(ZeroDivisionError):
             bench.main(["--data", missing, *argv])
     assert seen == [{"evolve_finalists": 2}, {}, {"evolve_candidate_start": "equal"},
                     {"evolve_adapters": "any"}, {"evolve_final_batch_size": None},
-                    {"evolve_final_batch_size": 16}]
+                    {"evolve_final_batch_size": 16}, {"evolve_candidate_hparams": "own"}]
 
 
 def test_evolve_add_task_reports_outputs_that_moved(tmp_path):

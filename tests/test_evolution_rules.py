@@ -187,6 +187,29 @@ def test_suffix_clones_make_the_trained_stages_a_suffix_with_the_same_draws():
         mutate(parent, 4, np.random.default_rng(0), p, clones="tree")
 
 
+def test_held_hyperparameters_never_move_and_the_others_keep_their_rate():
+    # `hparams` names what may move; the move still draws among all three, so
+    # `adapter_dim` moves with probability p / 3 and every other draw is the same.
+    p, n = 0.3, 20_000
+    parent = TaskPath.root(4)
+    rng, twin_rng = np.random.default_rng(6), np.random.default_rng(6)
+    held, free = [], []
+    for _ in range(n):
+        held.append(mutate(parent, 4, rng, p, hparams=("adapter_dim",)))
+        free.append(mutate(parent, 4, twin_rng, p))
+    assert all(child.hparams["learning_rate"] == 3e-3 and child.hparams["batch_size"] == 32
+               for child, _ in held)
+    _assert_frequency(sum(child.hparams["adapter_dim"] != 16 for child, _ in held), n, p / 3,
+                      "adapter_dim")
+    for (child, done), (twin, twin_done) in zip(held, free):
+        assert (child.route, child.depth, child.adapters) == (twin.route, twin.depth, twin.adapters)
+        assert done == [x for x in twin_done if not x.startswith(("learning_rate(", "batch_size("))]
+    with pytest.raises(ValueError, match=r"`hparams` must name hyperparameters of "
+                                         r"\['adapter_dim', 'batch_size', 'learning_rate'\]\. "
+                                         r"Received: hparams=\['lr'\]"):
+        mutate(parent, 4, np.random.default_rng(0), p, hparams=["lr"])
+
+
 def test_mutation_prob_zero_and_one():
     parent = TaskPath.root(3)
     assert mutate(parent, 3, np.random.default_rng(0), 0.0) == (parent, [])

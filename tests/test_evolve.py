@@ -495,6 +495,46 @@ def test_evolve_ranks_candidates_at_equal_training_on_request(evolved):
         evolve(first.system, [name], data, candidate_start="fresh", **TINY)
 
 
+def test_final_candidate_hparams_train_every_candidate_at_the_final_rate_and_batch(
+        evolved, monkeypatch):
+    """`candidate_hparams="final"`: candidates train at the final rate and batch; they never move."""
+    from keras_branch.search.evolution import loop
+
+    data, _, first, _ = evolved
+    name = data.task_names[2]
+    calls = []
+    real = loop.train_candidate
+
+    def spy(system, task, path, owned, data, epochs, *args, schedule="constant"):
+        calls.append((schedule, path.hparams["learning_rate"], path.hparams["batch_size"]))
+        return real(system, task, path, owned, data, epochs, *args, schedule=schedule)
+
+    monkeypatch.setattr(loop, "train_candidate", spy)
+    # Every mutation drawn: under "own" a third of the children would move one of the two.
+    settings = {**TINY, "candidates": 6, "mutation_prob": 1.0}
+    result = evolve(first.system, [name], data, final_epochs=1, final_learning_rate=0.02,
+                    final_batch_size=5, candidate_hparams="final", **settings)
+    # 0.02 and 5 are on no mutation list: only the fixed values reach them.
+    assert calls == [("constant", 0.02, 5)] * 6 + [("cosine", 0.02, 5)]
+    scored = [r for r in result.scores["history"] if "final" not in r]
+    assert [(r["path"]["hparams"]["learning_rate"], r["path"]["hparams"]["batch_size"])
+            for r in scored] == [(0.02, 5)] * 6
+    assert not any(m.startswith(("learning_rate(", "batch_size(")) for r in scored
+                   for m in r["mutations"])
+    assert result.scores["config"]["candidate_hparams"] == "final"
+    # Unset final values leave that hyperparameter the path's own, and "own"
+    # (the default) is not written into the config, so older state folders resume.
+    calls.clear()
+    own = evolve(first.system, [name], data, final_epochs=1, final_learning_rate=0.02,
+                 **settings)
+    assert "candidate_hparams" not in own.scores["config"]
+    assert inspect.signature(evolve).parameters["candidate_hparams"].default == "own"
+    assert all(lr in HPARAM_LISTS["learning_rate"] for _, lr, _ in calls[:-1])
+    with pytest.raises(SearchError, match=r"`candidate_hparams` must be one of \['own', 'final'\]\. "
+                                          r"Received: candidate_hparams='best'"):
+        evolve(first.system, [name], data, candidate_hparams="best", **TINY)
+
+
 # === Seeds and global state ===
 
 
@@ -689,8 +729,12 @@ def test_cli_add_task_and_errors(evolved, tmp_path, capsys):
     out = tmp_path / "grown"
     assert main(["evolve", "--system", str(system_dir), "--add-task", data.task_names[3],
                  "--data", DATA, "--candidates", "2", "--candidate-epochs", "1",
+                 "--candidate-hparams", "final", "--final-batch-size", "7",
                  "--out", str(out)]) == 0
     assert EvolvedSystem.load(out).task_names == data.task_names[:2] + [data.task_names[3]]
+    # The flag reaches the search: both candidates trained at batch 7 (on no mutation list).
+    history = json.loads((out / "evolution.json").read_text())
+    assert [r["path"]["hparams"]["batch_size"] for r in history] == [7, 7]
     assert "parameters per task" in capsys.readouterr().out
     mine = tmp_path / "mine"  # a user's folder given as --state is refused, never removed
     mine.mkdir()
@@ -738,6 +782,8 @@ def test_cli_bad_tasks_roots_and_scales_end_with_one_line(evolved, tmp_path, cap
          "argument --adapters: invalid choice: 'last'"),
         (("--system", system_dir, "--add-task", "g1_t1", "--data", DATA, "--final-start", "parent"),
          "argument --final-start: invalid choice: 'parent'"),
+        (("--system", system_dir, "--add-task", "g1_t1", "--data", DATA,
+          "--candidate-hparams", "best"), "argument --candidate-hparams: invalid choice: 'best'"),
         (("--system", system_dir, "--add-task", "g1_t1", "--data", DATA, "--budget", "10"),
          "No tree fits `budget`=10 (10 parameters)"),
         (("--system", system_dir, "--add-task", "g1_t1", "--data", DATA, "--budget", "lots"),

@@ -20,7 +20,8 @@ Per task visit (round robin over the tasks, `passes` times):
    stage), change the depth by one (with `depth_moves="shape"`, the default, only
    among depths whose head input has the full depth's size,
    `allowed_depths`), move one hyperparameter one step along its list
-   (`mutate`).
+   (`mutate`; with `candidate_hparams="final"` the learning rate and batch
+   size stay at the final training's, `fixed_hparams`).
 4. With a `budget`, a child that would add more parameters than its
    task's part of the budget (`EvolvedSystem.params_with`) first drops the
    adapters on stages it clones, then is drawn again (steps 2-3, up to
@@ -61,7 +62,12 @@ from __future__ import annotations
 import warnings
 
 from keras_branch.search.evolution.budget import DRAWS_PER_SLOT, draw_child, trim_to_fit
-from keras_branch.search.evolution.candidates import CANDIDATE_STARTS, FINAL_STARTS
+from keras_branch.search.evolution.candidates import (
+    CANDIDATE_HPARAMS,
+    CANDIDATE_STARTS,
+    FINAL_STARTS,
+    fixed_hparams,
+)
 from keras_branch.search.evolution.loop import (
     check_evolve_args,
     evolve,
@@ -88,6 +94,7 @@ from keras_branch.search.evolution.system import (
 
 __all__ = [
     "ADAPTER_STAGES",
+    "CANDIDATE_HPARAMS",
     "CANDIDATE_STARTS",
     "CLONE_RULES",
     "DEFAULT_HPARAMS",
@@ -106,6 +113,7 @@ __all__ = [
     "check_evolve_args",
     "draw_child",
     "evolve",
+    "fixed_hparams",
     "mutate",
     "pretrain_and_evolve",
     "pretrain_root",

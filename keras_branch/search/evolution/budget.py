@@ -117,7 +117,8 @@ def trim_to_fit(system: EvolvedSystem, task: Task, path: TaskPath, mutations: li
 def draw_child(system: EvolvedSystem, task: Task, population: list[dict],
                rng: np.random.Generator, num_stages: int, prob: float, clones: str,
                depths: Sequence[int], part: tuple[int, int] | None,
-               adapters: str = "between") -> tuple[dict, TaskPath, list[str], int | None, list[dict]]:
+               adapters: str = "between", hparams: Sequence[str] | None = None,
+               ) -> tuple[dict, TaskPath, list[str], int | None, list[dict]]:
     """A candidate slot's parent and child: drawn again while the child is over `part`.
 
     Each draw selects a parent (`selection.select_parent`), mutates it
@@ -132,7 +133,8 @@ def draw_child(system: EvolvedSystem, task: Task, population: list[dict],
         task: the task visited.
         population: the visit's population (`select_parent` reads it).
         rng: the slot's generator: every draw comes from it.
-        num_stages, prob, clones, depths, adapters: `mutations.mutate`'s arguments.
+        num_stages, prob, clones, depths, adapters, hparams: `mutations.mutate`'s
+            arguments.
         part: `allowance`'s pair, or None without a budget (one draw).
 
     Returns:
@@ -145,7 +147,7 @@ def draw_child(system: EvolvedSystem, task: Task, population: list[dict],
     while True:
         parent = select_parent(population, rng)
         path, mutations = mutate(TaskPath.from_dict(parent["path"]), num_stages, rng, prob,
-                                 clones, depths, adapters)
+                                 clones, depths, adapters, hparams)
         if part is None:
             return parent, path, mutations, None, refused
         added = trim_to_fit(system, task, path, mutations, part)

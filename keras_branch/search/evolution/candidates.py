@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -34,8 +35,8 @@ from keras_branch.seeding import seeded_layers
 from keras_branch.spec import TreeSpec
 from keras_branch.tasks import Task
 
-__all__ = ["CANDIDATE_STARTS", "FINAL_STARTS", "candidate_model", "child_weights", "final_start_weights",
-           "train_candidate"]
+__all__ = ["CANDIDATE_HPARAMS", "CANDIDATE_STARTS", "FINAL_STARTS", "candidate_model", "child_weights",
+           "final_start_weights", "fixed_hparams", "train_candidate"]
 
 Weights = dict[str, list[np.ndarray] | None]
 
@@ -52,6 +53,45 @@ FINAL_STARTS = ("inherited", "root")
 #: `candidate_epochs` from the visit's start and paths are ranked at equal
 #: training).
 CANDIDATE_STARTS = ("inherited", "equal")
+
+#: Which learning rate and batch size a candidate trains at (`evolve`'s
+#: `candidate_hparams`): `"own"` (the default, muNet's: its path's, which
+#: mutations move) or `"final"` (the final training's `final_learning_rate`
+#: and `final_batch_size` where they are set; those then never mutate).
+CANDIDATE_HPARAMS = ("own", "final")
+
+
+def fixed_hparams(candidate_hparams: str, final_learning_rate: float | None,
+                  final_batch_size: int | None) -> dict[str, Any]:
+    """The hyperparameters every candidate trains at and no mutation moves.
+
+    With `candidate_hparams="own"` none: each path keeps its own, moved by
+    mutations (muNet). With `"final"` the final training's rate and batch,
+    where set. A path's candidate is ranked after a few epochs at its own
+    rate and batch, and the installed path is then trained at the final
+    ones: a rate or batch that learns fast in 4 epochs ranks the paths that
+    profit from it (a head on frozen blocks more than a clone) above where
+    they end after the long training (docs/evolution.md). With `"final"` the
+    candidates are ranked under the hyperparameters the installed path trains at.
+
+    Args:
+        candidate_hparams: one of `CANDIDATE_HPARAMS`.
+        final_learning_rate, final_batch_size: `evolve`'s (None: not set).
+
+    Returns:
+        Hyperparameter name -> value (a subset of `learning_rate` and `batch_size`).
+
+    Example:
+    >>> fixed_hparams("final", 3e-3, None)
+    {'learning_rate': 0.003}
+    >>> fixed_hparams("own", 3e-3, 32)
+    {}
+    """
+    check_choice(candidate_hparams, "candidate_hparams", CANDIDATE_HPARAMS)
+    if candidate_hparams == "own":
+        return {}
+    return {name: value for name, value in (("learning_rate", final_learning_rate),
+                                            ("batch_size", final_batch_size)) if value is not None}
 
 _BLOCK = re.compile(r"stage(\d+)_block(\d+)")
 

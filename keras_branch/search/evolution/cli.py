@@ -40,7 +40,7 @@ from keras_branch.evaluation import format_metrics
 from keras_branch.files import remove_owned_folder
 from keras_branch.saving import load_branched_model
 from keras_branch.search.evolution.loop import evolve
-from keras_branch.search.evolution.candidates import CANDIDATE_STARTS, FINAL_STARTS
+from keras_branch.search.evolution.candidates import CANDIDATE_HPARAMS, CANDIDATE_STARTS, FINAL_STARTS
 from keras_branch.search.evolution.mutations import ADAPTER_STAGES, CLONE_RULES, DEPTH_MOVES
 from keras_branch.search.evolution.system import EvolvedSystem
 
@@ -89,6 +89,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="where a candidate's own components start: inherited (its parent's "
                         "trained weights, muNet; default) or equal (what its parent started "
                         "from: every candidate trains --candidate-epochs from the visit's start)")
+    p.add_argument("--candidate-hparams", choices=CANDIDATE_HPARAMS, default="own",
+                   help="the learning rate and batch size candidates train at: own (each "
+                        "path's, moved by mutations, muNet; default) or final (--final-learning-"
+                        "rate and --final-batch-size where given; they then never mutate)")
     p.add_argument("--final-epochs", type=non_negative_int, default=0,
                    help="epochs the installed path of each visit trains on (cosine schedule; "
                         "0: none)")
@@ -162,6 +166,7 @@ def run(args: argparse.Namespace) -> int:
     result = evolve(
         root, tasks, data, scale=args.scale, passes=passes, candidates=args.candidates,
         candidate_epochs=args.candidate_epochs, candidate_start=args.candidate_start,
+        candidate_hparams=args.candidate_hparams,
         mutation_prob=args.mutation_prob,
         clones=args.clones, depth_moves=args.depth_moves, adapters=args.adapters, budget=args.budget,
         final_epochs=args.final_epochs, final_learning_rate=args.final_learning_rate,

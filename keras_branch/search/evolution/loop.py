@@ -46,16 +46,19 @@ from keras_branch.evaluation import evaluate
 from keras_branch.results import TrainResult
 from keras_branch.search.evolution.budget import allowance, ceiling as budget_ceiling, draw_child
 from keras_branch.search.evolution.candidates import (
+    CANDIDATE_HPARAMS,
     CANDIDATE_STARTS,
     FINAL_STARTS,
     child_weights,
     final_start_weights,
+    fixed_hparams,
     train_candidate,
 )
 from keras_branch.search.evolution.mutations import (
     ADAPTER_STAGES,
     CLONE_RULES,
     DEPTH_MOVES,
+    HPARAM_LISTS,
     allowed_depths,
 )
 from keras_branch.search.evolution.selection import (
@@ -82,6 +85,7 @@ def evolve(
     candidates: int = 16,
     candidate_epochs: int = 3,
     candidate_start: str = "inherited",
+    candidate_hparams: str = "own",
     mutation_prob: float = 0.2,
     clones: str = "suffix",
     depth_moves: str = "shape",
@@ -130,6 +134,14 @@ def evolve(
             with the others, against 1.85 (docs/evolution.md). Without a
             final training it leaves the installed path one candidate's
             epochs.
+        candidate_hparams: which learning rate and batch size candidates
+            train at (`candidates.fixed_hparams`): `"own"` (default,
+            muNet's: each path's, moved by mutations) or `"final"`
+            (`final_learning_rate` and `final_batch_size`, where set: no
+            mutation moves them and every candidate trains at them, so paths
+            are ranked under the hyperparameters the installed one trains
+            at; a rate or batch that learns fast in a few epochs favours a
+            head on frozen blocks over a clone, docs/evolution.md).
         mutation_prob: probability of each mutation.
         clones: how a clone mutation extends (`mutations.mutate`):
             `"suffix"` (a clone at stage d clones every later stage too, so
@@ -228,6 +240,7 @@ def evolve(
     """
     check_evolve_args({"scale": scale, "passes": passes, "candidates": candidates,
                        "candidate_epochs": candidate_epochs, "candidate_start": candidate_start,
+                       "candidate_hparams": candidate_hparams,
                        "mutation_prob": mutation_prob, "final_epochs": final_epochs,
                        "final_learning_rate": final_learning_rate,
                        "final_batch_size": final_batch_size,
@@ -273,6 +286,8 @@ def evolve(
     config = {"tasks": tasks, "scale": scale, "passes": passes, "candidates": candidates,
               "candidate_epochs": candidate_epochs, "mutation_prob": mutation_prob,
               "candidate_start": candidate_start,
+              # Only when set: a search state written before the option resumes.
+              **({"candidate_hparams": candidate_hparams} if candidate_hparams != "own" else {}),
               "clones": clones, "depth_moves": depth_moves, "adapters": adapters, "budget": limit,
               "seed": seed, "augment": dict(augment) if augment else None,
               "final_epochs": final_epochs, "final_learning_rate": final_learning_rate,
@@ -285,6 +300,8 @@ def evolve(
     num_stages = system.backbone.num_stages
     depths = allowed_depths([system.backbone.feature_size(d) for d in range(1, num_stages + 1)],
                             depth_moves)
+    fixed = fixed_hparams(candidate_hparams, final_learning_rate, final_batch_size)
+    movable = [name for name in HPARAM_LISTS if name not in fixed]
 
     for p in range(passes):
         for i, name in enumerate(tasks):
@@ -307,7 +324,7 @@ def evolve(
                 if c < candidates:
                     parent, path, mutations, added, refused = draw_child(
                         system, task, population, rng, num_stages, mutation_prob, clones, depths,
-                        part, adapters)
+                        part, adapters, movable)
                 elif any(e["score"] is not None for e in population):
                     break
                 else:
@@ -319,6 +336,7 @@ def evolve(
                     added = system.params_with(task, path) - part[0]
                     say(f"  {name}: every candidate over the {part[1]:,} parameters "
                         f"allowed; training the root path")
+                path.hparams.update(fixed)
                 drawn = {"redrawn": refused} if refused else {}
                 if part is not None and added > part[1]:
                     parent["children"] += 1
@@ -513,7 +531,7 @@ def check_evolve_args(settings: Mapping[str, Any], prefix: str = "") -> None:
 
     Args:
         settings: some of `scale`, `passes`, `candidates`,
-            `candidate_epochs`, `candidate_start`, `finalists`, `final_epochs`,
+            `candidate_epochs`, `candidate_start`, `candidate_hparams`, `finalists`, `final_epochs`,
             `final_learning_rate`, `final_batch_size`, `final_start`, `mutation_prob`, `clones`,
             `depth_moves`, `adapters`.
         prefix: put before each name in the messages (the caller's field
@@ -557,4 +575,5 @@ _EVOLVE_ARG_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "adapters": (lambda v: v in ADAPTER_STAGES, f"one of {list(ADAPTER_STAGES)}"),
     "final_start": (lambda v: v in FINAL_STARTS, f"one of {list(FINAL_STARTS)}"),
     "candidate_start": (lambda v: v in CANDIDATE_STARTS, f"one of {list(CANDIDATE_STARTS)}"),
+    "candidate_hparams": (lambda v: v in CANDIDATE_HPARAMS, f"one of {list(CANDIDATE_HPARAMS)}"),
 }

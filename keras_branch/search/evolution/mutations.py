@@ -18,7 +18,10 @@ child. With probability `prob`, independently:
   depths the path may not take, `depths`);
 - once: move one hyperparameter, drawn uniformly from `HPARAM_LISTS`, one
   step along its list (reflected at the ends), so each of the three moves
-  with probability `prob / 3`.
+  with probability `prob / 3`; a drawn one that may not move (not in
+  `hparams`) stays. Evolution holds the learning rate and batch size with
+  `candidate_hparams="final"`: candidates then train at the final
+  training's, and only `adapter_dim` moves.
 
 Every draw comes from the generator it is given, and both clone rules make
 the same draws (so a seed gives the same hyperparameter and depth moves).
@@ -110,7 +113,8 @@ def allowed_depths(feature_sizes: Sequence[int], rule: str = "shape") -> list[in
 def mutate(path: TaskPath, num_stages: int, rng: np.random.Generator,
            prob: float, clones: str = "suffix",
            depths: Sequence[int] | None = None,
-           adapters: str = "between") -> tuple[TaskPath, list[str]]:
+           adapters: str = "between",
+           hparams: Sequence[str] | None = None) -> tuple[TaskPath, list[str]]:
     """A child path: each mutation applied with probability `prob`.
 
     Args:
@@ -132,6 +136,10 @@ def mutate(path: TaskPath, num_stages: int, rng: np.random.Generator,
             is dropped, described as `drop adapter(stage d, last)`);
             `"any"`: after any used stage (muNet). The draws are the same
             either way.
+        hparams: the hyperparameters that may move (names of
+            `HPARAM_LISTS`; default all of them, muNet). The move draws from
+            all of them either way, so each one that may moves with the
+            same probability and the draws are the same.
 
     Returns:
         The child and a description of the mutations (empty: the child
@@ -147,6 +155,10 @@ def mutate(path: TaskPath, num_stages: int, rng: np.random.Generator,
     """
     check_choice(clones, "clones", CLONE_RULES)
     check_choice(adapters, "adapters", ADAPTER_STAGES)
+    movable = set(HPARAM_LISTS) if hparams is None else set(hparams)
+    if not movable <= set(HPARAM_LISTS):
+        raise ValueError(f"`hparams` must name hyperparameters of {sorted(HPARAM_LISTS)}. "
+                         f"Received: hparams={list(hparams or ())!r}")
     child = copy.deepcopy(path)
     done: list[str] = []
 
@@ -187,8 +199,9 @@ def mutate(path: TaskPath, num_stages: int, rng: np.random.Generator,
         i = values.index(child.hparams[name]) if child.hparams[name] in values else 0
         j = i + int(rng.choice([-1, 1]))
         j = j if 0 <= j < len(values) else i - (j - i)
-        child.hparams[name] = values[j]
-        done.append(f"{name}({values[i]}->{values[j]})")
+        if name in movable:
+            child.hparams[name] = values[j]
+            done.append(f"{name}({values[i]}->{values[j]})")
     if clones == "suffix" and drawn:
         # After the depth move, so a stage it adds above a clone is cloned
         # too. A stage the lineage already trains is marked as well:
