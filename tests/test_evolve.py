@@ -522,8 +522,9 @@ def test_final_candidate_hparams_train_every_candidate_at_the_final_rate_and_bat
     assert not any(m.startswith(("learning_rate(", "batch_size(")) for r in scored
                    for m in r["mutations"])
     assert result.scores["config"]["candidate_hparams"] == "final"
-    # Unset final values leave that hyperparameter the path's own, and "own"
-    # (the default) is not written into the config, so older state folders resume.
+    # Under "own" (the default) candidates train at their paths' own rates, on
+    # the mutation list; "own" is not written into the config, so older state
+    # folders resume.
     calls.clear()
     own = evolve(first.system, [name], data, final_epochs=1, final_learning_rate=0.02,
                  **settings)
