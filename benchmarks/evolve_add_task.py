@@ -125,7 +125,8 @@ def add_later(root: keras.Model, data: MultiTaskData, late: str, kwargs: dict[st
 #: the value that gives the behaviour from before (a result without the key ran so).
 ADDED_LATER = {"evolve_finalists": 1, "evolve_final_start": "inherited",
                "evolve_candidate_start": "inherited", "evolve_adapters": "any",
-               "evolve_final_batch_size": None, "evolve_candidate_hparams": "own"}
+               "evolve_final_batch_size": None, "evolve_candidate_hparams": "own",
+               "evolve_norms": "frozen"}
 
 
 def _bearing(recipe: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -272,6 +273,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--evolve-adapters", choices=common.ADAPTER_STAGES,
                         help="after which stages an adapter mutation may insert one "
                              "(benchmarks/omniglot.py's flag; default: the recipe's)")
+    parser.add_argument("--evolve-norms", choices=common.NORM_RULES,
+                        help="whose batch norms a shared block runs (benchmarks/omniglot.py's "
+                             "flag; default: the recipe's)")
     parser.add_argument("--evolve-final-batch-size", type=common.final_batch_size,
                         default=argparse.SUPPRESS,
                         help="batch size of the installed path's final training, none: each "
@@ -286,7 +290,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                             ("evolve_candidate_start", args.evolve_candidate_start),
                                             ("evolve_candidate_hparams",
                                              args.evolve_candidate_hparams),
-                                            ("evolve_adapters", args.evolve_adapters))
+                                            ("evolve_adapters", args.evolve_adapters),
+                                            ("evolve_norms", args.evolve_norms))
               if value is not None}
     recipe.update(common.given_none_settings(args))
     result = run(args.data, parse_seeds(args.seeds), late, recipe=recipe, reference=reference)

@@ -37,7 +37,7 @@ Methods (`METHODS`, each `method(data, backbone, recipe, seed) ->
   and `evolve_final_batch_size`; with `evolve_candidate_hparams` "final",
   the default, candidates train at them too), depth mutations
   limited by `evolve_depth_moves`, adapters by `evolve_adapters` (none before
-  the head by default), the system's parameters by
+  the head by default), task-owned batch norms by `evolve_norms`, the system's parameters by
   `evolve_budget` (a fraction of `finetuned`'s); `finetuned`: the
   same root (trained once per seed for both), every layer fine-tuned per
   task (one network per task), muNet's baseline.
@@ -93,6 +93,7 @@ from keras_branch.search.evolution import (  # noqa: E402
     CANDIDATE_STARTS,
     DEPTH_MOVES,
     FINAL_STARTS,
+    NORM_RULES,
     check_evolve_args,
     evolve,
     pretrain_root,
@@ -162,6 +163,9 @@ DEFAULT_RECIPE: dict[str, Any] = {
     # the stage-4 clone trained 160 epochs with one ended 8.52% against
     # 7.56% without (AMD EPYC with AVX-512, seeds 0-2; docs/evolution.md).
     "evolve_adapters": "between",
+    # Whose batch norms a shared (frozen) block runs: "frozen" (muNet's, the
+    # block's) or "task" (the task's own copies, trained with its path).
+    "evolve_norms": "frozen",
     # The installed path's own components train four times the recipe's epochs:
     # with the shared blocks frozen an epoch costs less than the whole network's,
     # and a stage-4 clone still gains from 80 to 160 epochs.
@@ -402,7 +406,7 @@ def evolve_budget_params(recipe: dict[str, Any], data=None, backbone=None) -> in
 #: (`evolve_budget` is a fraction of the fine-tuned system: `evolve_budget_params`).
 EVOLVE_SETTINGS = ("scale", "passes", "candidates", "candidate_epochs", "candidate_start",
                    "candidate_hparams", "clones",
-                   "depth_moves", "adapters", "final_epochs", "final_batch_size", "finalists",
+                   "depth_moves", "adapters", "norms", "final_epochs", "final_batch_size", "finalists",
                    "final_start")
 
 
@@ -857,6 +861,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--evolve-adapters", choices=ADAPTER_STAGES,
                         help="after which stages an adapter mutation may insert one "
                              "(evolve's adapters)")
+    parser.add_argument("--evolve-norms", choices=NORM_RULES,
+                        help="whose batch norms a shared block runs: frozen (the block's) or "
+                             "task (the task's own copies; evolve's norms)")
     parser.add_argument("--latency-runs", type=int, default=200)
     parser.add_argument("--out", help="folder for omniglot.json and omniglot_pareto.png")
     args = parser.parse_args(argv)
@@ -881,6 +888,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "evolve_candidate_hparams": args.evolve_candidate_hparams,
         "evolve_depth_moves": args.evolve_depth_moves,
         "evolve_adapters": args.evolve_adapters,
+        "evolve_norms": args.evolve_norms,
     }
     recipe.update(given_none_settings(args))
     run(

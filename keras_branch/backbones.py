@@ -195,18 +195,21 @@ class Backbone:
                 if stem is not None:
                     x = stem(x)
                     stem_params = stem.count_params()
-                shapes, params, outputs = [], [], []
+                shapes, params, outputs, norms = [], [], [], []
                 for d, config in enumerate(self.stage_configs):
                     shapes.append(tuple(x.shape[1:]))
                     layer = self._instantiate(config, None, None, None)
                     x = layer(x)
                     params.append(layer.count_params())
                     outputs.append(x)
+                    positions = norm_positions(layer)
+                    norms.append((positions, sum(layer.layers[i].count_params() for i in positions)))
                 self._analysis = {
                     "stem_params": stem_params,
                     "stage_input_shapes": shapes,
                     "stage_output_shapes": [tuple(o.shape[1:]) for o in outputs],
                     "stage_params": params,
+                    "stage_norms": norms,
                     "output_shape": tuple(x.shape[1:]),
                 }
                 self._analysis["feature_sizes"] = [
@@ -228,6 +231,15 @@ class Backbone:
     def stage_params(self, stage: int) -> int:
         """Parameters of one block of `stage` (0-based)."""
         return self._analyze()["stage_params"][stage]
+
+    def stage_norm_positions(self, stage: int) -> list[int]:
+        """Where a block of `stage` holds its batch norms: positions in its
+        `layers` (a `keras.Sequential` stage; [] for any other layer)."""
+        return list(self._analyze()["stage_norms"][stage][0])
+
+    def stage_norm_params(self, stage: int) -> int:
+        """Parameters of the batch norms of one block of `stage` (what a task owning them adds)."""
+        return self._analyze()["stage_norms"][stage][1]
 
     def stage_input_shape(self, stage: int) -> tuple[int, ...]:
         return self._analyze()["stage_input_shapes"][stage]
@@ -286,6 +298,24 @@ class Backbone:
             f"Backbone(name={self.name!r}, input_shape={self.input_shape}, "
             f"stages={self.num_stages}, pooling={self.pooling!r})"
         )
+
+
+def norm_positions(layer: keras.layers.Layer) -> list[int]:
+    """Positions of the `BatchNormalization` layers among a `keras.Sequential`'s layers.
+
+    Args:
+        layer: a stage block.
+
+    Returns:
+        The indices into `layer.layers` ([] for a layer that is not a Sequential).
+
+    Example:
+    >>> norm_positions(keras.Sequential([keras.layers.Dense(2), keras.layers.BatchNormalization()]))
+    [1]
+    """
+    if not isinstance(layer, keras.Sequential):
+        return []
+    return [i for i, x in enumerate(layer.layers) if isinstance(x, keras.layers.BatchNormalization)]
 
 
 def with_dtype_policy(config: Any, policy: str) -> Any:

@@ -17,7 +17,7 @@ from keras_branch.checks import check_int
 from keras_branch.data.multitask import MultiTaskData
 
 
-def _nested_layers(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
+def nested_layers(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
     """`layer` and every layer inside it (models, Sequential blocks, layers
     holding sublayers as attributes or lists), each once."""
     found: dict[int, keras.layers.Layer] = {}
@@ -52,7 +52,7 @@ def _nested_layers(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
 def batch_norm_layers(layer: keras.layers.Layer) -> list[keras.layers.BatchNormalization]:
     """Every `BatchNormalization` inside `layer` (models, Sequential blocks,
     layers holding sublayers as attributes or lists), each once."""
-    return [x for x in _nested_layers(layer) if isinstance(x, keras.layers.BatchNormalization)]
+    return [x for x in nested_layers(layer) if isinstance(x, keras.layers.BatchNormalization)]
 
 
 def recalibrate_batch_norm(
@@ -112,7 +112,7 @@ def recalibrate_batch_norm(
     # Layers that drop terms in training (SoftOrdering's mixing_dropout):
     # the statistics must be those of the deterministic inference path.
     stochastic = [
-        layer for layer in _nested_layers(model) if getattr(layer, "mixing_dropout", 0.0) > 0
+        layer for layer in nested_layers(model) if getattr(layer, "mixing_dropout", 0.0) > 0
     ]
     dropouts = [layer.mixing_dropout for layer in stochastic]
     sums = [(np.zeros(layer.moving_mean.shape), np.zeros(layer.moving_variance.shape))

@@ -11,15 +11,17 @@ tasks that share a block at stage d also share a block at every earlier
 stage; other specs (weight sharing across different inputs, as evolution
 produces) are valid too and build the same way.
 
-Evolved systems (`keras_branch.search.evolve`) add three optional fields, so
+Evolved systems (`keras_branch.search.evolve`) add four optional fields, so
 every tree stays a valid spec:
 
     "depths":   {"e": 3}                 # task e reads features after stage 3
     "adapters": {"e": [0, 0, 16, 0]}     # a residual adapter of width 16 after stage 3
+    "norms":    {"e": [1, 1, 1, 0]}      # e owns the batch norms of its blocks of stages 1-3
     "hparams":  {"e": {"learning_rate": 0.003}}   # the task's training recipe
 
 A task's *used route* is its route up to its depth; blocks past a task's
-depth are neither built nor counted for it. Adapters are owned by their task.
+depth are neither built nor counted for it. Adapters are owned by their task,
+and so are a task's norms: the block's other weights stay shared.
 """
 
 from __future__ import annotations
@@ -57,6 +59,11 @@ class TreeSpec:
         hparams: optional task -> dict of JSON scalars (the per-task recipe
             evolution found; numbers finite, as strict JSON has no NaN or
             infinity). Not used by the builder.
+        norms: optional task -> one 0 or 1 per stage: 1 where the task owns
+            the batch normalizations of its block of that stage (its own
+            scale, offset and statistics; the block's other layers stay
+            shared). Needs stages that are `keras.Sequential`s holding
+            `BatchNormalization` layers (`norm_layers`).
 
     Raises:
         SpecError: naming the field and the value received, for anything
@@ -75,6 +82,7 @@ class TreeSpec:
         depths: Mapping[str, int] | None = None,
         adapters: Mapping[str, Sequence[int]] | None = None,
         hparams: Mapping[str, Mapping[str, Any]] | None = None,
+        norms: Mapping[str, Sequence[int]] | None = None,
     ):
         self._tasks = _validate_tasks(tasks)
         self._routes = _validate_routes(routes, self._tasks)
@@ -82,6 +90,7 @@ class TreeSpec:
         self._depths = _validate_depths(depths, self._tasks, num_stages)
         self._adapters = _validate_adapters(adapters, self._tasks, num_stages)
         self._hparams = _validate_hparams(hparams, self._tasks)
+        self._norms = _validate_norms(norms, self._tasks, num_stages)
 
     # === Constructors ===
 
@@ -175,14 +184,14 @@ class TreeSpec:
         if unknown:
             raise SpecError(
                 f"Unknown field(s) {unknown} in tree spec; expected `tasks` and "
-                f"`routes`, optionally `depths`, `adapters` and `hparams`."
+                f"`routes`, optionally `depths`, `adapters`, `hparams` and `norms`."
             )
         for field in ("tasks", "routes"):
             if field not in data:
                 raise SpecError(f"Tree spec is missing the field `{field}`.")
         return cls(
             data["tasks"], data["routes"], depths=data.get("depths"),
-            adapters=data.get("adapters"), hparams=data.get("hparams"),
+            adapters=data.get("adapters"), hparams=data.get("hparams"), norms=data.get("norms"),
         )
 
     @classmethod
@@ -246,6 +255,11 @@ class TreeSpec:
         self.route(task)
         return list(self._adapters.get(task, [0] * self.num_stages))
 
+    def norm_flags(self, task: str) -> list[int]:
+        """1 where `task` owns the batch norms of its block of the stage, else 0."""
+        self.route(task)
+        return list(self._norms.get(task, [0] * self.num_stages))
+
     def task_hparams(self, task: str) -> dict[str, Any]:
         """The task's recipe from `hparams` (empty when none)."""
         self.route(task)
@@ -264,9 +278,18 @@ class TreeSpec:
         return {t: dict(h) for t, h in self._hparams.items()}
 
     @property
+    def norms(self) -> dict[str, list[int]]:
+        return {t: list(n) for t, n in self._norms.items()}
+
+    def owner(self, task: str, stage: int) -> tuple[str | None, str | None]:
+        """Who owns `task`'s adapter and norms at `stage`: `(task or None, task or None)`."""
+        return (task if self.adapter_dims(task)[stage] else None,
+                task if self.norm_flags(task)[stage] else None)
+
+    @property
     def is_plain(self) -> bool:
-        """True without depths, adapters or hparams (a spec of plain routes)."""
-        return not (self._depths or self._adapters or self._hparams)
+        """True without depths, adapters, hparams or norms (a spec of plain routes)."""
+        return not (self._depths or self._adapters or self._hparams or self._norms)
 
     def blocks(self, stage: int) -> list[int]:
         """The distinct block ids used at `stage` (0-based), sorted.
@@ -296,15 +319,16 @@ class TreeSpec:
     def is_tree(self) -> bool:
         """True when tasks sharing a block also share everything before it.
 
-        An adapter changes what later blocks of its task see, so a block used
-        after an adapter by one task and by another task is not a tree.
+        An adapter or a task's own norms change what later blocks of its task
+        see, so a block used after them by one task and by another task is
+        not a tree.
         """
         for d in range(1, self.num_stages):
             parent: dict[int, tuple] = {}
             for task, route in self._routes.items():
                 if self.depth(task) <= d:
                     continue
-                before = (route[d - 1], task if self.adapter_dims(task)[d - 1] else None)
+                before = (route[d - 1], self.owner(task, d - 1))
                 if parent.setdefault(route[d], before) != before:
                     return False
         return True
@@ -333,7 +357,7 @@ class TreeSpec:
             return {t: v for t, v in field.items() if t in tasks}
 
         return TreeSpec(tasks, routes, keep(self._depths), keep(self._adapters),
-                        keep(self._hparams))
+                        keep(self._hparams), keep(self._norms))
 
     # === Parameter accounting ===
 
@@ -346,7 +370,7 @@ class TreeSpec:
         return sum(self.param_breakdown(backbone, tasks).values())
 
     def param_breakdown(self, backbone: Backbone, tasks: Sequence[Task]) -> dict[str, int]:
-        """Parameters per part: `stem`, `stage_1`..`stage_D`, `heads`."""
+        """Parameters per part: `stem`, `stage_1`..`stage_D`, `adapters`, `norms`, `heads`."""
         from keras_branch.tasks import as_tasks
 
         from keras_branch.layers.adapter import adapter_params
@@ -362,6 +386,13 @@ class TreeSpec:
                 for task in self._adapters
                 for d, dim in enumerate(self.adapter_dims(task)[: self.depth(task)])
                 if dim
+            )
+        if self._norms:
+            parts["norms"] = sum(
+                backbone.stage_norm_params(d)
+                for task in self._norms
+                for d, flag in enumerate(self.norm_flags(task)[: self.depth(task)])
+                if flag
             )
         parts["heads"] = sum(
             (backbone.feature_size(self.depth(t.name)) + 1) * t.units for t in task_list
@@ -391,7 +422,7 @@ class TreeSpec:
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"tasks": self.tasks, "routes": self.routes}
         for field, value in (("depths", self.depths), ("adapters", self.adapters),
-                             ("hparams", self.hparams)):
+                             ("hparams", self.hparams), ("norms", self.norms)):
             if value:
                 data[field] = value
         return data
@@ -431,7 +462,7 @@ class TreeSpec:
                     routes[task].append(relabel.setdefault(block, len(relabel)))
         return tuple(
             (t, tuple(routes[t]), tuple(self.adapter_dims(t)),
-             tuple(sorted(self.task_hparams(t).items())))
+             tuple(sorted(self.task_hparams(t).items())), tuple(self.norm_flags(t)))
             for t in order
         )
 
@@ -440,7 +471,7 @@ class TreeSpec:
 
         Block labels and the order of tasks do not matter: `[0, 1]` and
         `[3, 7]` as the only two blocks of a stage build the same network.
-        Depths, adapters and hparams must agree.
+        Depths, adapters, hparams and norms must agree.
         """
         if not isinstance(other, TreeSpec):
             return NotImplemented
@@ -465,6 +496,9 @@ class TreeSpec:
                 extras.append(f"depth {self.depth(task)}")
             extras += [f"adapter({dim}) after stage {d + 1}"
                        for d, dim in enumerate(self.adapter_dims(task)) if dim]
+            owned = [str(d + 1) for d, flag in enumerate(self.norm_flags(task)) if flag]
+            if owned:
+                extras.append(f"own norms at stage(s) {', '.join(owned)}")
             if self.task_hparams(task):
                 extras.append(json.dumps(self.task_hparams(task), sort_keys=True))
             if extras:
@@ -472,7 +506,7 @@ class TreeSpec:
         return "\n".join(lines)
 
 
-_FIELDS = ("tasks", "routes", "depths", "adapters", "hparams")
+_FIELDS = ("tasks", "routes", "depths", "adapters", "hparams", "norms")
 
 
 def _short(value: Any, limit: int = 80) -> str:
@@ -580,20 +614,25 @@ def _validate_depths(depths: Any, tasks: list[str], num_stages: int) -> dict[str
 
 
 def _validate_adapters(adapters: Any, tasks: list[str], num_stages: int) -> dict[str, list[int]]:
+    # 0: no adapter; the bound keeps a typo (or 10**18) from allocating the machine away.
+    return _per_stage(adapters, "adapters", tasks, num_stages, MAX_ADAPTER_WIDTH,
+                      "one adapter width per stage ({n}), 0 for none")
+
+
+def _per_stage(values: Any, field: str, tasks: list[str], num_stages: int, maximum: int,
+               rule: str) -> dict[str, list[int]]:
+    """`field`: task -> one int in [0, maximum] per stage; tasks with all zeros are not stored."""
     result = {}
-    for task, dims in _task_mapping(adapters, "adapters", tasks).items():
-        if (isinstance(dims, (str, bytes, Mapping)) or not isinstance(dims, Sequence)
-                or len(dims) != num_stages):
+    for task, items in _task_mapping(values, field, tasks).items():
+        if (isinstance(items, (str, bytes, Mapping)) or not isinstance(items, Sequence)
+                or len(items) != num_stages):
             raise SpecError(
-                f"`adapters[{task!r}]` must list one adapter width per stage "
-                f"({num_stages}), 0 for none. Received: {_short(dims)}"
+                f"`{field}[{task!r}]` must list {rule.format(n=num_stages)}. Received: {_short(items)}"
             )
-        for d, dim in enumerate(dims):
-            # 0: no adapter; the bound keeps a typo (or 10**18) from allocating the machine away.
-            check_int(dim, f"adapters[{task!r}][{d}]", minimum=0, maximum=MAX_ADAPTER_WIDTH,
-                      error=SpecError)
-        if any(dims):
-            result[task] = [int(d) for d in dims]
+        for d, item in enumerate(items):
+            check_int(item, f"{field}[{task!r}][{d}]", minimum=0, maximum=maximum, error=SpecError)
+        if any(items):
+            result[task] = [int(x) for x in items]
     return result
 
 
@@ -620,3 +659,9 @@ def _validate_hparams(hparams: Any, tasks: list[str]) -> dict[str, dict[str, Any
         if values:
             result[task] = dict(values)
     return result
+
+
+def _validate_norms(norms: Any, tasks: list[str], num_stages: int) -> dict[str, list[int]]:
+    return _per_stage(norms, "norms", tasks, num_stages, 1,
+                      "one flag per stage ({n}): 1 where the task owns the stage's batch norms, "
+                      "0 where not")

@@ -21,7 +21,9 @@ Per task visit (round robin over the tasks, `passes` times):
    among depths whose head input has the full depth's size,
    `allowed_depths`), move one hyperparameter one step along its list
    (`mutate`; with `candidate_hparams="final"` the learning rate and batch
-   size stay at the final training's, `fixed_hparams`).
+   size stay at the final training's, `fixed_hparams`). With `norms="task"`
+   the child then owns the batch norms of every block it shares
+   (`apply_norm_rule`).
 4. With a `budget`, a child that would add more parameters than its
    task's part of the budget (`EvolvedSystem.params_with`) first drops the
    adapters on stages it clones, then is drawn again (steps 2-3, up to
@@ -80,7 +82,9 @@ from keras_branch.search.evolution.mutations import (
     DEPTH_MOVES,
     HPARAM_LISTS,
     MUTATIONS,
+    NORM_RULES,
     allowed_depths,
+    apply_norm_rule,
     mutate,
 )
 from keras_branch.search.evolution.selection import candidate_rng, quality, score, select_parent
@@ -103,12 +107,14 @@ __all__ = [
     "FINAL_STARTS",
     "HPARAM_LISTS",
     "MUTATIONS",
+    "NORM_RULES",
     "STATE_FILE",
     "SYSTEM_FILES",
     "EvolvedSystem",
     "SearchState",
     "TaskPath",
     "allowed_depths",
+    "apply_norm_rule",
     "candidate_rng",
     "check_evolve_args",
     "draw_child",

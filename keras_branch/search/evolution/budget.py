@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from keras_branch.search.evolution.mutations import mutate
+from keras_branch.search.evolution.mutations import apply_norm_rule, mutate
 from keras_branch.search.evolution.selection import select_parent
 from keras_branch.search.evolution.system import EvolvedSystem, TaskPath
 from keras_branch.tasks import Task
@@ -118,6 +118,7 @@ def draw_child(system: EvolvedSystem, task: Task, population: list[dict],
                rng: np.random.Generator, num_stages: int, prob: float, clones: str,
                depths: Sequence[int], part: tuple[int, int] | None,
                adapters: str = "between", hparams: Sequence[str] | None = None,
+               norms: str = "frozen",
                ) -> tuple[dict, TaskPath, list[str], int | None, list[dict]]:
     """A candidate slot's parent and child: drawn again while the child is over `part`.
 
@@ -135,6 +136,8 @@ def draw_child(system: EvolvedSystem, task: Task, population: list[dict],
         rng: the slot's generator: every draw comes from it.
         num_stages, prob, clones, depths, adapters, hparams: `mutations.mutate`'s
             arguments.
+        norms: the rule setting the child's own norms (`mutations.apply_norm_rule`),
+            applied before its size is checked.
         part: `allowance`'s pair, or None without a budget (one draw).
 
     Returns:
@@ -148,6 +151,7 @@ def draw_child(system: EvolvedSystem, task: Task, population: list[dict],
         parent = select_parent(population, rng)
         path, mutations = mutate(TaskPath.from_dict(parent["path"]), num_stages, rng, prob,
                                  clones, depths, adapters, hparams)
+        apply_norm_rule(system, path, norms)
         if part is None:
             return parent, path, mutations, None, refused
         added = trim_to_fit(system, task, path, mutations, part)

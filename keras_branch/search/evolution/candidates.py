@@ -2,7 +2,8 @@
 
 A candidate is a one-task model on the child's path: blocks shared with the
 system are frozen and carry the system's weights; the candidate's own
-components (fresh clones, blocks its lineage cloned, adapters, head) train.
+components (fresh clones, blocks its lineage cloned, adapters, own norms,
+head) train.
 Layers are constructed under `seeding.seeded_layers(layer_seed)`, so a
 candidate's initial weights depend only on the seed it is given, and the
 caller's Python `random` is left as it was.
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from keras_branch.augment import make_augment
-from keras_branch.build import BranchedModel, adapter_name, block_name
+from keras_branch.build import BranchedModel, NormedBlock, adapter_name, block_name, norm_name
 from keras_branch.checks import check_choice
 from keras_branch.compiling import compile_model, make_optimizer
 from keras_branch.data.multitask import MultiTaskData
@@ -31,6 +32,7 @@ from keras_branch.gradient_registry import released_custom_gradients
 from keras_branch.search.evolution.selection import quality
 from keras_branch.search.evolution.state import SearchState
 from keras_branch.search.evolution.system import EvolvedSystem, TaskPath
+from keras_branch.search.evolution.weights import component_layers
 from keras_branch.seeding import seeded_layers
 from keras_branch.spec import TreeSpec
 from keras_branch.tasks import Task
@@ -104,8 +106,9 @@ def child_weights(system: EvolvedSystem, task: Task, parent: dict, path: TaskPat
     Negative route entries mark fresh clones (`-1 - source block`); they get
     new block ids here (written into `path`), copied from their source. A
     clone of a block the parent already trains keeps training the parent's
-    copy. Adapters of the parent's size and the head (same depth) start from
-    the parent's.
+    copy. Adapters of the parent's size, own norms on the parent's block of
+    the stage and the head (same depth) start from the parent's; own norms
+    otherwise start as the block's (`candidate_model`).
 
     With `candidate_start="equal"` "the parent's" weights are those the
     parent started from (`SearchState.record` keeps them) when the parent is a
@@ -153,6 +156,12 @@ def child_weights(system: EvolvedSystem, task: Task, parent: dict, path: TaskPat
             name = adapter_name(d, task.key)
             same = parent_path.adapters[d] == dim and name in inherited
             owned[name] = inherited[name] if same else None
+    for d, flag in enumerate(path.norms[: path.depth]):
+        if flag:
+            same = parent_path.norms[d] and parent_path.route[d] == path.route[d]
+            for i in system.backbone.stage_norm_positions(d):
+                name = norm_name(d, i, task.key)
+                owned[name] = inherited[name] if same and name in inherited else None
     head = f"head_{task.key}"
     owned[head] = inherited.get(head) if parent_path.depth == path.depth else None
     state.claim_ids(path)
@@ -213,17 +222,23 @@ def candidate_model(system: EvolvedSystem, task: Task, path: TaskPath, owned: We
     >>> model = candidate_model(system, task, path, owned, layer_seed=7)  # doctest: +SKIP
     """
     spec = TreeSpec([task.name], {task.name: path.route}, {task.name: path.depth},
-                    {task.name: path.adapters}, {task.name: path.hparams})
+                    {task.name: path.adapters}, {task.name: path.hparams}, {task.name: path.norms})
     with seeded_layers(layer_seed):
         model = BranchedModel(spec, system.backbone, [task], name="candidate")
-    for layer in model.layers:
-        if layer.name in owned:
-            if owned[layer.name] is not None:
-                layer.set_weights(owned[layer.name])
+    layers = component_layers(model)
+    for name, layer in layers.items():
+        if name in owned:
+            if owned[name] is not None:
+                layer.set_weights(owned[name])
             layer.trainable = True
-        elif layer.name in system.weights:
-            layer.set_weights(system.weights[layer.name])
+        elif name in system.weights:
+            layer.set_weights(system.weights[name])
             layer.trainable = False  # frozen: shared with the system
+    for normed in (x for x in model.layers if isinstance(x, NormedBlock)):
+        # A fresh own norm starts as the norm of the (now loaded) block it replaces.
+        for i, norm in zip(normed.positions, normed.norms):
+            if owned.get(norm.name, []) is None:
+                norm.set_weights(normed.block.layers[i].get_weights())
     return model
 
 
@@ -269,6 +284,6 @@ def train_candidate(system: EvolvedSystem, task: Task, path: TaskPath, owned: We
             epochs=epochs, steps_per_epoch=steps, verbose=0, shuffle=False,
         )
     value = quality(task, evaluate(model, data, "validation")[task.name])
-    weights = {layer.name: [np.array(w) for w in layer.get_weights()]
-               for layer in model.layers if layer.name in owned}
+    weights = {name: [np.array(w) for w in layer.get_weights()]
+               for name, layer in component_layers(model).items() if name in owned}
     return value, weights

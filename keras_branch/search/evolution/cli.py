@@ -41,7 +41,7 @@ from keras_branch.files import remove_owned_folder
 from keras_branch.saving import load_branched_model
 from keras_branch.search.evolution.loop import evolve
 from keras_branch.search.evolution.candidates import CANDIDATE_HPARAMS, CANDIDATE_STARTS, FINAL_STARTS
-from keras_branch.search.evolution.mutations import ADAPTER_STAGES, CLONE_RULES, DEPTH_MOVES
+from keras_branch.search.evolution.mutations import ADAPTER_STAGES, CLONE_RULES, DEPTH_MOVES, NORM_RULES
 from keras_branch.search.evolution.system import EvolvedSystem
 
 __all__ = ["add_parser", "run"]
@@ -118,6 +118,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--adapters", choices=ADAPTER_STAGES, default="between",
                    help="between: an adapter mutation inserts only after stages that feed another "
                         "stage, not before the head (default); any: after every stage (muNet)")
+    p.add_argument("--norms", choices=NORM_RULES, default="frozen",
+                   help="frozen: a block a path shares runs its own batch norms, frozen with it "
+                        "(default, muNet); task: the task trains its own copies of them")
     p.add_argument("--budget", type=parse_budget,
                    help="the most parameters the system may hold: a count (e.g. 350000) or a "
                         "multiple of the fully shared model (e.g. 2.4x); default no limit")
@@ -168,7 +171,8 @@ def run(args: argparse.Namespace) -> int:
         candidate_epochs=args.candidate_epochs, candidate_start=args.candidate_start,
         candidate_hparams=args.candidate_hparams,
         mutation_prob=args.mutation_prob,
-        clones=args.clones, depth_moves=args.depth_moves, adapters=args.adapters, budget=args.budget,
+        clones=args.clones, depth_moves=args.depth_moves, adapters=args.adapters, norms=args.norms,
+        budget=args.budget,
         final_epochs=args.final_epochs, final_learning_rate=args.final_learning_rate,
         final_batch_size=args.final_batch_size, final_start=args.final_start,
         finalists=args.finalists, seed=args.seed, root_task=args.root_task, state_dir=state, out_dir=args.out,

@@ -59,6 +59,8 @@ from keras_branch.search.evolution.mutations import (
     CLONE_RULES,
     DEPTH_MOVES,
     HPARAM_LISTS,
+    NORM_RULES,
+    apply_norm_rule,
     allowed_depths,
 )
 from keras_branch.search.evolution.selection import (
@@ -90,6 +92,7 @@ def evolve(
     clones: str = "suffix",
     depth_moves: str = "shape",
     adapters: str = "between",
+    norms: str = "frozen",
     budget: int | float | str | None = None,
     seed: int = 0,
     augment: Mapping[str, float] | None = None,
@@ -160,6 +163,12 @@ def evolve(
             point of test error after 160 epochs, docs/evolution.md; a
             path that has one there drops it); `"any"` after every used
             stage (muNet's rule).
+        norms: whose batch norms the blocks a path shares run
+            (`mutations.apply_norm_rule`, a rule on every child, not a
+            mutation): `"frozen"` (default, muNet's: the block's own, frozen
+            with it) or `"task"` (the task trains its own copies: scale,
+            offset and its data's statistics, 256 parameters per convnet4
+            stage of 64 filters; `TreeSpec`'s `norms`).
         budget: the most parameters the system may hold once every task
             of `tasks` is on a path (`EvolvedSystem.params_with`): a count,
             or a multiple of the fully shared model over the system's and
@@ -246,11 +255,18 @@ def evolve(
                        "final_learning_rate": final_learning_rate,
                        "final_batch_size": final_batch_size,
                        "final_start": final_start, "clones": clones, "depth_moves": depth_moves,
-                       "adapters": adapters, "finalists": finalists})
+                       "adapters": adapters, "norms": norms, "finalists": finalists})
     began = time.perf_counter()
     say = log or (lambda _: None)
     system = root if isinstance(root, EvolvedSystem) else EvolvedSystem.from_root(root, root_task)
     system = copy.deepcopy(system)
+    bb = system.backbone
+    if norms == "task" and not any(bb.stage_norm_positions(d) for d in range(bb.num_stages)):
+        raise SearchError(
+            f"`norms` 'task' gives a task its own copies of the batch norms of the blocks it "
+            f"shares, but no stage of backbone {bb.name!r} is a keras.Sequential holding "
+            f"BatchNormalization layers. Received: norms='task'"
+        )
     by_name = {t.name: t for t in data.tasks}
     if tasks is None:
         tasks = [n for n in data.task_names if n not in system.task_names] or data.task_names
@@ -289,6 +305,7 @@ def evolve(
               "candidate_start": candidate_start,
               # Only when set: a search state written before the option resumes.
               **({"candidate_hparams": candidate_hparams} if candidate_hparams != "own" else {}),
+              **({"norms": norms} if norms != "frozen" else {}),
               "clones": clones, "depth_moves": depth_moves, "adapters": adapters, "budget": limit,
               "seed": seed, "augment": dict(augment) if augment else None,
               "final_epochs": final_epochs, "final_learning_rate": final_learning_rate,
@@ -325,7 +342,7 @@ def evolve(
                 if c < candidates:
                     parent, path, mutations, added, refused = draw_child(
                         system, task, population, rng, num_stages, mutation_prob, clones, depths,
-                        part, adapters, movable)
+                        part, adapters, movable, norms)
                 elif any(e["score"] is not None for e in population):
                     break
                 else:
@@ -334,6 +351,7 @@ def evolve(
                     # every task's head, so the task is still placed.
                     parent = next(e for e in population if e["id"] == "root")
                     path, mutations = TaskPath.from_dict(parent["path"]), []
+                    apply_norm_rule(system, path, norms)
                     added = system.params_with(task, path) - part[0]
                     say(f"  {name}: every candidate over the {part[1]:,} parameters "
                         f"allowed; training the root path")
@@ -534,7 +552,7 @@ def check_evolve_args(settings: Mapping[str, Any], prefix: str = "") -> None:
         settings: some of `scale`, `passes`, `candidates`,
             `candidate_epochs`, `candidate_start`, `candidate_hparams`, `finalists`, `final_epochs`,
             `final_learning_rate`, `final_batch_size`, `final_start`, `mutation_prob`, `clones`,
-            `depth_moves`, `adapters`.
+            `depth_moves`, `adapters`, `norms`.
         prefix: put before each name in the messages (the caller's field
             names, e.g. `"evolve_"`).
 
@@ -574,6 +592,7 @@ _EVOLVE_ARG_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "clones": (lambda v: v in CLONE_RULES, f"one of {list(CLONE_RULES)}"),
     "depth_moves": (lambda v: v in DEPTH_MOVES, f"one of {list(DEPTH_MOVES)}"),
     "adapters": (lambda v: v in ADAPTER_STAGES, f"one of {list(ADAPTER_STAGES)}"),
+    "norms": (lambda v: v in NORM_RULES, f"one of {list(NORM_RULES)}"),
     "final_start": (lambda v: v in FINAL_STARTS, f"one of {list(FINAL_STARTS)}"),
     "candidate_start": (lambda v: v in CANDIDATE_STARTS, f"one of {list(CANDIDATE_STARTS)}"),
     "candidate_hparams": (lambda v: v in CANDIDATE_HPARAMS, f"one of {list(CANDIDATE_HPARAMS)}"),

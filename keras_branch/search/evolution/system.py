@@ -56,6 +56,8 @@ class TaskPath:
         adapters: an adapter size per stage (0: no adapter).
         hparams: the task's hyperparameters (`learning_rate`, `adapter_dim`,
             `batch_size`).
+        norms: 1 per stage where the task owns the batch norms of a block it
+            shares (`evolve(norms="task")`); empty or zeros: none.
 
     Example:
     >>> TaskPath.root(3).route, TaskPath.root(3).depth
@@ -66,6 +68,11 @@ class TaskPath:
     depth: int
     adapters: list[int]
     hparams: dict[str, Any]
+    norms: list[int] = dataclasses.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.norms:
+            self.norms = [0] * len(self.route)
 
     def to_dict(self) -> dict[str, Any]:
         """The path as a JSON-ready dict (`from_dict` reads it back)."""
@@ -74,8 +81,9 @@ class TaskPath:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TaskPath:
         """A path from a dict written by `to_dict`."""
+        # Paths written before task-owned norms existed have no "norms".
         return cls(list(data["route"]), int(data["depth"]), list(data["adapters"]),
-                   dict(data["hparams"]))
+                   dict(data["hparams"]), list(data.get("norms") or []))
 
     @classmethod
     def root(cls, num_stages: int) -> TaskPath:
@@ -93,7 +101,7 @@ class EvolvedSystem:
         spec: an evolved `TreeSpec` over `tasks` (None before the first task).
         weights: layer name -> weights: `stem`, `stage{d}_block{b}`
             (block 0 of every stage is the frozen root), `adapter{d}_{key}`,
-            `head_{key}`.
+            `norm{d}_{i}_{key}` (a task's own batch norms), `head_{key}`.
         root_params: parameters of the root (stem and one block per stage),
             the unit of the score's size term.
         scores: task name -> the record of its installed path (quality,
@@ -165,9 +173,11 @@ class EvolvedSystem:
             raise SearchError(
                 f"`root_task` {name!r} is not a task of the root model; its tasks are {spec.tasks}."
             )
-        if spec.depth(name) != spec.num_stages or any(spec.adapter_dims(name)):
+        if (spec.depth(name) != spec.num_stages or any(spec.adapter_dims(name))
+                or any(spec.norm_flags(name))):
             raise SearchError(
-                f"The root path of task {name!r} must use every stage without adapters."
+                f"The root path of task {name!r} must use every stage without adapters or "
+                f"norms of its own."
             )
         by_name = {layer.name: layer for layer in model.layers}
         weights: dict[str, list[np.ndarray]] = {}
@@ -192,6 +202,7 @@ class EvolvedSystem:
             route=self.spec.route(task), depth=self.spec.depth(task),
             adapters=self.spec.adapter_dims(task),
             hparams={**DEFAULT_HPARAMS, **self.spec.task_hparams(task)},
+            norms=self.spec.norm_flags(task),
         )
 
     def build(self) -> BranchedModel:
@@ -220,7 +231,7 @@ class EvolvedSystem:
             task: the task.
             path: its path (new clones already carry their block ids).
             owned: the weights of the task's own components (clones,
-                adapters, head).
+                adapters, norms, head).
             record: what the path scored (quality, params, score).
         """
         for name in owned:
@@ -232,14 +243,16 @@ class EvolvedSystem:
         depths = self.spec.depths if self.spec is not None else {}
         adapters = self.spec.adapters if self.spec is not None else {}
         hparams = self.spec.hparams if self.spec is not None else {}
+        norms = self.spec.norms if self.spec is not None else {}
         routes[task.name] = list(path.route)
         depths[task.name] = path.depth
         adapters[task.name] = list(path.adapters)
         hparams[task.name] = dict(path.hparams)
+        norms[task.name] = list(path.norms)
         self.tasks = tasks
-        self.spec = TreeSpec([t.name for t in tasks], routes, depths, adapters, hparams)
+        self.spec = TreeSpec([t.name for t in tasks], routes, depths, adapters, hparams, norms)
         for name in list(self.weights):
-            if owned_by(name, task):  # the task's previous adapters and head
+            if owned_by(name, task):  # the task's previous adapters, norms and head
                 del self.weights[name]
         self.weights.update({k: [np.array(w) for w in v] for k, v in owned.items()})
         self.scores[task.name] = dict(record)
@@ -284,7 +297,7 @@ class EvolvedSystem:
         Returns:
             The stem divided by the number of tasks plus one (the root), each
             used block divided by its users (the task included, and the root
-            for a root block), plus the path's adapters and head.
+            for a root block), plus the path's adapters, own norms and head.
 
         Example (not run as a doctest: needs an evolved system):
         >>> system.accounted_params(task, TaskPath.root(system.backbone.num_stages))  # doctest: +SKIP
@@ -298,6 +311,7 @@ class EvolvedSystem:
         for d, dim in enumerate(path.adapters[: path.depth]):
             if dim:
                 total += adapter_params(bb.stage_output_shape(d)[-1], dim)
+        total += sum(bb.stage_norm_params(d) for d, flag in enumerate(path.norms[: path.depth]) if flag)
         total += self.head_params(task, path.depth)
         return float(total)
 
@@ -313,7 +327,7 @@ class EvolvedSystem:
         """Parameters the system holds with `task` on `path` (None: without `task`).
 
         Every block some task uses, the root's blocks (the system keeps
-        them whoever uses them), every adapter and head; a clone marked in
+        them whoever uses them), every adapter, own norm and head; a clone marked in
         `path` (negative route entry) counts as a new block. With every task
         on a path, this is `spec.count_params` plus the root blocks no task
         uses.
@@ -331,6 +345,7 @@ class EvolvedSystem:
         routes = {t.name: self.spec.route(t.name) for t in others} if self.spec else {}
         depths = {t.name: self.spec.depth(t.name) for t in others} if self.spec else {}
         adapters = {t.name: self.spec.adapter_dims(t.name) for t in others} if self.spec else {}
+        norms = {t.name: self.spec.norm_flags(t.name) for t in others} if self.spec else {}
         if path is not None:
             others = others + [task]
             route = list(path.route)
@@ -340,9 +355,10 @@ class EvolvedSystem:
                     route[d] = max(used) + 1
             routes[task.name], depths[task.name] = route, path.depth
             adapters[task.name] = list(path.adapters)
+            norms[task.name] = list(path.norms)
         if not others:
             return self.root_params
-        spec = TreeSpec([t.name for t in others], routes, depths, adapters)
+        spec = TreeSpec([t.name for t in others], routes, depths, adapters, norms=norms)
         unused_root = sum(bb.stage_params(d) for d in range(bb.num_stages)
                           if 0 not in spec.blocks(d))
         return spec.count_params(bb, others) + unused_root
@@ -432,7 +448,7 @@ def root_params(backbone: Backbone) -> int:
 
 
 def owned_by(layer: str, task: Task) -> bool:
-    """Whether `layer` is one of `task`'s own adapters or its head."""
+    """Whether `layer` is one of `task`'s own adapters, norms or its head."""
     return layer == f"head_{task.key}" or (
         layer.startswith("adapter") and layer.split("_", 1)[1] == task.key
-    )
+    ) or (layer.startswith("norm") and layer.split("_", 2)[2:] == [task.key])

@@ -1,7 +1,8 @@
 """Component weights of an evolved system: `.npz` files and copying them into models.
 
 A system's weights are a dict `layer name -> list of arrays` (one entry per
-component: `stem`, `stage{d}_block{b}`, `adapter{d}_{key}`, `head_{key}`).
+component: `stem`, `stage{d}_block{b}`, `adapter{d}_{key}`, `norm{d}_{i}_{key}`,
+`head_{key}`).
 These helpers store such a dict in one `.npz` file (atomically) and read it
 back, and set it on the layers of a built model.
 
@@ -19,10 +20,11 @@ from collections.abc import Mapping
 import keras
 import numpy as np
 
+from keras_branch.batch_norm import nested_layers
 from keras_branch.errors import SearchError
 from keras_branch.files import atomic_path
 
-__all__ = ["load_weights", "save_weights", "set_weights"]
+__all__ = ["component_layers", "load_weights", "save_weights", "set_weights"]
 
 
 def save_weights(path: str | os.PathLike, weights: Mapping[str, list[np.ndarray]]) -> None:
@@ -79,6 +81,28 @@ def set_weights(model: keras.Model, weights: Mapping[str, list[np.ndarray]]) -> 
     Example (not run as a doctest: needs an evolved system):
     >>> set_weights(model, system.weights)  # doctest: +SKIP
     """
-    for layer in model.layers:
-        if layer.name in weights:
-            layer.set_weights(weights[layer.name])
+    for name, layer in component_layers(model).items():
+        if name in weights:
+            layer.set_weights(weights[name])
+
+
+def component_layers(model: keras.Model) -> dict[str, keras.layers.Layer]:
+    """Layer name -> layer, for the model's layers and the layers inside them.
+
+    A task's own norms live inside a `build.NormedBlock` (and a block only
+    run through its users' own norms is reached only there), so a system's
+    components are looked up below the model's top-level layers too. Layers
+    inside a block keep the block template's names, which may repeat; those
+    are never components, and the first layer of a name is kept.
+
+    Args:
+        model: a built model.
+
+    Returns:
+        Every named layer, each object once.
+    """
+    found: dict[str, keras.layers.Layer] = {}
+    for layer in nested_layers(model):
+        if layer is not model:
+            found.setdefault(layer.name, layer)
+    return found
