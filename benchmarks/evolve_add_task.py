@@ -39,8 +39,8 @@ paths to draw parents from.
         --reference benchmarks/results/evolved_intel/must_show_budget.json --out /tmp/add
 
 `--evolve-finalists N`, `--evolve-candidate-start inherited|equal`,
-`--evolve-candidate-hparams own|final`, `--evolve-adapters between|any` and
-`--evolve-final-batch-size N|none` run
+`--evolve-candidate-hparams own|final`, `--evolve-adapters between|any`,
+`--evolve-norms frozen|task` and `--evolve-final-batch-size N|none` run
 both under those settings (a reference must have been run with the same
 `omniglot.py` flags).
 """

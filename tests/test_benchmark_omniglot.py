@@ -169,6 +169,13 @@ def test_benchmark_refuses_bad_evolution_settings_before_training(omniglot_bench
     with pytest.raises(ValueError, match=r"`evolve_candidate_hparams` must be one of "
                                          r"\['own', 'final'\]\. Received: evolve_candidate_hparams='x'"):
         omniglot_benchmark.make_recipe(evolve_candidate_hparams="x")
+    # Task-owned norms on shared blocks only on request.
+    assert defaults["norms"] == "frozen"
+    assert omniglot_benchmark.evolve_kwargs(omniglot_benchmark.make_recipe(
+        evolve_norms="task"), 0, data, bb)["norms"] == "task"
+    with pytest.raises(ValueError, match=r"`evolve_norms` must be one of "
+                                         r"\['frozen', 'task'\]\. Received: evolve_norms='own'"):
+        omniglot_benchmark.make_recipe(evolve_norms="own")
     # 60% of the fine-tuned system: one convnet4 (16 filters, 16x16) and head per task.
     one = bb.stem_params() + sum(bb.stage_params(d) for d in range(4))
     head = lambda t: (bb.feature_size() + 1) * t.units  # noqa: E731
@@ -398,11 +405,13 @@ def test_evolve_add_task_reads_together_only_from_a_matching_run():
     # parents' at their own rate and batch, and adapters could go after any stage.
     old = {**recipe, "evolve_finalists": 1, "evolve_final_start": "inherited",
            "evolve_candidate_start": "inherited", "evolve_adapters": "any",
-           "evolve_final_batch_size": None, "evolve_candidate_hparams": "own"}
+           "evolve_final_batch_size": None, "evolve_candidate_hparams": "own",
+           "evolve_norms": "frozen"}
     assert bench.together_from(reference, old, ["a", "b"], [0])
     for changed in ({"evolve_finalists": 2}, {"evolve_final_start": "root"},
                     {"evolve_candidate_start": "equal"}, {"evolve_adapters": "between"},
-                    {"evolve_final_batch_size": 32}, {"evolve_candidate_hparams": "final"}):
+                    {"evolve_final_batch_size": 32}, {"evolve_candidate_hparams": "final"},
+                    {"evolve_norms": "task"}):
         with pytest.raises(SystemExit, match=r"its `recipe` differs from this run's"):
             bench.together_from(reference, {**old, **changed}, ["a", "b"], [0])
     with pytest.raises(SystemExit, match=r"its `tasks` differs"):
@@ -439,12 +448,14 @@ def test_evolve_add_task_takes_the_finalists_of_the_recipe(tmp_path, monkeypatch
                          (["--evolve-adapters", "any"], {"evolve_adapters": "any"}),
                          (["--evolve-final-batch-size", "none"], {"evolve_final_batch_size": None}),
                          (["--evolve-final-batch-size", "16"], {"evolve_final_batch_size": 16}),
-                         (["--evolve-candidate-hparams", "own"], {"evolve_candidate_hparams": "own"})):
+                         (["--evolve-candidate-hparams", "own"], {"evolve_candidate_hparams": "own"}),
+                         (["--evolve-norms", "task"], {"evolve_norms": "task"})):
         with pytest.raises(ZeroDivisionError):
             bench.main(["--data", missing, *argv])
     assert seen == [{"evolve_finalists": 2}, {}, {"evolve_candidate_start": "equal"},
                     {"evolve_adapters": "any"}, {"evolve_final_batch_size": None},
-                    {"evolve_final_batch_size": 16}, {"evolve_candidate_hparams": "own"}]
+                    {"evolve_final_batch_size": 16}, {"evolve_candidate_hparams": "own"},
+                    {"evolve_norms": "task"}]
 
 
 def test_evolve_add_task_reports_outputs_that_moved(tmp_path):
