@@ -707,6 +707,7 @@ def _tf_log_lines(stderr):
     return [line for line in stderr.splitlines() if line.startswith(("I0000", "W0000", "E0000"))]
 
 
+@pytest.mark.slow  # two console-script subprocesses, each importing TensorFlow
 def test_the_console_script_keeps_tensorflow_logs_out_unless_verbose(tmp_path):
     spec = _spec_file(tmp_path, '{"tasks": ["g0_t0", "g0_t1", "g1_t0"], "routes": '
                                 '{"g0_t0": [0, 0, 0], "g0_t1": [0, 0, 0], "g1_t0": [0, 0, 1]}}')

@@ -306,6 +306,7 @@ def test_finalists_are_the_best_entries_of_distinct_structure():
     assert finalists([entry("root", None, (0, 0, 0))], 2, shared) == []
 
 
+@pytest.mark.slow  # two evolutions with final training; the final training itself is tested below
 def test_finalists_train_longer_and_the_best_after_it_is_installed(evolved):
     data, _, first, _ = evolved
     name = data.task_names[2]
@@ -429,6 +430,7 @@ def test_the_final_training_starts_from_the_root_not_from_the_lineage(evolved):
         final_start_weights(system, lineages[0], "parent")
 
 
+@pytest.mark.slow  # two evolutions; where "root" starts is tested in the test above
 def test_evolve_records_where_the_final_training_started(evolved):
     data, _, first, _ = evolved
     name = data.task_names[2]
@@ -495,6 +497,7 @@ def test_evolve_ranks_candidates_at_equal_training_on_request(evolved):
         evolve(first.system, [name], data, candidate_start="fresh", **TINY)
 
 
+@pytest.mark.slow  # two evolutions of 6 candidates (tests/test_evolution_rules.py: the held hparams)
 def test_final_candidate_hparams_train_every_candidate_at_the_final_rate_and_batch(
         evolved, monkeypatch):
     """`candidate_hparams="final"`: candidates train at the final rate and batch; they never move."""
@@ -575,6 +578,7 @@ def test_evolve_repeats_with_its_seed_and_leaves_global_random_state_alone(evolv
     assert _without_seconds(other.history) != _without_seconds(first.history)
 
 
+@pytest.mark.slow  # three evolutions at mutation_prob 1 (tests/test_evolution_rules.py: the rule)
 def test_depth_moves_keep_the_head_input_size_unless_any(evolved):
     data = evolved[0]
     keras.utils.set_random_seed(0)
