@@ -63,7 +63,7 @@ class TreeSpec:
             the batch normalizations of its block of that stage (its own
             scale, offset and statistics; the block's other layers stay
             shared). Needs stages that are `keras.Sequential`s holding
-            `BatchNormalization` layers (`norm_layers`).
+            `BatchNormalization` layers (`Backbone.stage_norm_positions`).
 
     Raises:
         SpecError: naming the field and the value received, for anything

@@ -162,20 +162,16 @@ def test_benchmark_refuses_bad_evolution_settings_before_training(omniglot_bench
         evolve_final_batch_size=None), 0, data, bb)["final_batch_size"] is None
     assert omniglot_benchmark.evolve_kwargs(omniglot_benchmark.make_recipe(evolve_adapters="any"),
                                             0, data, bb)["adapters"] == "any"
-    # Candidates train at the final training's rate and batch unless told "own".
-    assert defaults["candidate_hparams"] == "final"
-    assert omniglot_benchmark.evolve_kwargs(omniglot_benchmark.make_recipe(
-        evolve_candidate_hparams="own"), 0, data, bb)["candidate_hparams"] == "own"
-    with pytest.raises(ValueError, match=r"`evolve_candidate_hparams` must be one of "
-                                         r"\['own', 'final'\]\. Received: evolve_candidate_hparams='x'"):
-        omniglot_benchmark.make_recipe(evolve_candidate_hparams="x")
-    # Task-owned norms on shared blocks only on request.
-    assert defaults["norms"] == "frozen"
-    assert omniglot_benchmark.evolve_kwargs(omniglot_benchmark.make_recipe(
-        evolve_norms="task"), 0, data, bb)["norms"] == "task"
-    with pytest.raises(ValueError, match=r"`evolve_norms` must be one of "
-                                         r"\['frozen', 'task'\]\. Received: evolve_norms='own'"):
-        omniglot_benchmark.make_recipe(evolve_norms="own")
+    # Candidates train at the final training's rate and batch unless told "own";
+    # task-owned norms on shared blocks only on request.
+    for name, default, other, choices in (("candidate_hparams", "final", "own", r"'own', 'final'"),
+                                          ("norms", "frozen", "task", r"'frozen', 'task'")):
+        assert defaults[name] == default
+        assert omniglot_benchmark.evolve_kwargs(omniglot_benchmark.make_recipe(
+            **{f"evolve_{name}": other}), 0, data, bb)[name] == other
+        with pytest.raises(ValueError, match=rf"`evolve_{name}` must be one of \[{choices}\]\. "
+                                             rf"Received: evolve_{name}='x'"):
+            omniglot_benchmark.make_recipe(**{f"evolve_{name}": "x"})
     # 60% of the fine-tuned system: one convnet4 (16 filters, 16x16) and head per task.
     one = bb.stem_params() + sum(bb.stage_params(d) for d in range(4))
     head = lambda t: (bb.feature_size() + 1) * t.units  # noqa: E731

@@ -237,7 +237,7 @@ def candidate_model(system: EvolvedSystem, task: Task, path: TaskPath, owned: We
     for normed in (x for x in model.layers if isinstance(x, NormedBlock)):
         # A fresh own norm starts as the norm of the (now loaded) block it replaces.
         for i, norm in zip(normed.positions, normed.norms):
-            if owned.get(norm.name, []) is None:
+            if norm.name in owned and owned[norm.name] is None:
                 norm.set_weights(normed.block.layers[i].get_weights())
     return model
 
