@@ -8,7 +8,8 @@ Installed as `keras_branch.export` (see setup.cfg), never as a bare `export`.
   files (float32, float16, dynamic range, full int8), builtin ops only.
 * `subset_model(model, tasks)`: only the blocks and heads some tasks need.
 * `check_parity(model, files, x)`: every artifact against Keras, per task,
-  with per-format tolerances (`TOLERANCES`).
+  with per-format tolerances (`TOLERANCES`; float16 in units of
+  `float16_deviation`, int8 in `int8_steps`).
 * `litert_runner`: runs a `.tflite` file with LiteRT and numpy only.
 
 Example (an untrained model, two formats; `keras-branch export` writes all
@@ -40,6 +41,7 @@ from keras_branch.export.parity import (
     ParityRow,
     Tolerance,
     check_parity,
+    float16_deviation,
     format_parity_table,
 )
 from keras_branch.export.saved_model import (
@@ -79,6 +81,7 @@ __all__ = [
     "export_demo_model",
     "export_model",
     "export_saved_model",
+    "float16_deviation",
     "format_parity_table",
     "int8_output_scales",
     "int8_steps",

@@ -25,6 +25,7 @@ from keras_branch.export import (
     check_inputs,
     check_parity,
     export_model,
+    float16_deviation,
     int8_output_scales,
     calibration_inputs,
 )
@@ -137,7 +138,7 @@ def test_litert_without_keras_runs_every_task_signature(exported):
     result, model, _, x, _ = exported
     expected = keras_outputs(model, x)
     keys = [t.key for t in model.tasks]
-    steps = result.int8_steps
+    scales = {"tflite": {}, "tflite-fp16": float16_deviation(model, x), "tflite-int8": result.int8_steps}
     for fmt in TFLITE:
         outputs, imported = litert_runner.run_isolated(result.files[fmt], x)
         assert imported == [], f"the LiteRT process imported {imported}"
@@ -148,7 +149,7 @@ def test_litert_without_keras_runs_every_task_signature(exported):
             got = outputs[task.key][task.key]
             assert got.shape == (64, 1) and got.dtype == np.float32
             measured = compare(expected[task.key], got, task.kind, TOLERANCES[fmt],
-                               steps[task.key])
+                               scales[fmt].get(task.key))
             assert measured["passed"], (fmt, task.key, measured)
 
 
@@ -164,13 +165,13 @@ def test_parity_passes_for_all_four_formats(exported):
         assert np.isfinite(r.max_abs_diff)
     assert max(report.row("saved_model", t.key).max_abs_diff for t in model.tasks) <= 1e-5
     assert max(report.row("tflite", t.key).max_abs_diff for t in model.tasks) <= 1e-5
-    # float16: 1e-3 of the task's output range (at least 1).
-    ref = keras_outputs(model, check_inputs(exported[2], (100,), 64))
+    # float16 measures in units of what float16 rounding does: the tolerance is two.
+    deviation = float16_deviation(model, check_inputs(exported[2], (100,), 64))
     for t in model.tasks:
         row = report.row("tflite-fp16", t.key)
-        scale = max(1.0, float(np.abs(ref[t.key]).max()))
-        assert row.value == pytest.approx(row.max_abs_diff / scale)
-        assert row.max_abs_diff <= 1e-3 * scale
+        assert row.scale == deviation[t.key] > 0
+        assert row.tolerance == pytest.approx(2 * row.scale)
+        assert row.value == row.max_abs_diff <= row.tolerance
     # int8 measures in output steps: the tolerance is three of them.
     for t in model.tasks:
         row = report.row("tflite-int8", t.key)
@@ -211,6 +212,61 @@ def test_parity_detects_a_different_model(exported):
     assert set(report.formats_passed().values()) == {False}
     assert all(r.max_abs_diff > 0.05 for r in report.rows)
     assert "OUT OF TOLERANCE" in report.format_table()
+
+
+def test_float16_parity_detects_a_one_percent_weight_error(exported):
+    """float16's tolerance is two rounding deviations: a 1% error in one kernel is far beyond it."""
+    result, model, _, x, model_path = exported
+    other = keras.saving.load_model(model_path)
+    head = other.get_layer(f"head_{model.tasks[0].key}")
+    head.kernel.assign(np.asarray(head.kernel) * 1.01)
+    report = check_parity(other, {"tflite-fp16": result.files["tflite-fp16"]}, x)
+    row = report.row("tflite-fp16", model.tasks[0].key)
+    assert not row.passed and row.max_abs_diff > 5 * row.tolerance
+    assert all(report.row("tflite-fp16", t.key).passed for t in model.tasks[1:])
+
+
+def _rounded_to_float16(values):
+    return [np.asarray(v, "float32").astype("float16").astype("float32") for v in values]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_float16_deviation_bounds_rounding_every_weight(seed):
+    """Rounding each weight to float16 (what a float16 file stores) changes the
+    outputs by less than the parity check's tolerance, two deviations."""
+    keras.utils.set_random_seed(seed)
+    data = planted_groups(group_sizes=(2,), num_train=64, num_validation=32, num_test=64, seed=seed)
+    model = build_model(TreeSpec.shared(data.task_names, num_stages=2),
+                        backbones.mlp(data.input_shape[0], (32, 16)), data.tasks)
+    x = check_inputs(data, data.input_shape, 64)
+    before = [np.array(w) for w in model.get_weights()]
+    deviation = float16_deviation(model, x)
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+    assert float16_deviation(model, x) == deviation
+    assert float16_deviation(model, x, seed=1) != deviation
+    reference = keras_outputs(model, x)
+    model.set_weights(_rounded_to_float16(before))
+    rounded = keras_outputs(model, x)
+    for key, value in deviation.items():
+        assert 0 < np.abs(rounded[key] - reference[key]).max() <= 2 * value
+
+
+def test_float16_deviation_of_a_batch_norm_is_that_of_its_folded_weights():
+    """A batch norm after a dense layer is folded into it (kernel x scale, offset
+    beta - mean x scale) and those are rounded: here the offset is 0, so only
+    the kernel's rounding counts, not that of a mean and beta of 1000."""
+    inputs = keras.Input((1,))
+    dense = keras.layers.Dense(1, use_bias=False, kernel_initializer="ones")
+    norm = keras.layers.BatchNormalization(epsilon=1e-3)
+    model = keras.Model(inputs, {"y": norm(dense(inputs))})
+    norm.moving_mean.assign([1000.0])
+    norm.moving_variance.assign([1.0 - 1e-3])
+    norm.beta.assign([1000.0])
+    model.tasks = [Task("y", "regression")]
+    x = np.random.default_rng(0).standard_normal((64, 1)).astype("float32")
+    np.testing.assert_allclose(keras_outputs(model, x)["y"], x, atol=1e-4)
+    deviation = float16_deviation(model, x)["y"]
+    assert 0 < deviation <= parity.FLOAT16_UNIT_ROUNDOFF * np.abs(x).max()
 
 
 def test_parity_flags_a_file_that_lost_its_task_signatures(exported, tmp_path):

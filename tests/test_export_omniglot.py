@@ -5,7 +5,7 @@ import pytest
 
 from keras_branch import TreeSpec, backbones
 from keras_branch.data import load_omniglot
-from keras_branch.export import DEFAULT_FORMATS, TOLERANCES, check_inputs, export_model
+from keras_branch.export import DEFAULT_FORMATS, TOLERANCES, check_inputs, export_model, float16_deviation
 from keras_branch.export import litert_runner
 from keras_branch.export.parity import compare
 from keras_branch.training import fit_spec
@@ -51,6 +51,7 @@ def test_omniglot_litert_without_keras(omniglot_export):
     x = check_inputs(data, data.input_shape, 64)
     expected = {k: np.asarray(v) for k, v in model(x, training=False).items()}
     keys = [t.key for t in model.tasks]
+    deviation = float16_deviation(model, x)
     for fmt in ("tflite", "tflite-fp16", "tflite-int8"):
         outputs, imported = litert_runner.run_isolated(result.files[fmt], x)
         assert imported == []
@@ -65,6 +66,7 @@ def test_omniglot_litert_without_keras(omniglot_export):
             half_step = {"tflite": 2.0**-20, "tflite-fp16": 2.0**-11,
                          "tflite-int8": result.int8_steps[task.key] / 2}[fmt]
             np.testing.assert_allclose(got.sum(axis=1), 1.0, atol=task.classes * half_step)
-            measured = compare(expected[task.key], got, task.kind, TOLERANCES[fmt],
-                               result.int8_steps[task.key])
+            scale = {"tflite": None, "tflite-fp16": deviation[task.key],
+                     "tflite-int8": result.int8_steps[task.key]}[fmt]
+            measured = compare(expected[task.key], got, task.kind, TOLERANCES[fmt], scale)
             assert measured["passed"], (fmt, task.key, measured)
