@@ -1,11 +1,16 @@
 """Test configuration: isolated KERAS_HOME, quiet TF, the --runslow flag."""
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
-# Keras writes ~/.keras/keras.json on import; keep tests off the user's home.
-os.environ.setdefault("KERAS_HOME", tempfile.mkdtemp(prefix="keras_home_"))
+# Keras writes ~/.keras/keras.json on import; keep tests off the user's home,
+# in a folder removed when this process ends (each xdist worker has its own).
+if "KERAS_HOME" not in os.environ:
+    os.environ["KERAS_HOME"] = tempfile.mkdtemp(prefix="keras_home_")
+    atexit.register(shutil.rmtree, os.environ["KERAS_HOME"], ignore_errors=True)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402

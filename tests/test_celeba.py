@@ -5,6 +5,7 @@ downloaded here)."""
 import json
 import math
 import re
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,15 @@ from keras_branch.data import CELEBA_ATTRIBUTES, load_celeba, load_data  # noqa:
 from keras_branch.errors import DataError  # noqa: E402
 
 from conftest import load_script  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def tfds_temp_dirs_in_tmp_path(tmp_path, monkeypatch):
+    """A builder without prepared data fetches its metadata into a fresh
+    `tempfile.mkdtemp` it never removes; keep those inside the test's folder."""
+    folder = tmp_path / "tempdir"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
 
 
 def test_missing_data_names_the_folder_and_downloads_nothing(tmp_path):
