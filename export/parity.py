@@ -18,12 +18,13 @@ computes in float32, so its outputs differ from Keras by what that rounding
 does to the model, which depends on the model: a softmax output moves with
 its logits, which a confident classifier keeps large (trained Omniglot
 convnets: 1.0e-3 to 2.1e-3 on probabilities, where a fixed 1e-3 failed the
-files of 5 zoo models). `float16_deviation` measures it in Keras: each
+files of 4 zoo models). `float16_deviation` measures it in Keras: each
 weight the file rounds (kernels, biases, and a batch norm as the scale and
 offset the converter folds it into) takes a relative error drawn uniformly
 in [-2**-11, 2**-11], and the largest output change over 5 seeded draws is
 the unit. A float16 rounding of `m 2**e` (`1 <= m < 2`) errs by at most
-`2**-11 / m`, so a draw is at least as large as the file's rounding. A
+`2**-11 / m`, so a draw's errors are, in distribution, at least the
+file's. A
 constant the converter derives through other ops (soft ordering's mixing
 weights, a softmax of logits) is rounded after the derivation, and a draw
 reaches it only through its inputs, so there the unit can understate it.
@@ -210,11 +211,13 @@ def _rounded_values(model: Any, rng: np.random.Generator) -> dict[int, np.ndarra
     """One draw of float16-sized relative errors on what a float16 file rounds.
 
     Returns `{id(variable): value}` for every float variable of the model.
-    A batch norm is folded by the converter into a scale `gamma / sqrt(var +
-    eps)` and an offset `beta - mean * scale`, and those are rounded: so its
-    gamma takes the relative error (the scale's), its offset one relative to
-    the offset's own size (through beta, or the mean without beta), and its
-    statistics are left exact. Every other float weight takes its own.
+    The converter folds a batch norm that follows a conv or dense layer (the
+    order of every keras_branch backbone) into that layer: the kernel times
+    `scale = gamma / sqrt(var + eps)`, and an offset `beta - mean * scale`,
+    and rounds those. So the norm's gamma and statistics stay exact (the
+    kernel's own draw stands for the folded kernel's rounding), and its
+    offset takes an error relative to the offset's own size (through beta,
+    or the mean without beta). Every other float weight takes its own.
     """
     def error(shape) -> np.ndarray:
         return rng.uniform(-FLOAT16_UNIT_ROUNDOFF, FLOAT16_UNIT_ROUNDOFF, shape)
