@@ -215,14 +215,15 @@ def test_parity_detects_a_different_model(exported):
 
 
 def test_float16_parity_detects_a_one_percent_weight_error(exported):
-    """float16's tolerance is two rounding deviations: a 1% error in one kernel is far beyond it."""
+    """float16's tolerance is two rounding deviations: a 1% error in one kernel fails it."""
     result, model, _, x, model_path = exported
     other = keras.saving.load_model(model_path)
     head = other.get_layer(f"head_{model.tasks[0].key}")
     head.kernel.assign(np.asarray(head.kernel) * 1.01)
     report = check_parity(other, {"tflite-fp16": result.files["tflite-fp16"]}, x)
     row = report.row("tflite-fp16", model.tasks[0].key)
-    assert not row.passed and row.max_abs_diff > 5 * row.tolerance
+    # 1% of this head's output is about six tolerances here (AMD EPYC, 6.4); any failure counts.
+    assert not row.passed and row.max_abs_diff > row.tolerance
     assert all(report.row("tflite-fp16", t.key).passed for t in model.tasks[1:])
 
 
@@ -266,7 +267,12 @@ def test_float16_deviation_of_a_batch_norm_is_that_of_its_folded_weights():
     x = np.random.default_rng(0).standard_normal((64, 1)).astype("float32")
     np.testing.assert_allclose(keras_outputs(model, x)["y"], x, atol=1e-4)
     deviation = float16_deviation(model, x)["y"]
-    assert 0 < deviation <= parity.FLOAT16_UNIT_ROUNDOFF * np.abs(x).max()
+    # The kernel's rounding, plus float32's: both outputs pass through values near
+    # 1000, where each is rounded to within one float32 spacing.
+    float32_rounding = 2 * np.spacing(np.float32(1000.0))
+    assert 0 < deviation <= parity.FLOAT16_UNIT_ROUNDOFF * np.abs(x).max() + float32_rounding
+    # Rounding the mean and beta themselves would have moved the output by up to 0.49.
+    assert deviation < parity.FLOAT16_UNIT_ROUNDOFF * 1000 / 100
 
 
 def test_parity_flags_a_file_that_lost_its_task_signatures(exported, tmp_path):
