@@ -188,11 +188,15 @@ class ParityResult:
         return format_parity_table(self)
 
 
-def keras_outputs(model: Any, x: np.ndarray, batch_size: int = 128) -> Any:
+def keras_outputs(model: Any, x: np.ndarray, batch_size: int = 128,
+                  variables: tuple[list, list] | None = None) -> Any:
     """A model's outputs in inference mode, as numpy (a dict stays a dict).
 
     Direct calls in batches: `model.predict` would trace a new function for
-    every model it sees, which an export of several models pays for.
+    every model it sees, which an export of several models pays for. With
+    `variables` (values for `model.trainable_variables` and
+    `model.non_trainable_variables`) the model runs on those instead of its
+    own weights, which stay untouched (`stateless_call`).
 
     Example:
     >>> model = build_model(TreeSpec.shared(["a", "b"], num_stages=2), backbones.mlp(10, (4, 4)),
@@ -201,7 +205,12 @@ def keras_outputs(model: Any, x: np.ndarray, batch_size: int = 128) -> Any:
     >>> keras_outputs(model, x_test[:64])["a"].shape
     (64, 1)
     """
-    parts = [model(x[i : i + batch_size], training=False) for i in range(0, len(x), batch_size)]
+    def call(batch):
+        if variables is None:
+            return model(batch, training=False)
+        return model.stateless_call(*variables, batch, training=False)[0]
+
+    parts = [call(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
     if isinstance(parts[0], Mapping):
         return {k: np.concatenate([np.asarray(p[k]) for p in parts]) for k in parts[0]}
     return np.concatenate([np.asarray(p) for p in parts])
@@ -235,17 +244,17 @@ def _rounded_values(model: Any, rng: np.random.Generator) -> dict[int, np.ndarra
             drawn[id(layer.beta)] = beta + error(beta.shape) * (beta + offset)
         else:
             drawn[id(layer.moving_mean)] = mean * (1 + error(mean.shape))
-        if layer.scale:
-            drawn[id(layer.gamma)] = gamma
-        drawn.setdefault(id(layer.moving_mean), mean)
-        drawn[id(layer.moving_variance)] = var
+        for exact in (layer.moving_mean, layer.moving_variance, layer.gamma if layer.scale else None):
+            if exact is not None:
+                drawn.setdefault(id(exact), values[id(exact)])
     for key, value in values.items():
         if key not in drawn and np.issubdtype(value.dtype, np.floating):
             drawn[key] = value * (1 + error(value.shape))
     return {key: value.astype(values[key].dtype) for key, value in drawn.items()}
 
 
-def float16_deviation(model: Any, x: np.ndarray, draws: int = 5, seed: int = 0) -> dict[str, float]:
+def float16_deviation(model: Any, x: np.ndarray, draws: int = 5, seed: int = 0,
+                      reference: Mapping[str, np.ndarray] | None = None) -> dict[str, float]:
     """What float16 weight rounding does to each task's output: the fp16 parity unit.
 
     Each draw gives every weight a float16 file rounds a relative error drawn
@@ -260,6 +269,8 @@ def float16_deviation(model: Any, x: np.ndarray, draws: int = 5, seed: int = 0) 
         x: the parity check's inputs.
         draws: perturbations drawn; the largest change counts.
         seed: the draws' seed (the same seed gives the same scale).
+        reference: the model's own outputs on `x` (`keras_outputs`), when
+            the caller has them already.
 
     Returns:
         `{task key: largest |output change| over the draws and samples}`.
@@ -273,19 +284,18 @@ def float16_deviation(model: Any, x: np.ndarray, draws: int = 5, seed: int = 0) 
     """
     check_int(draws, "draws", minimum=1)
     x = np.asarray(x, dtype="float32")
-    reference = keras_outputs(model, x)
+    if reference is None:
+        reference = keras_outputs(model, x)
     rng = np.random.default_rng(seed)
     deviation = {t.key: 0.0 for t in model.tasks}
     for _ in range(draws):
         drawn = _rounded_values(model, rng)
-        trainable = [drawn.get(id(v), np.asarray(v)) for v in model.trainable_variables]
-        non_trainable = [drawn.get(id(v), np.asarray(v)) for v in model.non_trainable_variables]
-        for start in range(0, len(x), 128):
-            outputs, _ = model.stateless_call(trainable, non_trainable, x[start : start + 128],
-                                              training=False)
-            for key in deviation:
-                change = np.abs(np.asarray(outputs[key], "float64") - reference[key][start : start + 128])
-                deviation[key] = max(deviation[key], float(change.max()) if change.size else 0.0)
+        outputs = keras_outputs(model, x, variables=(
+            [drawn.get(id(v), np.asarray(v)) for v in model.trainable_variables],
+            [drawn.get(id(v), np.asarray(v)) for v in model.non_trainable_variables]))
+        for key in deviation:
+            change = np.abs(outputs[key].astype("float64") - reference[key])
+            deviation[key] = max(deviation[key], float(change.max()) if change.size else 0.0)
     return deviation
 
 
@@ -400,7 +410,7 @@ def check_parity(
     reference = {t.key: raw[t.key] for t in model.tasks}
     scales = {INT8_STEP: int8_steps}
     if any(rules[f].unit == FLOAT16_ROUNDING for f in files if f in rules):
-        scales[FLOAT16_ROUNDING] = float16_deviation(model, x)
+        scales[FLOAT16_ROUNDING] = float16_deviation(model, x, reference=raw)
     rows = []
     for fmt, path in files.items():
         if fmt not in rules:
